@@ -1,0 +1,296 @@
+//! The pod lab: network namespaces wired the way kind's default CNI wires pods, for tests and
+//! the demo.
+//!
+//! One namespace plays the node. Every pod is a namespace whose `eth0` is one end of a veth;
+//! the other end stays in the node namespace, carries the gateway address, and the node has a
+//! /32 and /128 route to the pod's addresses through it (the ptp plugin's layout, which kindnet
+//! uses). Pods talk to each other only through the node, so a TC program on a host veth sees
+//! all of a pod's traffic. Nothing is attached to, or routed through, this machine's own
+//! interfaces: the node namespace has no uplink at all.
+//!
+//! Everything is torn down on drop, also when a test panics.
+
+pub mod gate;
+pub mod netns;
+pub mod packet;
+mod probe;
+mod servers;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+pub use gate::kernel_tests_enabled;
+pub use netns::Netns;
+pub use probe::{Outcome, Protocol};
+
+/// Probes `to:port` from the calling thread's namespace (for example the node's, inside
+/// [`Netns::run`]).
+pub fn probe_from_here(to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
+    probe::probe(to, port, protocol, PROBE_TIMEOUT)
+}
+use servers::Server;
+
+/// The pod network: a node's /24 inside kind's 10.244.0.0/16, and kind's fd00:10:244::/64.
+pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
+/// Default time a probe waits for an answer before calling the path blocked.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A pod of the lab.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// Name of the pod's veth end in the node namespace.
+    pub host_veth: String,
+    netns_index: usize,
+}
+
+impl Pod {
+    pub fn ips(&self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.ipv4), IpAddr::V6(self.ipv6)]
+    }
+}
+
+/// A lab: one node namespace and its pods. Field order matters for teardown: servers stop
+/// (closing their sockets) before the namespaces go.
+pub struct Lab {
+    servers: Vec<Server>,
+    pods: Vec<Pod>,
+    pod_netns: Vec<Netns>,
+    node: Netns,
+    prefix: String,
+}
+
+impl Lab {
+    /// Creates the node namespace. `tag` (a few letters) goes into every name the lab
+    /// creates, after the `npe-` prefix that leak checks look for.
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("npe-{tag}-{}-{n}", std::process::id());
+        let node = Netns::create(&format!("{prefix}-node"))?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        node.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        node.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        Ok(Self {
+            servers: Vec::new(),
+            pods: Vec::new(),
+            pod_netns: Vec::new(),
+            node,
+            prefix,
+        })
+    }
+
+    /// The namespace that plays the node.
+    pub fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("lab has no pod {name}"))
+    }
+
+    /// Adds a pod wired like kindnet's ptp plugin: `eth0` with a /24 (/64) address whose
+    /// on-link route is replaced by routes through the gateway on the host veth.
+    pub fn add_pod(&mut self, name: &str) -> std::io::Result<Pod> {
+        let index = self.pods.len();
+        if index >= 200 {
+            return Err(std::io::Error::other(
+                "the lab's /24 holds at most 200 pods",
+            ));
+        }
+        let host_number = 10 + index as u8;
+        let ipv4 = Ipv4Addr::new(10, 244, 1, host_number);
+        let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, u16::from(host_number));
+        let ns = Netns::create(&format!("{}-p{index}", self.prefix))?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        let host_veth = format!("veth{index:03}");
+        let node = self.node.name();
+        let pod_ns_name = ns.name().to_owned();
+        let pod_ns = pod_ns_name.as_str();
+        let (v4, v6) = (ipv4.to_string(), ipv6.to_string());
+        let (gw4, gw6) = (POD_GATEWAY_V4.to_string(), POD_GATEWAY_V6.to_string());
+        let steps: [&[&str]; 15] = [
+            &[
+                "-n", node, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
+                "netns", pod_ns,
+            ],
+            &[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{gw4}/32"),
+                "dev",
+                &host_veth,
+            ],
+            &[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{gw6}/128"),
+                "dev",
+                &host_veth,
+                "nodad",
+            ],
+            &["-n", node, "link", "set", &host_veth, "up"],
+            &[
+                "-n",
+                node,
+                "route",
+                "add",
+                &format!("{v4}/32"),
+                "dev",
+                &host_veth,
+                "scope",
+                "host",
+            ],
+            &[
+                "-n",
+                node,
+                "-6",
+                "route",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                &host_veth,
+            ],
+            &[
+                "-n",
+                pod_ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                "eth0",
+                "noprefixroute",
+            ],
+            &[
+                "-n",
+                pod_ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+                "noprefixroute",
+            ],
+            &["-n", pod_ns, "link", "set", "eth0", "up"],
+            &[
+                "-n", pod_ns, "route", "add", &gw4, "dev", "eth0", "scope", "link",
+            ],
+            &[
+                "-n",
+                pod_ns,
+                "route",
+                "add",
+                "10.244.1.0/24",
+                "via",
+                &gw4,
+                "dev",
+                "eth0",
+                "src",
+                &v4,
+            ],
+            &[
+                "-n", pod_ns, "route", "add", "default", "via", &gw4, "dev", "eth0",
+            ],
+            &["-n", pod_ns, "-6", "route", "add", &gw6, "dev", "eth0"],
+            &[
+                "-n",
+                pod_ns,
+                "-6",
+                "route",
+                "add",
+                "fd00:10:244::/64",
+                "via",
+                &gw6,
+                "dev",
+                "eth0",
+            ],
+            &[
+                "-n", pod_ns, "-6", "route", "add", "default", "via", &gw6, "dev", "eth0",
+            ],
+        ];
+        // Own the namespace before wiring it, so a failed step still tears it down.
+        self.pod_netns.push(ns);
+        for step in steps {
+            netns::run_ip(step)?;
+        }
+        let pod = Pod {
+            name: name.to_owned(),
+            ipv4,
+            ipv6,
+            host_veth,
+            netns_index: self.pod_netns.len() - 1,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    fn pod_netns(&self, pod: &Pod) -> &Netns {
+        &self.pod_netns[pod.netns_index]
+    }
+
+    /// Starts a TCP server in `pod` on `port` (both families). It answers a line with
+    /// `pong <pod>`, and an HTTP GET with a 200 whose body is the pod's name.
+    pub fn serve_tcp(&mut self, pod: &Pod, port: u16) -> std::io::Result<()> {
+        let server = Server::tcp(self.pod_netns(pod), &pod.name, port)?;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    /// Starts a UDP echo server in `pod` on `port` (both families).
+    pub fn serve_udp(&mut self, pod: &Pod, port: u16) -> std::io::Result<()> {
+        let server = Server::udp(self.pod_netns(pod), &pod.name, port)?;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    /// Tries to reach `to:port` from inside `from` and reports whether an answer came back
+    /// within [`PROBE_TIMEOUT`].
+    pub fn probe(&self, from: &Pod, to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
+        self.probe_with_timeout(from, to, port, protocol, PROBE_TIMEOUT)
+    }
+
+    pub fn probe_with_timeout(
+        &self,
+        from: &Pod,
+        to: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Outcome {
+        self.pod_netns(from)
+            .run(|| probe::probe(to, port, protocol, timeout))
+            .unwrap_or_else(|err| Outcome::Error(format!("entering {}: {err}", from.name)))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            server.stop();
+        }
+        self.servers.clear();
+        // Deleting a pod namespace destroys its veth pair; then the node namespace goes.
+        self.pod_netns.clear();
+    }
+}

@@ -1,0 +1,11 @@
+//! npenforce: Kubernetes NetworkPolicy enforcement with eBPF.
+//!
+//! Data flows one way (see STYLE in the README):
+//! sources -> [`policy::Snapshot`] -> `policy::compile` -> map entries -> kernel programs.
+
+pub mod addr;
+pub mod cli;
+pub mod dataplane;
+pub mod lab;
+pub mod manifests;
+pub mod policy;

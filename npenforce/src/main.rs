@@ -1,0 +1,56 @@
+//! The `npenforce` binary: agent, offline policy tools and the lab demo.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use npenforce::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "npenforce",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement with eBPF",
+    long_about = "npenforce enforces Kubernetes NetworkPolicy in the kernel with TC eBPF programs.\n\n\
+                  Offline tools (`check`, `matrix`) evaluate policies from a folder of manifests \
+                  without a cluster. `demo` builds a throwaway lab of network namespaces on this \
+                  machine and shows packets dropped and passed by the loaded program."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Would traffic from one pod to another be allowed? Prints the verdict and why.
+    /// Exit status: 0 allowed, 1 denied, 2 error.
+    Check(cli::check::CheckArgs),
+    /// Print the reachability truth table between all pods of a manifests folder.
+    Matrix(cli::matrix::MatrixArgs),
+    /// Run the lab demo (root): real packets between network namespaces, dropped and passed
+    /// by the loaded eBPF program.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match &args.command {
+        Command::Check(a) => cli::check::run(a),
+        Command::Matrix(a) => cli::matrix::run(a),
+        Command::Demo(a) => cli::demo::run(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+        Err(err) => {
+            eprintln!("npenforce: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

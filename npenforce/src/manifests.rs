@@ -1,0 +1,1 @@
+//! Reading Kubernetes objects from a folder of manifests.

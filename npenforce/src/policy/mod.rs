@@ -1,0 +1,1 @@
+//! Policy compiler: NetworkPolicy semantics, pure (no I/O).
