@@ -37,6 +37,41 @@ pub mod map_names {
     pub const POLICY_PEERS: &str = "POLICY_PEERS";
     /// Per rule set: protocol and port prefix -> allowing rule (LPM trie).
     pub const POLICY_PORTS: &str = "POLICY_PORTS";
+    /// Per pod id: isolation flags (array indexed by pod id).
+    pub const POD_STATE: &str = "POD_STATE";
+    /// Interfaces we attached to, by ifindex: which pod is behind a host veth.
+    pub const IFACES: &str = "IFACES";
+    /// This node's own addresses: traffic from and to them is always allowed.
+    pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    /// Tracked connections (LRU).
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Verdicts of fragmented datagrams, for their later fragments (LRU).
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// The policy generation (array of one): bumped after each applied change so tracked
+    /// flows are judged again against the new policy.
+    pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
+    /// Per pod and direction counters (per-CPU array indexed by `pod_id * 2 + direction`).
+    pub const POD_COUNTERS: &str = "POD_COUNTERS";
+    /// Node-wide counters by reason (per-CPU array indexed by `counter::*`).
+    pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
+    /// Drop events for observability (ring buffer).
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    /// Rate limiter state of the drop events (per-CPU array of one).
+    pub const DROP_EVENT_BUDGET: &str = "DROP_EVENT_BUDGET";
+
+    /// Maps that hold enforcement state and are pinned so that a restarted agent adopts
+    /// them (counters and events are not: a new agent starts them afresh).
+    pub const PINNED: &[&str] = &[
+        ENDPOINTS,
+        POLICY_PEERS,
+        POLICY_PORTS,
+        POD_STATE,
+        IFACES,
+        NODE_ADDRS,
+        CONNTRACK,
+        FRAGMENTS,
+        POLICY_GENERATION,
+    ];
 }
 
 /// Program names as they appear in the object file.
@@ -45,7 +80,240 @@ pub mod program_names {
     pub const SOURCE_FILTER: &str = "npenforce_source_filter";
     /// Parses Ethernet, IP and L4 headers and passes: the floor for benchmarks.
     pub const PARSE_ONLY: &str = "npenforce_parse_only";
+    /// Host veth TC ingress: what a pod sends (the pod's egress side).
+    pub const FROM_POD: &str = "npe_from_pod";
+    /// Host veth TC egress: what is delivered to a pod (the pod's ingress side).
+    pub const TO_POD: &str = "npe_to_pod";
+    /// Uplink TC ingress: what enters the node from the network.
+    pub const FROM_UPLINK: &str = "npe_from_uplink";
+    /// Uplink TC egress: what leaves the node toward the network.
+    pub const TO_UPLINK: &str = "npe_to_uplink";
 }
+
+/// Name of the load-time configuration global in the object.
+pub const CONFIG_GLOBAL: &str = "NPE_CONFIG";
+
+/// Load-time configuration of the enforcing programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// 1: a pod veth whose pod is not known yet passes everything; 0: only node traffic.
+    pub pending_allows: u32,
+    /// 1: tracked flows keep passing after a policy change that would deny them.
+    pub keep_established: u32,
+    pub tcp_syn_timeout_s: u32,
+    pub tcp_established_timeout_s: u32,
+    pub tcp_closing_timeout_s: u32,
+    pub udp_timeout_s: u32,
+    pub other_timeout_s: u32,
+    /// Drop events per second and CPU on the ring buffer; beyond it drops are only counted.
+    pub drop_events_per_second: u32,
+}
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 32);
+
+impl DataplaneConfig {
+    pub const DEFAULT: Self = Self {
+        pending_allows: 0,
+        keep_established: 0,
+        tcp_syn_timeout_s: 60,
+        tcp_established_timeout_s: 6 * 3600,
+        tcp_closing_timeout_s: 10,
+        udp_timeout_s: 120,
+        other_timeout_s: 60,
+        drop_events_per_second: 100,
+    };
+}
+
+/// Flags of [`PodState`] (the `endpoint_flags` isolation bits, plus these).
+pub mod pod_state_flags {
+    /// The slot holds a pod of this node.
+    pub const PRESENT: u32 = 1 << 8;
+}
+
+/// Value of `POD_STATE`, indexed by pod id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodState {
+    /// `endpoint_flags` isolation bits and `pod_state_flags`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PodState>() == 4);
+
+/// Flags of [`IfaceInfo`].
+pub mod iface_flags {
+    /// A pod veth whose pod is not known yet: only node traffic passes (unless the
+    /// configuration allows pending pods).
+    pub const PENDING: u32 = 1 << 0;
+    /// The node's uplink.
+    pub const UPLINK: u32 = 1 << 1;
+}
+
+/// Value of `IFACES`, keyed by ifindex (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceInfo {
+    /// Pod behind a host veth (0 when pending or an uplink).
+    pub pod_id: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
+
+/// `skb->mark` bits npenforce uses to carry what it learned where a packet entered the node
+/// to where it leaves (after kube-proxy's NAT). kube-proxy's 0x4000 and 0x8000 are untouched;
+/// the pod id sits in the high 16 bits.
+pub mod mark {
+    /// Every bit npenforce owns.
+    pub const MASK: u32 = 0xffff_0f00;
+    /// Set on every packet npenforce has classified at its entry point.
+    pub const CLASSIFIED: u32 = 0x0100;
+    /// The packet belongs to a tracked, allowed flow (a reply, possibly un-NATed later).
+    pub const ESTABLISHED: u32 = 0x0200;
+    /// The sending pod's egress policy does not need checking (not isolated).
+    pub const EGRESS_DONE: u32 = 0x0400;
+    pub const POD_SHIFT: u32 = 16;
+    /// Largest pod id the mark can carry.
+    pub const MAX_POD_ID: u32 = 0xffff;
+}
+
+/// Key of `CONNTRACK`: a flow in canonical order, `(a, a_port) <= (b, b_port)`, so both
+/// directions of a flow find the same entry with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub a: Addr,
+    pub b: Addr,
+    /// Host byte order. ICMP echo: the identifier on the requester's side, 0 on the other.
+    pub a_port: u16,
+    pub b_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+/// `CtEntry::state` bits.
+pub mod ct_state {
+    /// `a` sent the first packet (the initiator), else `b` did.
+    pub const A_INITIATED: u8 = 1 << 0;
+    /// The responder has answered.
+    pub const REPLIED: u8 = 1 << 1;
+    pub const FIN_FROM_A: u8 = 1 << 2;
+    pub const FIN_FROM_B: u8 = 1 << 3;
+    pub const RST: u8 = 1 << 4;
+    /// The current policy denies the flow: its packets are dropped (a cut connection stays
+    /// cut, rather than being re-admitted as a mid-flow connection) until a later policy
+    /// generation allows it again or the entry times out. `CtEntry::reason` says why.
+    pub const DENIED: u8 = 1 << 5;
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub last_seen_ns: u64,
+    /// Policy generation the flow was last judged under.
+    pub generation: u32,
+    /// Local pod whose egress policy admitted the flow (0: none).
+    pub egress_pod: u32,
+    /// Local pod whose ingress policy admitted the flow (0: none).
+    pub ingress_pod: u32,
+    pub state: u8,
+    /// `drop_reason` of a `DENIED` flow.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+
+/// Key of `FRAGMENTS`: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+/// Value of `FRAGMENTS`: the first fragment passed at `seen_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragEntry {
+    pub seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
+
+/// Value of `POD_COUNTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub allowed_packets: u64,
+    pub allowed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 32);
+
+/// Why a packet was dropped (in events and as `NODE_COUNTERS` index).
+pub mod drop_reason {
+    pub const EGRESS_DENIED: u8 = 1;
+    pub const INGRESS_DENIED: u8 = 2;
+    pub const SPOOFED_SOURCE: u8 = 3;
+    pub const POD_PENDING: u8 = 4;
+    pub const MALFORMED: u8 = 5;
+    pub const UNKNOWN_FRAGMENT: u8 = 6;
+
+    /// Names for logs and metrics, indexed by reason.
+    pub const NAMES: [&str; 7] = [
+        "none",
+        "egress_denied",
+        "ingress_denied",
+        "spoofed_source",
+        "pod_pending",
+        "malformed",
+        "unknown_fragment",
+    ];
+}
+
+/// Indexes of `NODE_COUNTERS` beyond the drop reasons (which use their own number).
+pub mod node_counter {
+    pub const CT_CREATED: u32 = 16;
+    pub const CT_CREATE_FAILED: u32 = 17;
+    pub const EVENTS_SUPPRESSED: u32 = 18;
+    pub const FRAG_TRACK_FAILED: u32 = 19;
+    pub const MID_FLOW_ADOPTED: u32 = 20;
+    pub const COUNT: u32 = 32;
+}
+
+/// One dropped packet, as sent on `DROP_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    pub timestamp_ns: u64,
+    pub src: Addr,
+    pub dst: Addr,
+    pub ifindex: u32,
+    /// Pod the verdict was about (0: none).
+    pub pod_id: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub reason: u8,
+    /// `direction::INGRESS` or `EGRESS`, from the pod's point of view.
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
+
+/// Value of `DROP_EVENT_BUDGET`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 
 /// Key of an address-keyed hash map (`SOURCE_DENYLIST`, `ENDPOINTS`).
 #[repr(C)]
@@ -209,6 +477,16 @@ mod user {
     unsafe impl aya::Pod for PeerValue {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for PodState {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for EventBudget {}
 }
 
 #[cfg(test)]

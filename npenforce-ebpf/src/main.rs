@@ -7,15 +7,34 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod maps;
+mod observe;
 mod parse;
+mod policy;
 
 use aya_ebpf::{
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
+    Global,
 };
-use npenforce_common::{verdict, AddrKey, DenyValue};
-use parse::{parse, ParseError, Parsed};
+use npenforce_common::{
+    direction, drop_reason, iface_flags, ip_proto, mark, node_counter, verdict, AddrKey,
+    DataplaneConfig, DenyValue, IfaceInfo,
+};
+use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
+
+use crate::{
+    conntrack::Tracked,
+    maps::{ENDPOINTS, IFACES, SCRATCH},
+    observe::{count_node, count_pod, report_drop},
+    policy::{is_node_addr, judge, pod_state},
+};
+
+/// Load-time configuration (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static NPE_CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig::DEFAULT);
 
 /// Sources whose packets are dropped (the foundation's single-map policy).
 #[map(name = "SOURCE_DENYLIST")]
@@ -65,6 +84,418 @@ pub fn npenforce_parse_only(ctx: TcContext) -> i32 {
         }
         Err(_) => verdict::DROP,
     }
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Packet> {
+    // SAFETY: per-CPU slot; a TC program runs to completion on one CPU without preemption
+    // by another TC program on that CPU, so nothing else uses the slot meanwhile.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn skb_mark(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+#[inline(always)]
+fn set_our_mark(ctx: &TcContext, ours: u32) {
+    ctx.set_mark((skb_mark(ctx) & !mark::MASK) | ours);
+}
+
+#[inline(always)]
+fn iface(ctx: &TcContext) -> Option<IfaceInfo> {
+    IFACES.get_ptr(&ifindex(ctx)).map(|p| {
+        // SAFETY: pointer from a successful lookup.
+        unsafe { *p }
+    })
+}
+
+/// Traffic of the pod's own link that policy never governs: ICMPv6 neighbour discovery (the
+/// pod cannot reach anything without it), and IPv6 packets from a link-local or unspecified
+/// source (MLD, DAD), which no router forwards beyond the veth, so they cannot reach a peer.
+#[inline(always)]
+fn is_neighbour_discovery(packet: &Packet) -> bool {
+    if !packet.is_ipv6 {
+        return false;
+    }
+    if packet.protocol == ip_proto::ICMPV6
+        && packet.icmp_type >= icmp::V6_ND_FIRST
+        && packet.icmp_type <= icmp::V6_ND_LAST
+    {
+        return true;
+    }
+    let link_local = packet.src[0] == 0xfe && packet.src[1] & 0xc0 == 0x80;
+    let unspecified = packet.src == [0u8; 16];
+    link_local || unspecified
+}
+
+/// What a pod sends: host veth TC ingress (the pod's egress side).
+///
+/// Egress policy is not decided here: kube-proxy may still DNAT the packet to a Service
+/// backend, and the policy must be judged against that backend. This program checks the
+/// source address (anti-spoofing), recognises packets of tracked flows, and marks the packet
+/// with the sending pod's id; the program where the packet leaves the node (`npe_to_pod` on
+/// the destination pod's veth, `npe_to_uplink` on the uplink) judges it after NAT.
+#[classifier]
+pub fn npe_from_pod(ctx: TcContext) -> i32 {
+    let Some(iface) = iface(&ctx) else {
+        return verdict::PASS;
+    };
+    let cfg = NPE_CONFIG.load();
+    let Some(packet) = scratch() else {
+        return verdict::DROP;
+    };
+    match parse_into(&ctx, packet) {
+        Ok(false) => return verdict::PASS,
+        Ok(true) => {}
+        Err(_) => {
+            report_drop(
+                &ctx,
+                None,
+                iface.pod_id,
+                direction::EGRESS,
+                drop_reason::MALFORMED,
+                &cfg,
+            );
+            return verdict::DROP;
+        }
+    }
+    let packet: &Packet = packet;
+    if is_neighbour_discovery(packet) {
+        return verdict::PASS;
+    }
+    if iface.flags & iface_flags::PENDING != 0 {
+        if cfg.pending_allows != 0 || is_node_addr(&packet.dst) {
+            return verdict::PASS;
+        }
+        report_drop(
+            &ctx,
+            Some(packet),
+            0,
+            direction::EGRESS,
+            drop_reason::POD_PENDING,
+            &cfg,
+        );
+        return verdict::DROP;
+    }
+    let pod_id = iface.pod_id;
+    // Anti-spoofing: the source must be one of this pod's own addresses.
+    let owner = ENDPOINTS
+        .get_ptr(&AddrKey { addr: packet.src })
+        // SAFETY: pointer from a successful lookup.
+        .map(|e| unsafe { (*e).pod_id });
+    if owner != Some(pod_id) {
+        report_drop(
+            &ctx,
+            Some(packet),
+            pod_id,
+            direction::EGRESS,
+            drop_reason::SPOOFED_SOURCE,
+            &cfg,
+        );
+        return verdict::DROP;
+    }
+    let pod_mark = mark::CLASSIFIED | (pod_id << mark::POD_SHIFT);
+    if packet.fragment != Fragment::Later {
+        let now = conntrack::now_ns();
+        match conntrack::lookup(packet, &cfg, now) {
+            Tracked::Allowed => {
+                set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
+                count_pod(pod_id, direction::EGRESS, true, ctx.len());
+                return verdict::PASS;
+            }
+            Tracked::Denied(reason) => {
+                report_drop(&ctx, Some(packet), pod_id, direction::EGRESS, reason, &cfg);
+                return verdict::DROP;
+            }
+            Tracked::Unknown => {}
+        }
+        if let Some(flow) = &packet.related {
+            if conntrack::related_is_tracked(flow) {
+                set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
+                return verdict::PASS;
+            }
+        }
+    }
+    let egress_done =
+        if pod_state(pod_id).flags & npenforce_common::endpoint_flags::EGRESS_ISOLATED == 0 {
+            mark::EGRESS_DONE
+        } else {
+            0
+        };
+    set_our_mark(&ctx, pod_mark | egress_done);
+    verdict::PASS
+}
+
+/// What is delivered to a pod: host veth TC egress (the pod's ingress side). Judges new flows
+/// after NAT: the receiving pod's ingress policy and, for a sender on this node, its egress
+/// policy.
+#[classifier]
+pub fn npe_to_pod(ctx: TcContext) -> i32 {
+    let Some(iface) = iface(&ctx) else {
+        return verdict::PASS;
+    };
+    let cfg = NPE_CONFIG.load();
+    let Some(packet) = scratch() else {
+        return verdict::DROP;
+    };
+    match parse_into(&ctx, packet) {
+        Ok(false) => return verdict::PASS,
+        Ok(true) => {}
+        Err(_) => {
+            report_drop(
+                &ctx,
+                None,
+                iface.pod_id,
+                direction::INGRESS,
+                drop_reason::MALFORMED,
+                &cfg,
+            );
+            return verdict::DROP;
+        }
+    }
+    let packet: &Packet = packet;
+    if is_neighbour_discovery(packet) {
+        return verdict::PASS;
+    }
+    if iface.flags & iface_flags::PENDING != 0 {
+        if cfg.pending_allows != 0 || is_node_addr(&packet.src) {
+            return verdict::PASS;
+        }
+        report_drop(
+            &ctx,
+            Some(packet),
+            0,
+            direction::INGRESS,
+            drop_reason::POD_PENDING,
+            &cfg,
+        );
+        return verdict::DROP;
+    }
+    let pod_id = iface.pod_id;
+    let m = skb_mark(&ctx);
+    let sender = sender_pod(m, packet);
+    match exit_verdict(&ctx, packet, &cfg, m, sender, pod_id) {
+        Ok(()) => {
+            count_pod(pod_id, direction::INGRESS, true, ctx.len());
+            verdict::PASS
+        }
+        Err(reason) => {
+            let (pod, dir) = if reason == drop_reason::EGRESS_DENIED {
+                (sender, direction::EGRESS)
+            } else {
+                (pod_id, direction::INGRESS)
+            };
+            report_drop(&ctx, Some(packet), pod, dir, reason, &cfg);
+            verdict::DROP
+        }
+    }
+}
+
+/// What enters the node from the network: uplink TC ingress. Never drops (the receiving pod's
+/// veth judges); it recognises replies of tracked flows before netfilter un-NATs them.
+#[classifier]
+pub fn npe_from_uplink(ctx: TcContext) -> i32 {
+    let cfg = NPE_CONFIG.load();
+    let Some(packet) = scratch() else {
+        return verdict::PASS;
+    };
+    if let Ok(true) = parse_into(&ctx, packet) {
+        let packet: &Packet = packet;
+        if packet.fragment != Fragment::Later {
+            let now = conntrack::now_ns();
+            let known = match conntrack::lookup(packet, &cfg, now) {
+                Tracked::Allowed => true,
+                Tracked::Denied(_) | Tracked::Unknown => match &packet.related {
+                    Some(flow) => conntrack::related_is_tracked(flow),
+                    None => false,
+                },
+            };
+            if known {
+                set_our_mark(&ctx, mark::CLASSIFIED | mark::ESTABLISHED);
+            }
+        }
+    }
+    verdict::PASS
+}
+
+/// What leaves the node toward the network: uplink TC egress. Judges the egress policy of
+/// this node's pods after NAT; everything else (the node's own traffic) passes.
+#[classifier]
+pub fn npe_to_uplink(ctx: TcContext) -> i32 {
+    let m = skb_mark(&ctx);
+    if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 {
+        return verdict::PASS;
+    }
+    let cfg = NPE_CONFIG.load();
+    let Some(packet) = scratch() else {
+        return verdict::DROP;
+    };
+    match parse_into(&ctx, packet) {
+        Ok(false) => return verdict::PASS,
+        Ok(true) => {}
+        Err(_) => return verdict::DROP,
+    }
+    let packet: &Packet = packet;
+    let sender = sender_pod(m, packet);
+    match exit_verdict(&ctx, packet, &cfg, m, sender, 0) {
+        Ok(()) => {
+            count_pod(sender, direction::EGRESS, true, ctx.len());
+            verdict::PASS
+        }
+        Err(reason) => {
+            report_drop(&ctx, Some(packet), sender, direction::EGRESS, reason, &cfg);
+            verdict::DROP
+        }
+    }
+}
+
+/// The sending pod of this node whose egress policy still has to be judged, from the mark
+/// `npe_from_pod` set (it survives SNAT), or 0.
+#[inline(always)]
+fn sender_pod(m: u32, packet: &Packet) -> u32 {
+    if m & mark::CLASSIFIED != 0 {
+        let pod = m >> mark::POD_SHIFT;
+        if m & mark::EGRESS_DONE != 0 {
+            return 0;
+        }
+        return pod;
+    }
+    // Not classified on entry (a pod veth we are not attached to yet): trust the address map.
+    ENDPOINTS
+        .get_ptr(&AddrKey { addr: packet.src })
+        // SAFETY: pointer from a successful lookup.
+        .map(|e| unsafe { (*e).pod_id })
+        .unwrap_or(0)
+}
+
+/// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
+/// toward the network): tracked flows pass, new flows are judged and tracked.
+#[inline(always)]
+fn exit_verdict(
+    ctx: &TcContext,
+    packet: &Packet,
+    cfg: &DataplaneConfig,
+    m: u32,
+    sender: u32,
+    receiver: u32,
+) -> Result<(), u8> {
+    if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
+        return Ok(());
+    }
+    let now = conntrack::now_ns();
+    if packet.fragment == Fragment::Later {
+        if conntrack::fragment_known(packet, now) {
+            return Ok(());
+        }
+        let isolated = pod_state(sender).flags != 0 || pod_state(receiver).flags != 0;
+        return if isolated {
+            Err(drop_reason::UNKNOWN_FRAGMENT)
+        } else {
+            Ok(())
+        };
+    }
+    match conntrack::lookup(packet, cfg, now) {
+        Tracked::Allowed => return finish(packet, now, Ok(())),
+        Tracked::Denied(reason) => return Err(reason),
+        Tracked::Unknown => {}
+    }
+    if let Some(flow) = &packet.related {
+        if conntrack::related_is_tracked(flow) {
+            return Ok(());
+        }
+    }
+    // The sending pod's own egress check when it was classified on entry but is not
+    // isolated: still track the flow (its replies may enter an isolated pod).
+    let egress_pod = sender;
+    let ingress_pod = receiver;
+    let sender_any = if m & mark::CLASSIFIED != 0 {
+        m >> mark::POD_SHIFT
+    } else {
+        sender
+    };
+    // Neither side isolated in any direction: pass without tracking (the fast path of
+    // clusters without policy for these pods).
+    if pod_state(sender_any).flags & 0x3 == 0 && pod_state(receiver).flags & 0x3 == 0 {
+        return finish(packet, now, Ok(()));
+    }
+    let forward = judge(
+        &packet.src,
+        &packet.dst,
+        packet.protocol,
+        packet.dst_port,
+        egress_pod,
+        ingress_pod,
+    );
+    if forward.is_ok() {
+        if !conntrack::create(
+            &packet.src,
+            &packet.dst,
+            packet.protocol,
+            packet.src_port,
+            packet.dst_port,
+            egress_pod,
+            ingress_pod,
+            now,
+        ) {
+            count_node(node_counter::CT_CREATE_FAILED);
+        } else {
+            count_node(node_counter::CT_CREATED);
+        }
+        return finish(packet, now, Ok(()));
+    }
+    // A TCP segment of a connection opened before we were attached (agent start on a busy
+    // node): admit it if the connection is allowed in the direction it must have been
+    // opened in, the other way round. Only TCP: a non-SYN segment cannot open anything.
+    if conntrack::is_tcp_mid_flow(packet) {
+        let reverse_egress = receiver;
+        let reverse_ingress = sender_any;
+        if judge(
+            &packet.dst,
+            &packet.src,
+            packet.protocol,
+            packet.src_port,
+            reverse_egress,
+            reverse_ingress,
+        )
+        .is_ok()
+        {
+            count_node(node_counter::MID_FLOW_ADOPTED);
+            let _ = conntrack::create(
+                &packet.dst,
+                &packet.src,
+                packet.protocol,
+                packet.dst_port,
+                packet.src_port,
+                reverse_egress,
+                reverse_ingress,
+                now,
+            );
+            return finish(packet, now, Ok(()));
+        }
+    }
+    let _ = ctx;
+    forward
+}
+
+/// Remembers first fragments that pass, so their later fragments pass too.
+#[inline(always)]
+fn finish(packet: &Packet, now: u64, result: Result<(), u8>) -> Result<(), u8> {
+    if result.is_ok()
+        && packet.fragment == Fragment::First
+        && !conntrack::remember_fragment(packet, now)
+    {
+        count_node(node_counter::FRAG_TRACK_FAILED);
+    }
+    result
 }
 
 #[cfg(not(test))]

@@ -21,6 +21,20 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// How far into the packet the parser may read; pulled into the linear area up front.
 const PULL_LEN: usize = MAX_L4_OFFSET + 16;
 
+/// ICMP and ICMPv6 message types the parser distinguishes.
+pub mod icmp {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAM_PROBLEM: u8 = 12;
+    pub const V6_ECHO_REQUEST: u8 = 128;
+    pub const V6_ECHO_REPLY: u8 = 129;
+    /// Neighbour discovery: router solicitation .. redirect.
+    pub const V6_ND_FIRST: u8 = 133;
+    pub const V6_ND_LAST: u8 = 137;
+}
+
 mod ext {
     pub const HOP_BY_HOP: u8 = 0;
     pub const ROUTING: u8 = 43;
@@ -47,15 +61,46 @@ pub struct Packet {
     pub dst: Addr,
     /// L4 protocol after IPv6 extension headers.
     pub protocol: u8,
-    /// Host byte order. For ICMP and ICMPv6 `src_port` is the echo identifier and
-    /// `dst_port` is `type << 8 | code`.
+    /// Host byte order. ICMP echo requests carry their identifier as `src_port` and echo
+    /// replies as `dst_port`, so a reply is the mirror of its request like a UDP answer;
+    /// other ICMP messages have both 0.
     pub src_port: u16,
     pub dst_port: u16,
+    /// ICMP or ICMPv6 type (0 for other protocols).
+    pub icmp_type: u8,
+    /// For ICMP errors: the flow of the packet the error is about (the embedded header).
+    pub related: Option<Flow>,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
     pub fragment: Fragment,
     /// IPv4 identification or IPv6 fragment header identification.
     pub fragment_id: u32,
+}
+
+/// The addresses, ports and protocol of a flow embedded in an ICMP error.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src: Addr,
+    pub dst: Addr,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Packet {
+    pub const EMPTY: Packet = Packet {
+        is_ipv6: false,
+        src: [0; 16],
+        dst: [0; 16],
+        protocol: 0,
+        src_port: 0,
+        dst_port: 0,
+        icmp_type: 0,
+        related: None,
+        tcp_flags: 0,
+        fragment: Fragment::None,
+        fragment_id: 0,
+    };
 }
 
 pub enum Parsed {
@@ -118,20 +163,32 @@ fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// Parses the packet into `packet` (per-CPU scratch memory, to keep it off the 512-byte
+/// stack). `Ok(false)` for frames that are not IP.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
+pub fn parse_into(ctx: &TcContext, packet: &mut Packet) -> Result<bool, ParseError> {
     pull_headers(ctx);
     let cur = Cursor::new(ctx);
     let ethertype = u16::from_be(cur.read::<u16>(12)?);
     match ethertype {
-        ETH_P_IP => parse_ipv4(&cur).map(Parsed::Ip),
-        ETH_P_IPV6 => parse_ipv6(&cur).map(Parsed::Ip),
-        _ => Ok(Parsed::NotIp),
+        ETH_P_IP => parse_ipv4(&cur, packet).map(|()| true),
+        ETH_P_IPV6 => parse_ipv6(&cur, packet).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Parses into a value on the stack (for the small programs that have stack to spare).
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
+    let mut packet = Packet::EMPTY;
+    match parse_into(ctx, &mut packet)? {
+        true => Ok(Parsed::Ip(packet)),
+        false => Ok(Parsed::NotIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(cur: &Cursor) -> Result<Packet, ParseError> {
+fn parse_ipv4(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     let l3 = ETH_HLEN;
     let version_ihl: u8 = cur.read(l3)?;
     if version_ihl >> 4 != 4 {
@@ -155,25 +212,25 @@ fn parse_ipv4(cur: &Cursor) -> Result<Packet, ParseError> {
     } else {
         Fragment::None
     };
-    let mut packet = Packet {
-        is_ipv6: false,
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
-        protocol,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        fragment,
-        fragment_id: id as u32,
-    };
+    packet.is_ipv6 = false;
+    packet.src = v4_mapped(src);
+    packet.dst = v4_mapped(dst);
+    packet.protocol = protocol;
+    packet.src_port = 0;
+    packet.dst_port = 0;
+    packet.icmp_type = 0;
+    packet.related = None;
+    packet.tcp_flags = 0;
+    packet.fragment = fragment;
+    packet.fragment_id = id as u32;
     if fragment != Fragment::Later {
-        parse_l4(cur, l3 + ihl * 4, &mut packet)?;
+        parse_l4(cur, l3 + ihl * 4, packet)?;
     }
-    Ok(packet)
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(cur: &Cursor) -> Result<Packet, ParseError> {
+fn parse_ipv6(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     let l3 = ETH_HLEN;
     let version: u8 = cur.read(l3)?;
     if version >> 4 != 6 {
@@ -223,21 +280,21 @@ fn parse_ipv6(cur: &Cursor) -> Result<Packet, ParseError> {
         return Err(ParseError::Malformed);
     }
 
-    let mut packet = Packet {
-        is_ipv6: true,
-        src,
-        dst,
-        protocol: next,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        fragment,
-        fragment_id,
-    };
+    packet.is_ipv6 = true;
+    packet.src = src;
+    packet.dst = dst;
+    packet.protocol = next;
+    packet.src_port = 0;
+    packet.dst_port = 0;
+    packet.icmp_type = 0;
+    packet.related = None;
+    packet.tcp_flags = 0;
+    packet.fragment = fragment;
+    packet.fragment_id = fragment_id;
     if fragment != Fragment::Later {
-        parse_l4(cur, offset, &mut packet)?;
+        parse_l4(cur, offset, packet)?;
     }
-    Ok(packet)
+    Ok(())
 }
 
 #[inline(always)]
@@ -274,10 +331,91 @@ fn parse_l4(cur: &Cursor, offset: usize, packet: &mut Packet) -> Result<(), Pars
         }
         ip_proto::ICMP | ip_proto::ICMPV6 => {
             let hdr: [u8; 8] = cur.read(offset)?;
-            packet.dst_port = u16::from_be_bytes([hdr[0], hdr[1]]);
-            packet.src_port = u16::from_be_bytes([hdr[4], hdr[5]]);
+            let kind = hdr[0];
+            packet.icmp_type = kind;
+            let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+            let v6 = packet.protocol == ip_proto::ICMPV6;
+            match (v6, kind) {
+                (false, icmp::ECHO_REQUEST) | (true, icmp::V6_ECHO_REQUEST) => packet.src_port = id,
+                (false, icmp::ECHO_REPLY) | (true, icmp::V6_ECHO_REPLY) => packet.dst_port = id,
+                (false, icmp::DEST_UNREACH | icmp::TIME_EXCEEDED | icmp::PARAM_PROBLEM) => {
+                    packet.related = parse_embedded_v4(cur, offset + 8);
+                }
+                (true, 1..=4) => packet.related = parse_embedded_v6(cur, offset + 8),
+                _ => {}
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The flow of the IPv4 header (and first 8 L4 bytes) embedded in an ICMP error. `None` when
+/// it is cut short or has options past what we read: the error then gets no related-flow
+/// treatment, which can only make it subject to policy, never open anything.
+#[inline(always)]
+fn parse_embedded_v4(cur: &Cursor, offset: usize) -> Option<Flow> {
+    if offset > MAX_L4_OFFSET {
+        return None;
+    }
+    let hdr: [u8; 20] = cur.read(offset).ok()?;
+    if hdr[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = (hdr[0] & 0x0f) as usize;
+    let mut flow = Flow {
+        src: v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        dst: v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        protocol: hdr[9],
+        src_port: 0,
+        dst_port: 0,
+    };
+    embedded_ports(cur, offset + ihl * 4, &mut flow);
+    Some(flow)
+}
+
+/// Like [`parse_embedded_v4`] for an IPv6 header; extension headers in the embedded packet
+/// are not walked (the error is then judged by policy alone).
+#[inline(always)]
+fn parse_embedded_v6(cur: &Cursor, offset: usize) -> Option<Flow> {
+    if offset > MAX_L4_OFFSET {
+        return None;
+    }
+    let next: u8 = cur.read(offset + 6).ok()?;
+    let src: Addr = cur.read(offset + 8).ok()?;
+    let dst: Addr = cur.read(offset + 24).ok()?;
+    let mut flow = Flow {
+        src,
+        dst,
+        protocol: next,
+        src_port: 0,
+        dst_port: 0,
+    };
+    embedded_ports(cur, offset + 40, &mut flow);
+    Some(flow)
+}
+
+#[inline(always)]
+fn embedded_ports(cur: &Cursor, offset: usize, flow: &mut Flow) {
+    if offset > MAX_L4_OFFSET {
+        return;
+    }
+    match flow.protocol {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+            if let Ok(ports) = cur.read::<[u8; 4]>(offset) {
+                flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            }
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            if let Ok(hdr) = cur.read::<[u8; 6]>(offset) {
+                let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+                // The embedded packet is the request the error answers.
+                if hdr[0] == icmp::ECHO_REQUEST || hdr[0] == icmp::V6_ECHO_REQUEST {
+                    flow.src_port = id;
+                }
+            }
+        }
+        _ => {}
+    }
 }

@@ -4,8 +4,10 @@
 //! sources -> [`policy::Snapshot`] -> `policy::compile` -> map entries -> kernel programs.
 
 pub mod addr;
+pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod lab;
 pub mod manifests;
 pub mod policy;
+pub mod source;

@@ -14,8 +14,13 @@ use clap::{Parser, Subcommand};
 
 mod setup;
 
-/// Nightly toolchain used only for the eBPF crate (see shared TOOLCHAIN.md).
-const NIGHTLY: &str = "nightly";
+/// Nightly toolchain used only for the eBPF crate (see shared TOOLCHAIN.md); the container
+/// build names its pinned nightly through this variable.
+const NIGHTLY_ENV: &str = "NPENFORCE_EBPF_TOOLCHAIN";
+
+pub(crate) fn nightly() -> String {
+    std::env::var(NIGHTLY_ENV).unwrap_or_else(|_| "nightly".to_owned())
+}
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 #[derive(Parser)]
@@ -124,7 +129,7 @@ fn build_ebpf() -> Result<()> {
     ]
     .join("\x1f");
     let target_dir = root.join("target");
-    let mut cmd = clean_cargo(Some(NIGHTLY));
+    let mut cmd = clean_cargo(Some(&nightly()));
     cmd.current_dir(root.join("npenforce-ebpf"))
         .args([
             "build",

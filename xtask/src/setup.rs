@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run_cmd, workspace_root, NIGHTLY};
+use crate::{nightly, run_cmd, workspace_root};
 
 /// Debian packages: LLVM 22 (bpf-linker links against it), iproute2 and nftables for the lab,
 /// shellcheck for the deploy scripts.
@@ -56,14 +56,15 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 fn nightly_sysroot() -> Result<PathBuf> {
     let out = Command::new("rustc")
-        .arg(format!("+{NIGHTLY}"))
+        .arg(format!("+{}", nightly()))
         .args(["--print", "sysroot"])
         .env_remove("RUSTUP_TOOLCHAIN")
         .output()
         .context("running rustc +nightly --print sysroot (is the nightly toolchain installed?)")?;
     if !out.status.success() {
         bail!(
-            "rustc +{NIGHTLY} failed: {}",
+            "rustc +{} failed: {}",
+            nightly(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -76,9 +77,10 @@ fn install_rust_src() -> Result<()> {
     if core_src.is_dir() {
         return Ok(());
     }
-    println!("xtask setup: adding rust-src to the {NIGHTLY} toolchain");
+    let toolchain = nightly();
+    println!("xtask setup: adding rust-src to the {toolchain} toolchain");
     let added = Command::new("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
+        .args(["component", "add", "rust-src", "--toolchain", &toolchain])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);

@@ -1,13 +1,24 @@
-//! Owns the loaded eBPF object: loads it, attaches its programs, and writes its maps.
+//! Owns the loaded eBPF object: loads it (adopting pinned maps), attaches its programs (pinning
+//! the links), and hands out its maps. Nothing else calls aya program APIs.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapError},
-    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
-    Ebpf, EbpfError,
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError},
+    programs::{
+        links::{FdLink, PinnedLink},
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+    },
+    Ebpf, EbpfError, EbpfLoader,
 };
-use npenforce_common::{map_names, AddrKey, DenyValue};
+use npenforce_common::{
+    map_names, program_names, AddrKey, DataplaneConfig, DenyValue, CONFIG_GLOBAL,
+};
 
 use crate::addr::kernel_addr;
 
@@ -46,6 +57,20 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    #[error("map {name} is full ({capacity} entries): raise its size (--map-size-* flags)")]
+    MapFull { name: &'static str, capacity: u32 },
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interface {interface}: {source}")]
+    Interface {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Where a program runs on an interface, named from the interface's side.
@@ -57,6 +82,15 @@ pub enum Hook {
     Egress,
 }
 
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
 impl From<Hook> for TcAttachType {
     fn from(hook: Hook) -> Self {
         match hook {
@@ -64,6 +98,43 @@ impl From<Hook> for TcAttachType {
             Hook::Egress => TcAttachType::Egress,
         }
     }
+}
+
+/// Map sizes (entries). The defaults fit a node of 110 pods in a 50k-pod cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub endpoints: u32,
+    pub policy_peers: u32,
+    pub policy_ports: u32,
+    /// Largest pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
+    pub pods: u32,
+    pub conntrack: u32,
+    pub fragments: u32,
+    pub interfaces: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            endpoints: 65536,
+            policy_peers: 1 << 20,
+            policy_ports: 1 << 18,
+            pods: 65536,
+            conntrack: 1 << 18,
+            fragments: 8192,
+            interfaces: 4096,
+        }
+    }
+}
+
+/// How to load the dataplane.
+#[derive(Clone, Debug, Default)]
+pub struct DataplaneOptions {
+    /// bpffs folder for pinned maps, programs and links; `None` keeps everything in this
+    /// process (tests, benchmarks).
+    pub bpffs: Option<PathBuf>,
+    pub config: Option<DataplaneConfig>,
+    pub map_sizes: MapSizes,
 }
 
 /// Result of one `BPF_PROG_TEST_RUN` call.
@@ -78,17 +149,55 @@ pub struct TestRunOutcome {
 /// The loaded eBPF object and the links of its attached programs (dropping it detaches
 /// everything that is not pinned).
 pub struct Dataplane {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
+    bpffs: Option<PathBuf>,
+}
+
+fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
+    move |source| DataplaneError::Pin {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Dataplane {
-    /// Loads the embedded object into the kernel (maps created, programs not yet loaded).
+    /// Loads the embedded object into the kernel with default options (nothing pinned).
     pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_with(&DataplaneOptions::default())
+    }
+
+    /// Loads the embedded object. With a bpffs folder, maps that hold enforcement state are
+    /// adopted from earlier pins there (a restarted agent keeps the state the old one left)
+    /// or created and pinned.
+    pub fn load_with(options: &DataplaneOptions) -> Result<Self, DataplaneError> {
         if !object_embedded() {
             return Err(DataplaneError::ObjectNotBuilt);
         }
-        let ebpf = Ebpf::load(EBPF_OBJECT)?;
-        Ok(Self { ebpf })
+        let config = options.config.unwrap_or(DataplaneConfig::DEFAULT);
+        let sizes = options.map_sizes;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(map_names::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(map_names::POLICY_PEERS, sizes.policy_peers)
+            .map_max_entries(map_names::POLICY_PORTS, sizes.policy_ports)
+            .map_max_entries(map_names::POD_STATE, sizes.pods)
+            .map_max_entries(map_names::POD_COUNTERS, sizes.pods.saturating_mul(2))
+            .map_max_entries(map_names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(map_names::FRAGMENTS, sizes.fragments)
+            .map_max_entries(map_names::IFACES, sizes.interfaces);
+        let map_dir = options.bpffs.as_ref().map(|d| d.join("maps"));
+        if let Some(dir) = &map_dir {
+            std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
+            for name in map_names::PINNED {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(EBPF_OBJECT)?;
+        Ok(Self {
+            ebpf,
+            bpffs: options.bpffs.clone(),
+        })
     }
 
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, DataplaneError> {
@@ -121,30 +230,77 @@ impl Dataplane {
 
     /// Attaches program `name` to `interface` (in the calling thread's network namespace).
     /// TCX on kernels that have it, otherwise clsact + cls_bpf.
+    ///
+    /// With a bpffs folder the TCX link is pinned there, and a link pinned earlier for the same
+    /// interface and hook is taken over in place: the kernel swaps the program atomically, so
+    /// a restarted agent never leaves a moment without enforcement.
     pub fn attach(
         &mut self,
         name: &str,
         interface: &str,
         hook: Hook,
     ) -> Result<(), DataplaneError> {
+        let link_pin = match &self.bpffs {
+            Some(dir) => {
+                let ifindex = if_index(interface)?;
+                let links = dir.join("links");
+                std::fs::create_dir_all(&links).map_err(pin_err(&links))?;
+                Some(links.join(format!("if{ifindex}-{}", hook.name())))
+            }
+            None => None,
+        };
+        let program_err = |source| DataplaneError::Program {
+            name: name.to_owned(),
+            source,
+        };
         let classifier = self.classifier(name)?;
-        match classifier.attach(interface, hook.into()) {
-            Ok(_) => Ok(()),
+        if let Some(pin) = &link_pin {
+            if let Ok(pinned) = PinnedLink::from_pin(pin) {
+                let link = FdLink::from(pinned).try_into().map_err(
+                    |e: aya::programs::links::LinkError| DataplaneError::Pin {
+                        path: pin.clone(),
+                        source: io::Error::other(e.to_string()),
+                    },
+                )?;
+                classifier.attach_to_link(link).map_err(program_err)?;
+                return Ok(());
+            }
+        }
+        let link_id = match classifier.attach(interface, hook.into()) {
+            Ok(id) => id,
             Err(ProgramError::TcError(_)) => {
                 // Kernels before 6.6 attach through clsact, which must exist first.
                 let _ = aya::programs::tc::qdisc_add_clsact(interface);
                 classifier
                     .attach(interface, hook.into())
-                    .map(|_| ())
-                    .map_err(|source| DataplaneError::Program {
-                        name: name.to_owned(),
-                        source,
-                    })
+                    .map_err(program_err)?
             }
-            Err(source) => Err(DataplaneError::Program {
-                name: name.to_owned(),
-                source,
-            }),
+            Err(source) => return Err(program_err(source)),
+        };
+        if let Some(pin) = link_pin {
+            let link = classifier.take_link(link_id).map_err(program_err)?;
+            // Only TCX links are fd links that can be pinned; clsact filters live in the
+            // kernel's qdisc until removed.
+            if let Ok(fd_link) = FdLink::try_from(link) {
+                fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
+                    path: pin.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pinned links of `ifindex` (both hooks). The kernel already dropped them if
+    /// the interface is gone; this only removes their pins.
+    pub fn forget_interface(&mut self, ifindex: u32) {
+        if let Some(dir) = &self.bpffs {
+            for hook in [Hook::Ingress, Hook::Egress] {
+                let _ = std::fs::remove_file(
+                    dir.join("links")
+                        .join(format!("if{ifindex}-{}", hook.name())),
+                );
+            }
         }
     }
 
@@ -172,15 +328,24 @@ impl Dataplane {
         })
     }
 
+    pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::NoSuchMap(name))
+    }
+
+    pub(crate) fn take_map(&mut self, name: &'static str) -> Result<Map, DataplaneError> {
+        self.ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::NoSuchMap(name))
+    }
+
     fn source_denylist(
         &mut self,
-    ) -> Result<BpfHashMap<&mut aya::maps::MapData, AddrKey, DenyValue>, DataplaneError> {
+    ) -> Result<BpfHashMap<&mut MapData, AddrKey, DenyValue>, DataplaneError> {
         let name = map_names::SOURCE_DENYLIST;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::NoSuchMap(name))?;
-        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+        BpfHashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Drops every packet from `source` in the source-filter program.
@@ -212,11 +377,49 @@ impl Dataplane {
     }
 }
 
+/// The enforcing programs and the hook each runs on.
+pub const POD_PROGRAMS: [(&str, Hook); 2] = [
+    (program_names::FROM_POD, Hook::Ingress),
+    (program_names::TO_POD, Hook::Egress),
+];
+pub const UPLINK_PROGRAMS: [(&str, Hook); 2] = [
+    (program_names::FROM_UPLINK, Hook::Ingress),
+    (program_names::TO_UPLINK, Hook::Egress),
+];
+
+/// The ifindex of `interface` in the calling thread's network namespace.
+pub fn if_index(interface: &str) -> Result<u32, DataplaneError> {
+    let name = std::ffi::CString::new(interface).map_err(|_| DataplaneError::Interface {
+        interface: interface.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"),
+    })?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(DataplaneError::Interface {
+            interface: interface.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(index)
+}
+
 /// A delete of a key that is not there: the kernel answers ENOENT.
-fn is_not_found(err: &MapError) -> bool {
+pub(crate) fn is_not_found(err: &MapError) -> bool {
     match err {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// An insert into a full map: the kernel answers E2BIG (hash, LPM) or ENOSPC.
+pub(crate) fn is_full(err: &MapError) -> bool {
+    match err {
+        MapError::SyscallError(e) => matches!(
+            e.io_error.raw_os_error(),
+            Some(libc::E2BIG) | Some(libc::ENOSPC)
+        ),
         _ => false,
     }
 }

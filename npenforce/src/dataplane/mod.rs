@@ -1,9 +1,14 @@
 //! The kernel side of the agent: loading, attaching and feeding the eBPF programs.
 //!
 //! [`loader::Dataplane`] is the only owner of the aya `Ebpf` object; nothing else calls aya
-//! program APIs. [`netlink`] asks the kernel which interface routes an address.
+//! program APIs. [`policy_maps::PolicyMaps`] writes the compiler's entries in a safe order.
+//! [`netlink`] asks the kernel which interface routes an address.
 
+pub mod enforcer;
 pub mod loader;
 pub mod netlink;
+pub mod policy_maps;
 
-pub use loader::{Dataplane, DataplaneError, Hook};
+pub use enforcer::{InterfaceRole, KernelEnforcer};
+pub use loader::{Dataplane, DataplaneError, DataplaneOptions, Hook, MapSizes};
+pub use policy_maps::{ApplyStats, PolicyMaps};

@@ -12,7 +12,14 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFADDRMSG_LEN: usize = 8;
 const RTM_GETROUTE: u16 = 26;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
@@ -35,6 +42,91 @@ pub struct Route {
 /// Asks the kernel's routing table which interface routes `dst`. `Ok(None)` when the address
 /// is unreachable (no route).
 pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
+    let sock = open_socket()?;
+    send_to_kernel(&sock, &route_request(dst))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let len = receive(&sock, &mut buf)?;
+    parse_reply(&buf[..len])
+}
+
+/// Every address configured on this namespace's interfaces (the node's own addresses).
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+    let sock = open_socket()?;
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + IFADDRMSG_LEN);
+    request.extend_from_slice(&((NLMSG_HDRLEN + IFADDRMSG_LEN) as u32).to_ne_bytes());
+    request.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&2u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0]);
+    send_to_kernel(&sock, &request)?;
+
+    let mut addresses = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let len = receive(&sock, &mut buf)?;
+        let mut at = 0;
+        while at + NLMSG_HDRLEN <= len {
+            let msg_len = read_u32(&buf, at).ok_or_else(|| malformed("short header"))? as usize;
+            let msg_type = read_u16(&buf, at + 4).ok_or_else(|| malformed("short header"))?;
+            if msg_len < NLMSG_HDRLEN || at + msg_len > len {
+                return Err(malformed("bad message length"));
+            }
+            let msg = &buf[at..at + msg_len];
+            match msg_type {
+                NLMSG_DONE => return Ok(addresses),
+                NLMSG_ERROR => {
+                    let errno =
+                        read_u32(msg, NLMSG_HDRLEN).ok_or_else(|| malformed("short error"))?;
+                    return Err(io::Error::from_raw_os_error(-(errno as i32)));
+                }
+                RTM_NEWADDR => {
+                    if let Some(ip) = parse_address(msg)? {
+                        addresses.push(ip);
+                    }
+                }
+                _ => {}
+            }
+            at += (msg_len + 3) & !3;
+        }
+    }
+}
+
+/// The address of one RTM_NEWADDR message: IFA_LOCAL when present (IPv4 point-to-point
+/// links carry the peer in IFA_ADDRESS), otherwise IFA_ADDRESS.
+fn parse_address(msg: &[u8]) -> io::Result<Option<IpAddr>> {
+    let family = *msg
+        .get(NLMSG_HDRLEN)
+        .ok_or_else(|| malformed("short ifaddrmsg"))?;
+    let mut at = NLMSG_HDRLEN + IFADDRMSG_LEN;
+    let (mut local, mut address) = (None, None);
+    while at + 4 <= msg.len() {
+        let attr_len = read_u16(msg, at).ok_or_else(|| malformed("short attribute"))? as usize;
+        let attr_type = read_u16(msg, at + 2).ok_or_else(|| malformed("short attribute"))?;
+        if attr_len < 4 || at + attr_len > msg.len() {
+            return Err(malformed("bad attribute length"));
+        }
+        let payload = &msg[at + 4..at + attr_len];
+        let ip = match (i32::from(family), payload.len()) {
+            (libc::AF_INET, 4) => {
+                Some(IpAddr::from(<[u8; 4]>::try_from(payload).expect("4 bytes")))
+            }
+            (libc::AF_INET6, 16) => Some(IpAddr::from(
+                <[u8; 16]>::try_from(payload).expect("16 bytes"),
+            )),
+            _ => None,
+        };
+        match attr_type {
+            IFA_LOCAL => local = ip,
+            IFA_ADDRESS => address = ip,
+            _ => {}
+        }
+        at += (attr_len + 3) & !3;
+    }
+    Ok(local.or(address))
+}
+
+fn open_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -47,9 +139,10 @@ pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
 
-    let request = route_request(dst);
+fn send_to_kernel(sock: &OwnedFd, request: &[u8]) -> io::Result<()> {
     // SAFETY: sockaddr_nl is plain data; zeroed is a valid value (pid 0 = the kernel).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -67,14 +160,16 @@ pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
 
-    let mut buf = vec![0u8; 16 * 1024];
+fn receive(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is writable for its whole length.
     let len = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     if len < 0 {
         return Err(io::Error::last_os_error());
     }
-    parse_reply(&buf[..len as usize])
+    Ok(len as usize)
 }
 
 fn route_request(dst: IpAddr) -> Vec<u8> {
@@ -185,6 +280,15 @@ mod tests {
             .expect("127.0.0.1 is always routable");
         assert_eq!(route.ifname, "lo");
         assert_eq!(route.route_type, 2, "127.0.0.1 is an RTN_LOCAL route");
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let addresses = local_addresses().expect("rtnetlink address dump");
+        assert!(
+            addresses.contains(&"127.0.0.1".parse().expect("literal")),
+            "lo's 127.0.0.1 must be listed: {addresses:?}"
+        );
     }
 
     #[test]

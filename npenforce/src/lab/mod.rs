@@ -24,12 +24,17 @@ use std::{
 
 pub use gate::kernel_tests_enabled;
 pub use netns::Netns;
-pub use probe::{Outcome, Protocol};
+pub use probe::{Conversation, Outcome, Protocol};
 
 /// Probes `to:port` from the calling thread's namespace (for example the node's, inside
 /// [`Netns::run`]).
 pub fn probe_from_here(to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
     probe::probe(to, port, protocol, PROBE_TIMEOUT)
+}
+
+/// Like [`probe_from_here`], sending from the local address `source`.
+pub fn probe_from_source(source: IpAddr, to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
+    probe::probe_bound(Some(source), to, port, protocol, PROBE_TIMEOUT)
 }
 use servers::Server;
 
@@ -245,6 +250,11 @@ impl Lab {
         Ok(pod)
     }
 
+    /// The namespace of `pod` (to run code inside it).
+    pub fn pod_netns_of(&self, pod: &Pod) -> &Netns {
+        self.pod_netns(pod)
+    }
+
     fn pod_netns(&self, pod: &Pod) -> &Netns {
         &self.pod_netns[pod.netns_index]
     }
@@ -264,10 +274,59 @@ impl Lab {
         Ok(())
     }
 
+    /// Adds a Service VIP on the node the way kube-proxy's nftables mode implements one: a DNAT
+    /// rule in a `dstnat` prerouting chain sending `vip:port` to `backend:backend_port`.
+    pub fn add_service(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        backend: IpAddr,
+        backend_port: u16,
+        protocol: Protocol,
+    ) -> std::io::Result<()> {
+        let (family, addr_kw, backend_text) = match (vip, backend) {
+            (IpAddr::V4(_), IpAddr::V4(b)) => ("ip", "ip", format!("{b}:{backend_port}")),
+            (IpAddr::V6(_), IpAddr::V6(b)) => ("ip6", "ip6", format!("[{b}]:{backend_port}")),
+            _ => return Err(std::io::Error::other("VIP and backend must share a family")),
+        };
+        let proto = match protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let script = format!(
+            "table {family} npe-services {{\n\
+               chain prerouting {{ type nat hook prerouting priority -100; }}\n\
+               chain output {{ type nat hook output priority -100; }}\n\
+             }}\n\
+             add rule {family} npe-services prerouting {addr_kw} daddr {vip} {proto} dport {port} dnat to {backend_text}\n\
+             add rule {family} npe-services output {addr_kw} daddr {vip} {proto} dport {port} dnat to {backend_text}\n"
+        );
+        netns::run_in_node_nft(&self.node, &script)
+    }
+
     /// Tries to reach `to:port` from inside `from` and reports whether an answer came back
     /// within [`PROBE_TIMEOUT`].
     pub fn probe(&self, from: &Pod, to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
         self.probe_with_timeout(from, to, port, protocol, PROBE_TIMEOUT)
+    }
+
+    /// Opens a TCP connection from `from` to `to:port` that stays open (its socket lives in
+    /// `from`'s namespace).
+    pub fn open_conversation(
+        &self,
+        from: &Pod,
+        to: IpAddr,
+        port: u16,
+    ) -> std::io::Result<Conversation> {
+        self.pod_netns(from)
+            .run(|| Conversation::open(std::net::SocketAddr::new(to, port), PROBE_TIMEOUT))?
+    }
+
+    /// Sends a UDP datagram of `size` bytes from `from` and waits for the echo.
+    pub fn probe_udp_size(&self, from: &Pod, to: IpAddr, port: u16, size: usize) -> Outcome {
+        self.pod_netns(from)
+            .run(|| probe::probe_udp_size(std::net::SocketAddr::new(to, port), size, PROBE_TIMEOUT))
+            .unwrap_or_else(|err| Outcome::Error(format!("entering {}: {err}", from.name)))
     }
 
     pub fn probe_with_timeout(

@@ -98,3 +98,28 @@ pub fn run_ip(args: &[&str]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Runs an nft script inside `ns` (nft talks netlink in the namespace it runs in).
+pub fn run_in_node_nft(ns: &Netns, script: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("nft stdin"))?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "nft in {}: {}\n{script}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -31,7 +31,11 @@ impl Server {
             Ok(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, _)) => answer_tcp(stream, &pod),
+                        Ok((stream, _)) => {
+                            let pod = pod.clone();
+                            let stop = stop.clone();
+                            std::thread::spawn(move || answer_tcp(stream, &pod, &stop));
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
                         Err(_) => std::thread::sleep(POLL),
                     }
@@ -109,13 +113,30 @@ impl Drop for Server {
     }
 }
 
-fn answer_tcp(stream: TcpStream, pod: &str) {
+/// Answers every line of a connection with `pong <pod>` until the peer closes it (or the
+/// server stops), or an HTTP GET with one response.
+fn answer_tcp(stream: TcpStream, pod: &str, stop: &AtomicBool) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_read_timeout(Some(POLL));
     let mut reader = BufReader::new(&stream);
     let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
-        return;
+    loop {
+        match reader.read_line(&mut first) {
+            Ok(0) => return,
+            Ok(_) if first.ends_with('\n') => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
     }
     let mut writer = &stream;
     if first.starts_with("GET ") {
@@ -130,7 +151,28 @@ fn answer_tcp(stream: TcpStream, pod: &str) {
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-    } else {
-        let _ = writeln!(writer, "pong {pod}");
+        return;
+    }
+    if writeln!(writer, "pong {pod}").is_err() {
+        return;
+    }
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.ends_with('\n') => {
+                if writeln!(writer, "pong {pod}").is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
     }
 }

@@ -1,0 +1,288 @@
+//! Connection tracking of our own.
+//!
+//! Why not the kernel's conntrack through kfuncs: our verdicts must hold where kube-proxy's
+//! netfilter NAT has not run yet (host veth TC ingress) and on nodes where netfilter does not
+//! track a flow at all (no NAT rule, `NOTRACK`); the kfuncs also tie the program to
+//! nf_conntrack being loaded and to kernel-version-specific struct layouts. An LRU map keyed
+//! by the flow in canonical order costs one hash lookup per packet for both directions, its
+//! entries carry the policy generation they were judged under (so a policy change can cut
+//! established flows), and a full table evicts the oldest flows, which are then judged again
+//! (never passed unjudged).
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use npenforce_common::{
+    ct_state, ip_proto, Addr, CtEntry, CtKey, DataplaneConfig, FragEntry, FragKey,
+};
+
+use crate::{
+    maps::{CONNTRACK, FRAGMENTS, POLICY_GENERATION},
+    parse::{Flow, Packet},
+    policy::judge,
+};
+
+const NS_PER_S: u64 = 1_000_000_000;
+/// `last_seen_ns` is refreshed at most this often, to keep writes off the per-packet path.
+const REFRESH_NS: u64 = NS_PER_S;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn generation() -> u32 {
+    match POLICY_GENERATION.get(0) {
+        Some(g) => *g,
+        None => 0,
+    }
+}
+
+/// Orders `(addr, port)` pairs so both directions of a flow build the same key.
+#[inline(always)]
+fn first_is_lower(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    a_port <= b_port
+}
+
+/// The canonical key of a flow, and whether `src` became `a`.
+#[inline(always)]
+pub fn key_of(src: &Addr, dst: &Addr, protocol: u8, src_port: u16, dst_port: u16) -> (CtKey, bool) {
+    if first_is_lower(src, src_port, dst, dst_port) {
+        (
+            CtKey {
+                a: *src,
+                b: *dst,
+                a_port: src_port,
+                b_port: dst_port,
+                protocol,
+                _pad: [0; 3],
+            },
+            true,
+        )
+    } else {
+        (
+            CtKey {
+                a: *dst,
+                b: *src,
+                a_port: dst_port,
+                b_port: src_port,
+                protocol,
+                _pad: [0; 3],
+            },
+            false,
+        )
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(entry: &CtEntry, protocol: u8, cfg: &DataplaneConfig) -> u64 {
+    let seconds = if protocol == ip_proto::TCP {
+        let s = entry.state;
+        if s & ct_state::RST != 0
+            || (s & ct_state::FIN_FROM_A != 0 && s & ct_state::FIN_FROM_B != 0)
+        {
+            cfg.tcp_closing_timeout_s
+        } else if s & ct_state::REPLIED != 0 {
+            cfg.tcp_established_timeout_s
+        } else {
+            cfg.tcp_syn_timeout_s
+        }
+    } else if protocol == ip_proto::UDP {
+        cfg.udp_timeout_s
+    } else {
+        cfg.other_timeout_s
+    };
+    seconds as u64 * NS_PER_S
+}
+
+/// What conntrack says about a packet.
+pub enum Tracked {
+    /// Part of a tracked flow that is (still) allowed.
+    Allowed,
+    /// Part of a tracked flow that the current policy denies (the entry is gone now).
+    Denied(u8),
+    /// Not part of a tracked flow.
+    Unknown,
+}
+
+/// Looks the packet's flow up; refreshes the entry, follows TCP closing, and judges the flow
+/// again when the policy generation moved since it was last judged.
+#[inline(always)]
+pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
+    let (key, src_is_a) = key_of(
+        &packet.src,
+        &packet.dst,
+        packet.protocol,
+        packet.src_port,
+        packet.dst_port,
+    );
+    let entry = match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => entry,
+        None => return Tracked::Unknown,
+    };
+    // SAFETY: the pointer comes from a successful lookup; LRU values stay valid for the
+    // program's run. Races with other CPUs only affect timestamps and state bits.
+    let entry = unsafe { &mut *entry };
+    if now.saturating_sub(entry.last_seen_ns) > timeout_ns(entry, key.protocol, cfg) {
+        let _ = CONNTRACK.remove(&key);
+        return Tracked::Unknown;
+    }
+    let current = generation();
+    if entry.state & ct_state::DENIED != 0 {
+        if entry.generation == current {
+            return Tracked::Denied(entry.reason);
+        }
+        // The policy changed since the flow was cut: it may be allowed again.
+        entry.generation = current;
+        if let Err(reason) = rejudge(&key, entry) {
+            entry.reason = reason;
+            return Tracked::Denied(reason);
+        }
+        entry.state &= !ct_state::DENIED;
+    } else if entry.generation != current && cfg.keep_established == 0 {
+        entry.generation = current;
+        if let Err(reason) = rejudge(&key, entry) {
+            // Keep the entry as a tombstone: dropping it would let the next segment of the
+            // cut connection be re-admitted as a connection seen mid-flow.
+            entry.state |= ct_state::DENIED;
+            entry.reason = reason;
+            return Tracked::Denied(reason);
+        }
+    }
+    if key.protocol == ip_proto::TCP {
+        let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
+        let mut state = entry.state;
+        if !from_initiator {
+            state |= ct_state::REPLIED;
+        }
+        if packet.tcp_flags & TCP_FIN != 0 {
+            state |= if src_is_a {
+                ct_state::FIN_FROM_A
+            } else {
+                ct_state::FIN_FROM_B
+            };
+        }
+        if packet.tcp_flags & TCP_RST != 0 {
+            state |= ct_state::RST;
+        }
+        if state != entry.state {
+            entry.state = state;
+        }
+    } else if src_is_a != (entry.state & ct_state::A_INITIATED != 0) {
+        entry.state |= ct_state::REPLIED;
+    }
+    if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
+        entry.last_seen_ns = now;
+    }
+    Tracked::Allowed
+}
+
+/// Judges a tracked flow again in its original orientation with the pods that admitted it.
+#[inline(always)]
+fn rejudge(key: &CtKey, entry: &CtEntry) -> Result<(), u8> {
+    if entry.state & ct_state::A_INITIATED != 0 {
+        judge(
+            &key.a,
+            &key.b,
+            key.protocol,
+            key.b_port,
+            entry.egress_pod,
+            entry.ingress_pod,
+        )
+    } else {
+        judge(
+            &key.b,
+            &key.a,
+            key.protocol,
+            key.a_port,
+            entry.egress_pod,
+            entry.ingress_pod,
+        )
+    }
+}
+
+/// Whether the flow an ICMP error is about is tracked (the error then passes as related).
+#[inline(always)]
+pub fn related_is_tracked(flow: &Flow) -> bool {
+    let (key, _) = key_of(
+        &flow.src,
+        &flow.dst,
+        flow.protocol,
+        flow.src_port,
+        flow.dst_port,
+    );
+    CONNTRACK.get_ptr(&key).is_some()
+}
+
+/// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating.
+#[inline(always)]
+pub fn create(
+    src: &Addr,
+    dst: &Addr,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    egress_pod: u32,
+    ingress_pod: u32,
+    now: u64,
+) -> bool {
+    let (key, src_is_a) = key_of(src, dst, protocol, src_port, dst_port);
+    let entry = CtEntry {
+        last_seen_ns: now,
+        generation: generation(),
+        egress_pod,
+        ingress_pod,
+        state: if src_is_a { ct_state::A_INITIATED } else { 0 },
+        reason: 0,
+        _pad: [0; 2],
+    };
+    CONNTRACK.insert(&key, &entry, 0).is_ok()
+}
+
+/// A TCP packet that does not open a connection (no SYN, or SYN+ACK).
+#[inline(always)]
+pub fn is_tcp_mid_flow(packet: &Packet) -> bool {
+    packet.protocol == ip_proto::TCP
+        && (packet.tcp_flags & TCP_SYN == 0 || packet.tcp_flags & TCP_ACK != 0)
+}
+
+#[inline(always)]
+fn frag_key(packet: &Packet) -> FragKey {
+    FragKey {
+        src: packet.src,
+        dst: packet.dst,
+        id: packet.fragment_id,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Remembers that the first fragment of this datagram passed.
+#[inline(always)]
+pub fn remember_fragment(packet: &Packet, now: u64) -> bool {
+    FRAGMENTS
+        .insert(&frag_key(packet), &FragEntry { seen_ns: now }, 0)
+        .is_ok()
+}
+
+/// Whether the first fragment of this (later) fragment's datagram passed recently.
+#[inline(always)]
+pub fn fragment_known(packet: &Packet, now: u64) -> bool {
+    match FRAGMENTS.get_ptr(&frag_key(packet)) {
+        // SAFETY: pointer from a successful lookup.
+        Some(entry) => now.saturating_sub(unsafe { (*entry).seen_ns }) < 30 * NS_PER_S,
+        None => false,
+    }
+}

@@ -1,0 +1,68 @@
+//! The maps of the enforcing programs. Layouts live in `npenforce-common`; the sizes here are
+//! defaults that the agent overrides at load time (`--map-size-*` flags).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use npenforce_common::{
+    AddrKey, CtEntry, CtKey, DropEvent, EndpointInfo, EventBudget, FragEntry, FragKey, IfaceInfo,
+    PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
+};
+
+/// LPM tries and hash maps created without preallocation only use memory for the entries
+/// they hold, which keeps large configured sizes cheap.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<AddrKey, EndpointInfo> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+#[map(name = "POLICY_PEERS")]
+pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
+    LpmTrie::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+#[map(name = "POLICY_PORTS")]
+pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
+    LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+/// Indexed by pod id; must hold the largest pod id the compiler hands out.
+#[map(name = "POD_STATE")]
+pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);
+
+#[map(name = "IFACES")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+#[map(name = "NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(8192, 0);
+
+#[map(name = "POLICY_GENERATION")]
+pub static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Indexed by `pod_id * 2 + direction`.
+#[map(name = "POD_COUNTERS")]
+pub static POD_COUNTERS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(131072, 0);
+
+#[map(name = "NODE_COUNTERS")]
+pub static NODE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(32, 0);
+
+#[map(name = "DROP_EVENTS")]
+pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map(name = "DROP_EVENT_BUDGET")]
+pub static DROP_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the parsed packet: the 512-byte stack cannot hold it next to the
+/// map keys of a lookup chain.
+#[map(name = "NPE_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Keeps `DropEvent` referenced so its BTF is emitted for tools.
+#[allow(dead_code)]
+pub type Event = DropEvent;

@@ -1,0 +1,290 @@
+//! The kernel enforcer: the loaded programs, their maps, and which interface carries which pod.
+//!
+//! Every call works in the calling thread's network namespace (the node's): interface names,
+//! ifindexes and route lookups are per namespace.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use npenforce_common::{
+    iface_flags, map_names, mark, node_counter, DropEvent, IfaceInfo, TrafficCounters,
+};
+
+use super::{
+    loader::{
+        if_index, Dataplane, DataplaneError, DataplaneOptions, POD_PROGRAMS, UPLINK_PROGRAMS,
+    },
+    netlink,
+    policy_maps::{ApplyStats, PolicyMaps},
+};
+use crate::{
+    addr::from_kernel_addr,
+    policy::{MapDiff, MapEntries},
+};
+
+/// What kind of interface an attached interface is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceRole {
+    /// A pod's host-side veth.
+    Pod,
+    /// The node's link to the network.
+    Uplink,
+}
+
+pub struct KernelEnforcer {
+    dataplane: Dataplane,
+    maps: PolicyMaps,
+    pod_capacity: u32,
+    /// Attached interfaces by ifindex.
+    attached: BTreeMap<u32, (String, InterfaceRole)>,
+    /// What `IFACES` holds, as last written.
+    iface_table: BTreeMap<u32, IfaceInfo>,
+    node_counters: PerCpuArray<MapData, u64>,
+    pod_counters: PerCpuArray<MapData, TrafficCounters>,
+    drop_events: RingBuf<MapData>,
+}
+
+/// Node-wide counters, summed over CPUs; indexes are `drop_reason::*` and `node_counter::*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCounters(pub Vec<u64>);
+
+impl NodeCounters {
+    pub fn get(&self, index: u32) -> u64 {
+        self.0.get(index as usize).copied().unwrap_or(0)
+    }
+
+    pub fn drops(&self, reason: u8) -> u64 {
+        self.get(u32::from(reason))
+    }
+}
+
+fn typed<T>(
+    result: Result<T, aya::maps::MapError>,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    result.map_err(|source| DataplaneError::Map { name, source })
+}
+
+impl KernelEnforcer {
+    /// Loads the programs (running the verifier on all of them) and takes the policy maps.
+    pub fn new(options: &DataplaneOptions) -> Result<Self, DataplaneError> {
+        let mut dataplane = Dataplane::load_with(options)?;
+        for (name, _) in POD_PROGRAMS.iter().chain(UPLINK_PROGRAMS.iter()) {
+            dataplane.load_program(name)?;
+        }
+        let maps = PolicyMaps::take_from(&mut dataplane)?;
+        let node_counters = typed(
+            PerCpuArray::try_from(dataplane.take_map(map_names::NODE_COUNTERS)?),
+            map_names::NODE_COUNTERS,
+        )?;
+        let pod_counters = typed(
+            PerCpuArray::try_from(dataplane.take_map(map_names::POD_COUNTERS)?),
+            map_names::POD_COUNTERS,
+        )?;
+        let drop_events = typed(
+            RingBuf::try_from(dataplane.take_map(map_names::DROP_EVENTS)?),
+            map_names::DROP_EVENTS,
+        )?;
+        Ok(Self {
+            node_counters,
+            pod_counters,
+            drop_events,
+            dataplane,
+            maps,
+            pod_capacity: options.map_sizes.pods.min(mark::MAX_POD_ID + 1),
+            attached: BTreeMap::new(),
+            iface_table: BTreeMap::new(),
+        })
+    }
+
+    /// Node-wide counters (drops by reason, conntrack events), summed over CPUs.
+    pub fn node_counters(&self) -> Result<NodeCounters, DataplaneError> {
+        let mut out = Vec::with_capacity(node_counter::COUNT as usize);
+        for index in 0..node_counter::COUNT {
+            let values = typed(self.node_counters.get(&index, 0), map_names::NODE_COUNTERS)?;
+            out.push(values.iter().sum());
+        }
+        Ok(NodeCounters(out))
+    }
+
+    /// A pod's counters for one direction (`direction::INGRESS` or `EGRESS`), summed over CPUs.
+    pub fn pod_counters(
+        &self,
+        pod_id: u32,
+        direction: u8,
+    ) -> Result<TrafficCounters, DataplaneError> {
+        let index = pod_id * 2 + u32::from(direction);
+        let values = typed(self.pod_counters.get(&index, 0), map_names::POD_COUNTERS)?;
+        let mut sum = TrafficCounters::default();
+        for v in values.iter() {
+            sum.allowed_packets += v.allowed_packets;
+            sum.allowed_bytes += v.allowed_bytes;
+            sum.dropped_packets += v.dropped_packets;
+            sum.dropped_bytes += v.dropped_bytes;
+        }
+        Ok(sum)
+    }
+
+    /// Drop events waiting on the ring buffer.
+    pub fn drain_drop_events(&mut self) -> Vec<DropEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.drop_events.next() {
+            if item.len() >= std::mem::size_of::<DropEvent>() {
+                // SAFETY: the programs write whole DropEvent records; read_unaligned copes
+                // with the ring buffer's 8-byte alignment of the payload.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+            }
+        }
+        events
+    }
+
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    pub fn maps(&mut self) -> &mut PolicyMaps {
+        &mut self.maps
+    }
+
+    /// Attaches the pod programs to a host veth. Until the pod behind it is known, the
+    /// interface is pending: only node traffic passes (or all, if so configured).
+    pub fn attach_pod_interface(&mut self, interface: &str) -> Result<u32, DataplaneError> {
+        self.attach(interface, InterfaceRole::Pod)
+    }
+
+    /// Attaches the uplink programs (judging pods' egress after NAT, recognising replies).
+    pub fn attach_uplink(&mut self, interface: &str) -> Result<u32, DataplaneError> {
+        self.attach(interface, InterfaceRole::Uplink)
+    }
+
+    fn attach(&mut self, interface: &str, role: InterfaceRole) -> Result<u32, DataplaneError> {
+        let ifindex = if_index(interface)?;
+        // The table entry goes in before the programs, so their first packet already finds
+        // the interface (pending) instead of passing as "not ours".
+        let info = match role {
+            InterfaceRole::Pod => self.pod_info_for(ifindex),
+            InterfaceRole::Uplink => IfaceInfo {
+                pod_id: 0,
+                flags: iface_flags::UPLINK,
+            },
+        };
+        self.write_iface(ifindex, info)?;
+        let programs = match role {
+            InterfaceRole::Pod => POD_PROGRAMS,
+            InterfaceRole::Uplink => UPLINK_PROGRAMS,
+        };
+        for (name, hook) in programs {
+            self.dataplane.attach(name, interface, hook)?;
+        }
+        self.attached.insert(ifindex, (interface.to_owned(), role));
+        Ok(ifindex)
+    }
+
+    /// Forgets an interface that disappeared (its links went with it).
+    pub fn interface_removed(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.attached.remove(&ifindex);
+        self.iface_table.remove(&ifindex);
+        self.dataplane.forget_interface(ifindex);
+        self.maps.remove_interface(ifindex)
+    }
+
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str, InterfaceRole)> {
+        self.attached.iter().map(|(i, (n, r))| (*i, n.as_str(), *r))
+    }
+
+    /// Applies a compiler diff, then re-derives which pod is behind each attached veth.
+    pub fn apply(&mut self, diff: &MapDiff) -> Result<ApplyStats, DataplaneError> {
+        let stats = self.maps.apply(diff)?;
+        self.sync_interfaces()?;
+        Ok(stats)
+    }
+
+    /// Makes the kernel equal to `desired` (adopting pinned state), then syncs interfaces.
+    pub fn reconcile(&mut self, desired: &MapEntries) -> Result<ApplyStats, DataplaneError> {
+        let stats = self.maps.reconcile(desired)?;
+        self.sync_interfaces()?;
+        Ok(stats)
+    }
+
+    pub fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), DataplaneError> {
+        self.maps.set_node_addresses(addrs)
+    }
+
+    /// The pod behind `ifindex`: the pod whose address the node routes through it.
+    fn pod_info_for(&self, ifindex: u32) -> IfaceInfo {
+        let pod_id = self.routes_to_pods().get(&ifindex).copied();
+        match pod_id {
+            Some(pod_id) if pod_id < self.pod_capacity => IfaceInfo { pod_id, flags: 0 },
+            Some(pod_id) => {
+                tracing::error!(pod_id, ifindex, "pod id beyond the POD_STATE size: pod kept pending (node traffic only); raise --map-size-pods");
+                IfaceInfo {
+                    pod_id: 0,
+                    flags: iface_flags::PENDING,
+                }
+            }
+            None => IfaceInfo {
+                pod_id: 0,
+                flags: iface_flags::PENDING,
+            },
+        }
+    }
+
+    /// ifindex -> pod id, from a route lookup of every local pod address.
+    fn routes_to_pods(&self) -> BTreeMap<u32, u32> {
+        let mut by_iface = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for (addr, info) in &self.maps.entries().endpoints {
+            if !seen.insert((info.pod_id, addr.addr)) {
+                continue;
+            }
+            let ip = from_kernel_addr(addr.addr);
+            match netlink::route_to(ip) {
+                Ok(Some(route)) => {
+                    by_iface.insert(route.ifindex, info.pod_id);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%ip, error = %err, "route lookup for a local pod failed")
+                }
+            }
+        }
+        by_iface
+    }
+
+    /// Writes `IFACES` for every attached pod veth from the current endpoints.
+    pub fn sync_interfaces(&mut self) -> Result<(), DataplaneError> {
+        let pod_veths: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(_, (_, role))| *role == InterfaceRole::Pod)
+            .map(|(i, _)| *i)
+            .collect();
+        if pod_veths.is_empty() {
+            return Ok(());
+        }
+        let routes = self.routes_to_pods();
+        for ifindex in pod_veths {
+            let info = match routes.get(&ifindex) {
+                Some(&pod_id) if pod_id < self.pod_capacity => IfaceInfo { pod_id, flags: 0 },
+                _ => IfaceInfo {
+                    pod_id: 0,
+                    flags: iface_flags::PENDING,
+                },
+            };
+            self.write_iface(ifindex, info)?;
+        }
+        Ok(())
+    }
+
+    fn write_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), DataplaneError> {
+        if self.iface_table.get(&ifindex) == Some(&info) {
+            return Ok(());
+        }
+        self.maps.set_interface(ifindex, info)?;
+        self.iface_table.insert(ifindex, info);
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! Writes the compiler's map entries into the kernel, in an order that never drops a packet
+//! of a flow that both the old and the new policy allow.
+//!
+//! The order, and why:
+//! 1. `POLICY_PORTS` upserts: rule sets are content-addressed and immutable, so new ones exist
+//!    before anything points at them.
+//! 2. `POLICY_PEERS` upserts. With only upserts done, the longest match of any address is a
+//!    prefix of the old or of the new table, so every verdict is the old or the new one.
+//! 3. `ENDPOINTS` upserts, and `POD_STATE` for pods whose isolation is relaxed (a pod that
+//!    stops being isolated must not meet its half-removed table while still isolated).
+//! 4. `POLICY_PEERS` removals (stale prefixes).
+//! 5. `POD_STATE` for pods whose isolation is tightened: their tables are complete now.
+//! 6. `ENDPOINTS` removals, `POLICY_PORTS` removals.
+//! 7. The policy generation is bumped: tracked flows are judged again on their next packet,
+//!    against the final tables, so a flow the new policy denies is cut.
+//!
+//! A failed write (a full map) is logged and counted, never retried into an inconsistent
+//! state: a missing peer or port entry denies, a missing endpoint fails the source check, and
+//! a pod whose id does not fit `POD_STATE` is left pending (node traffic only).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError};
+use npenforce_common::{
+    endpoint_flags, map_names, pod_state_flags, AddrKey, EndpointInfo, IfaceInfo, PeerKey,
+    PeerValue, PodState, PortKey, PortValue,
+};
+
+use super::loader::{is_full, is_not_found, Dataplane, DataplaneError};
+use crate::policy::{MapDiff, MapEntries};
+
+const ISOLATION: u32 = endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED;
+
+/// What one apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub written: usize,
+    pub removed: usize,
+    /// Writes that failed (full maps, ids out of range); details are in the log.
+    pub failed: usize,
+}
+
+/// Typed handles on the policy maps, and a mirror of what this process wrote into them.
+pub struct PolicyMaps {
+    endpoints: BpfHashMap<MapData, AddrKey, EndpointInfo>,
+    peers: LpmTrie<MapData, PeerKey, PeerValue>,
+    ports: LpmTrie<MapData, PortKey, PortValue>,
+    pod_state: Array<MapData, PodState>,
+    ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
+    node_addrs: BpfHashMap<MapData, AddrKey, u32>,
+    generation: Array<MapData, u32>,
+    mirror: MapEntries,
+    pod_flags: BTreeMap<u32, u32>,
+    failed_total: u64,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+macro_rules! typed_map {
+    ($dp:expr, $ty:ident, $name:expr) => {
+        $ty::try_from($dp.take_map($name)?).map_err(map_err($name))?
+    };
+}
+
+impl PolicyMaps {
+    /// Takes the policy maps out of the loaded object. The mirror starts empty: call
+    /// [`PolicyMaps::reconcile`] to adopt what pinned maps already hold.
+    pub fn take_from(dp: &mut Dataplane) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            endpoints: typed_map!(dp, BpfHashMap, map_names::ENDPOINTS),
+            peers: typed_map!(dp, LpmTrie, map_names::POLICY_PEERS),
+            ports: typed_map!(dp, LpmTrie, map_names::POLICY_PORTS),
+            pod_state: typed_map!(dp, Array, map_names::POD_STATE),
+            ifaces: typed_map!(dp, BpfHashMap, map_names::IFACES),
+            node_addrs: typed_map!(dp, BpfHashMap, map_names::NODE_ADDRS),
+            generation: typed_map!(dp, Array, map_names::POLICY_GENERATION),
+            mirror: MapEntries::default(),
+            pod_flags: BTreeMap::new(),
+            failed_total: 0,
+        })
+    }
+
+    /// What this process believes the kernel holds.
+    pub fn entries(&self) -> &MapEntries {
+        &self.mirror
+    }
+
+    /// Writes that failed since start.
+    pub fn failed_total(&self) -> u64 {
+        self.failed_total
+    }
+
+    /// Makes the kernel maps equal to `desired`, starting from what they actually hold (pinned
+    /// maps left by an earlier agent), with the same safe ordering as [`PolicyMaps::apply`].
+    pub fn reconcile(&mut self, desired: &MapEntries) -> Result<ApplyStats, DataplaneError> {
+        self.mirror = self.read_kernel()?;
+        self.pod_flags = pod_flags_of(&self.mirror);
+        let diff = MapDiff::between(&self.mirror, desired);
+        self.apply(&diff)
+    }
+
+    fn read_kernel(&self) -> Result<MapEntries, DataplaneError> {
+        let mut entries = MapEntries::default();
+        for item in self.endpoints.iter() {
+            let (k, v) = item.map_err(map_err(map_names::ENDPOINTS))?;
+            entries.endpoints.insert(k, v);
+        }
+        for item in self.peers.iter() {
+            let (k, v) = item.map_err(map_err(map_names::POLICY_PEERS))?;
+            entries.peers.insert((k.prefix_len(), k.data()), v);
+        }
+        for item in self.ports.iter() {
+            let (k, v) = item.map_err(map_err(map_names::POLICY_PORTS))?;
+            entries.ports.insert((k.prefix_len(), k.data()), v);
+        }
+        Ok(entries)
+    }
+
+    /// Applies a diff in the order described in the module docs and bumps the generation.
+    pub fn apply(&mut self, diff: &MapDiff) -> Result<ApplyStats, DataplaneError> {
+        let mut stats = ApplyStats::default();
+        for ((len, key), value) in &diff.ports.upserts {
+            let r = self.ports.insert(&Key::new(*len, *key), *value, 0);
+            self.note(&mut stats, r, map_names::POLICY_PORTS);
+        }
+        for ((len, key), value) in &diff.peers.upserts {
+            let r = self.peers.insert(&Key::new(*len, *key), *value, 0);
+            self.note(&mut stats, r, map_names::POLICY_PEERS);
+        }
+        for (key, value) in &diff.endpoints.upserts {
+            let r = self.endpoints.insert(key, value, 0);
+            self.note(&mut stats, r, map_names::ENDPOINTS);
+        }
+        // What POD_STATE becomes, from the endpoints after the diff.
+        let mut after = self.mirror.endpoints.clone();
+        diff.endpoints.apply_to(&mut after);
+        let new_flags = pod_flags_from(after.values());
+        let touched: BTreeSet<u32> = self
+            .pod_flags
+            .keys()
+            .chain(new_flags.keys())
+            .copied()
+            .collect();
+        let mut tighten = Vec::new();
+        for pod_id in &touched {
+            let old = self.pod_flags.get(pod_id).copied().unwrap_or(0);
+            let new = new_flags.get(pod_id).copied().unwrap_or(0);
+            if old == new {
+                continue;
+            }
+            // Relax first: the bits both have, plus presence of new pods.
+            let relaxed = (old & new & ISOLATION) | (new & !ISOLATION);
+            if relaxed != old {
+                self.write_pod_state(*pod_id, relaxed, &mut stats);
+            }
+            if relaxed != new {
+                tighten.push((*pod_id, new));
+            }
+        }
+        for (len, key) in &diff.peers.removals {
+            let r = self.peers.remove(&Key::new(*len, *key));
+            self.note_removal(&mut stats, r, map_names::POLICY_PEERS);
+        }
+        for (pod_id, flags) in tighten {
+            self.write_pod_state(pod_id, flags, &mut stats);
+        }
+        for key in &diff.endpoints.removals {
+            let r = self.endpoints.remove(key);
+            self.note_removal(&mut stats, r, map_names::ENDPOINTS);
+        }
+        for (len, key) in &diff.ports.removals {
+            let r = self.ports.remove(&Key::new(*len, *key));
+            self.note_removal(&mut stats, r, map_names::POLICY_PORTS);
+        }
+        diff.endpoints.apply_to(&mut self.mirror.endpoints);
+        diff.peers.apply_to(&mut self.mirror.peers);
+        diff.ports.apply_to(&mut self.mirror.ports);
+        self.pod_flags = new_flags;
+        self.bump_generation()?;
+        Ok(stats)
+    }
+
+    fn write_pod_state(&mut self, pod_id: u32, flags: u32, stats: &mut ApplyStats) {
+        let r = self.pod_state.set(pod_id, PodState { flags }, 0);
+        self.note(stats, r, map_names::POD_STATE);
+    }
+
+    fn note(&mut self, stats: &mut ApplyStats, result: Result<(), MapError>, name: &'static str) {
+        match result {
+            Ok(()) => stats.written += 1,
+            Err(err) => {
+                stats.failed += 1;
+                self.failed_total += 1;
+                if is_full(&err) {
+                    tracing::error!(map = name, "map is full: entry not written (the affected traffic is denied); raise the map size");
+                } else {
+                    tracing::error!(map = name, error = %err, "map write failed (the affected traffic is denied)");
+                }
+            }
+        }
+    }
+
+    fn note_removal(
+        &mut self,
+        stats: &mut ApplyStats,
+        result: Result<(), MapError>,
+        name: &'static str,
+    ) {
+        match result {
+            Ok(()) => stats.removed += 1,
+            Err(err) if is_not_found(&err) => stats.removed += 1,
+            Err(err) => {
+                stats.failed += 1;
+                self.failed_total += 1;
+                tracing::error!(map = name, error = %err, "map delete failed");
+            }
+        }
+    }
+
+    /// Makes tracked flows be judged again on their next packet.
+    pub fn bump_generation(&mut self) -> Result<u32, DataplaneError> {
+        let name = map_names::POLICY_GENERATION;
+        let current = self.generation.get(&0, 0).map_err(map_err(name))?;
+        let next = current.wrapping_add(1);
+        self.generation.set(0, next, 0).map_err(map_err(name))?;
+        Ok(next)
+    }
+
+    /// Records which pod is behind interface `ifindex` (or that it is pending or an uplink).
+    pub fn set_interface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), DataplaneError> {
+        self.ifaces
+            .insert(ifindex, info, 0)
+            .map_err(map_err(map_names::IFACES))
+    }
+
+    pub fn remove_interface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        match self.ifaces.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(map_err(map_names::IFACES)(err)),
+        }
+    }
+
+    /// The interfaces table as the kernel holds it.
+    pub fn interfaces(&self) -> Result<BTreeMap<u32, IfaceInfo>, DataplaneError> {
+        self.ifaces
+            .iter()
+            .map(|r| r.map_err(map_err(map_names::IFACES)))
+            .collect()
+    }
+
+    /// Replaces the node's own addresses.
+    pub fn set_node_addresses(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), DataplaneError> {
+        let name = map_names::NODE_ADDRS;
+        let wanted: BTreeSet<AddrKey> = addrs
+            .iter()
+            .map(|ip| AddrKey {
+                addr: crate::addr::kernel_addr(*ip),
+            })
+            .collect();
+        let present: Vec<AddrKey> = self.node_addrs.keys().filter_map(Result::ok).collect();
+        for key in &wanted {
+            self.node_addrs.insert(key, 1, 0).map_err(map_err(name))?;
+        }
+        for key in present {
+            if !wanted.contains(&key) {
+                let _ = self.node_addrs.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pod_flags_from<'a>(infos: impl Iterator<Item = &'a EndpointInfo>) -> BTreeMap<u32, u32> {
+    infos
+        .map(|info| {
+            (
+                info.pod_id,
+                (info.flags & ISOLATION) | pod_state_flags::PRESENT,
+            )
+        })
+        .collect()
+}
+
+fn pod_flags_of(entries: &MapEntries) -> BTreeMap<u32, u32> {
+    pod_flags_from(entries.endpoints.values())
+}

@@ -1,0 +1,228 @@
+//! Label selectors (`matchLabels` + `matchExpressions`), validated and ready to match.
+//!
+//! API reference (LabelSelector): "The requirements are ANDed. An empty label selector
+//! matches all objects." `matchLabels` entries are equivalent to `In` requirements with a
+//! single value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// One requirement of a selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// `In`: the label is present and its value is one of the set (never empty).
+    In(String, BTreeSet<String>),
+    /// `NotIn`: the label is absent, or present with a value outside the set.
+    NotIn(String, BTreeSet<String>),
+    /// `Exists`: the label is present.
+    Exists(String),
+    /// `DoesNotExist`: the label is absent.
+    DoesNotExist(String),
+}
+
+impl Requirement {
+    fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+        }
+    }
+}
+
+/// A validated label selector.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    match_labels: Vec<(String, String)>,
+    requirements: Vec<Requirement>,
+}
+
+impl Selector {
+    /// The empty selector: matches everything.
+    pub fn everything() -> Selector {
+        Selector::default()
+    }
+
+    /// Whether this selector has no requirement (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.requirements.is_empty()
+    }
+
+    /// Whether the labels satisfy every requirement.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// Validates a Kubernetes selector. Errors are `(field path relative to the selector,
+    /// message)`, e.g. `("matchExpressions[0].operator", "...")`.
+    pub fn parse(selector: &LabelSelector) -> Result<Selector, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut match_labels = Vec::new();
+        for (k, v) in selector.match_labels.iter().flatten() {
+            if let Err(e) = validate_key(k) {
+                errors.push((format!("matchLabels[{k:?}]"), e));
+            }
+            match_labels.push((k.clone(), v.clone()));
+        }
+        let mut requirements = Vec::new();
+        for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
+            let field = format!("matchExpressions[{i}]");
+            if let Err(e) = validate_key(&expr.key) {
+                errors.push((format!("{field}.key"), e));
+            }
+            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
+            let key = expr.key.clone();
+            let req = match expr.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    errors.push((
+                        format!("{field}.values"),
+                        format!("must be specified when `operator` is '{}'", expr.operator),
+                    ));
+                    continue;
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    errors.push((
+                        format!("{field}.values"),
+                        format!(
+                            "may not be specified when `operator` is '{}'",
+                            expr.operator
+                        ),
+                    ));
+                    continue;
+                }
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    errors.push((
+                        format!("{field}.operator"),
+                        format!(
+                            "unsupported operator {other:?}: expected In, NotIn, Exists or DoesNotExist"
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            requirements.push(req);
+        }
+        if errors.is_empty() {
+            Ok(Selector {
+                match_labels,
+                requirements,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A label key must be non-empty (the full qualified-name syntax check is left to the API
+/// server; an empty key can never match anything meaningful).
+fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        Err("label key must not be empty".to_string())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.map(|v| v.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn sel(ml: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> Selector {
+        Selector::parse(&LabelSelector {
+            match_labels: (!ml.is_empty()).then(|| labels(ml)),
+            match_expressions: (!exprs.is_empty()).then_some(exprs),
+        })
+        .expect("valid selector")
+    }
+
+    #[test]
+    fn empty_matches_everything() {
+        let s = sel(&[], vec![]);
+        assert!(s.is_empty());
+        assert!(s.matches(&labels(&[])));
+        assert!(s.matches(&labels(&[("a", "b")])));
+    }
+
+    #[test]
+    fn match_labels_are_anded() {
+        let s = sel(&[("app", "web"), ("tier", "fe")], vec![]);
+        assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("x", "y")])));
+        assert!(!s.matches(&labels(&[("app", "web")])));
+        assert!(!s.matches(&labels(&[("app", "db"), ("tier", "fe")])));
+    }
+
+    #[test]
+    fn operators() {
+        let l_web = labels(&[("app", "web")]);
+        let l_db = labels(&[("app", "db")]);
+        let l_none = labels(&[]);
+        let in_ = sel(&[], vec![expr("app", "In", Some(&["web", "api"]))]);
+        assert!(in_.matches(&l_web) && !in_.matches(&l_db) && !in_.matches(&l_none));
+        let not_in = sel(&[], vec![expr("app", "NotIn", Some(&["web"]))]);
+        assert!(!not_in.matches(&l_web) && not_in.matches(&l_db) && not_in.matches(&l_none));
+        let exists = sel(&[], vec![expr("app", "Exists", None)]);
+        assert!(exists.matches(&l_web) && !exists.matches(&l_none));
+        let dne = sel(&[], vec![expr("app", "DoesNotExist", Some(&[]))]);
+        assert!(!dne.matches(&l_db) && dne.matches(&l_none));
+        let both = sel(
+            &[("app", "web")],
+            vec![expr("app", "NotIn", Some(&["web"]))],
+        );
+        assert!(!both.matches(&l_web), "requirements are ANDed");
+    }
+
+    #[test]
+    fn validation_messages() {
+        let bad = |e| {
+            Selector::parse(&LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![e]),
+            })
+            .expect_err("invalid selector")
+        };
+        let e = bad(expr("app", "Equals", Some(&["x"])));
+        assert_eq!(e[0].0, "matchExpressions[0].operator");
+        assert!(
+            e[0].1.contains("unsupported operator \"Equals\""),
+            "{}",
+            e[0].1
+        );
+        let e = bad(expr("app", "In", Some(&[])));
+        assert_eq!(e[0].0, "matchExpressions[0].values");
+        assert!(e[0].1.contains("must be specified"));
+        let e = bad(expr("app", "NotIn", None));
+        assert_eq!(e[0].0, "matchExpressions[0].values");
+        let e = bad(expr("app", "Exists", Some(&["x"])));
+        assert!(e[0].1.contains("may not be specified"));
+        let e = bad(expr("", "Exists", None));
+        assert_eq!(e[0].0, "matchExpressions[0].key");
+    }
+}

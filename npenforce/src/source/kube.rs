@@ -1,0 +1,530 @@
+//! The Kubernetes source: list and watch Namespaces, Pods and NetworkPolicies through kube-rs.
+//!
+//! One `kube::runtime::watcher` per kind (cluster-wide: peers need every pod's IP, targets
+//! only this node's pods, which the compiler's `NodeScope` picks). The watcher relists on
+//! `410 Gone` and resumes dropped watches from the last resource version (bookmarks
+//! included); errors go through an exponential backoff, during which nothing is sent, so the
+//! agent keeps enforcing the last applied state.
+//!
+//! # A reflector of compact objects
+//! Every object is converted to the compiler's compact model (`policy::Pod`: key, labels,
+//! IPs, node, named ports) as soon as it arrives and the Kubernetes object is dropped: the
+//! compiler's snapshot is the only store of object content. This source keeps, per object,
+//! only its key and `resourceVersion` (a reflector store reduced to what turns a relist into
+//! changes): after a relist, objects whose resource version changed become upserts and
+//! objects no longer listed become deletes, like `reflector::store::Writer` does on
+//! `InitDone`.
+//!
+//! # Malformed objects
+//! Objects are read as [`RawObject`] (metadata plus untyped JSON) and converted to the
+//! k8s-openapi types one field at a time, so an object that does not match its schema never
+//! fails a whole list or watch: it is reported ([`SourceEvent::Invalid`], naming kind,
+//! namespace/name and the field path) and skipped. If an earlier version of it was good, that
+//! version stays in force (the same choice as for a manifest file that stops parsing).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{delete_change, describe, Kind, Object, SourceEvent};
+use crate::policy::{Namespace, ObjectKey, Pod, Policy};
+
+/// How the source talks to the API server.
+#[derive(Clone, Debug)]
+pub struct KubeSourceConfig {
+    /// Watcher settings (page size, watch timeout, bookmarks).
+    pub watcher: watcher::Config,
+    /// First delay after an error; doubles (with jitter) up to `backoff_max`, and resets once
+    /// an event arrives.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for KubeSourceConfig {
+    fn default() -> Self {
+        KubeSourceConfig {
+            watcher: watcher::Config::default(),
+            // The same figures as kube-rs' `default_backoff()`.
+            backoff_initial: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs the source until the receiver of `tx` is dropped.
+pub async fn run(client: kube::Client, config: KubeSourceConfig, tx: mpsc::Sender<SourceEvent>) {
+    let streams = Kind::ALL.map(|kind| {
+        let api: Api<RawObject> = Api::all_with(client.clone(), &api_resource(kind));
+        let backoff = ExponentialBackoff::new(config.backoff_initial, config.backoff_max);
+        watcher::watcher(api, config.watcher.clone())
+            .backoff(backoff)
+            .map(move |event| (kind, event))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut state = State::default();
+    while let Some((kind, event)) = events.next().await {
+        let out = match event {
+            Ok(event) => state.handle(kind, event),
+            Err(err) => {
+                tracing::warn!(kind = %kind, error = %err, "watch failed, retrying with backoff");
+                vec![SourceEvent::Error(format!("{kind}: {err}"))]
+            }
+        };
+        for event in out {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The API resource of a kind.
+fn api_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Namespace => ApiResource::erase::<K8sNamespace>(&()),
+        Kind::Pod => ApiResource::erase::<K8sPod>(&()),
+        Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
+    }
+}
+
+/// What the source remembers of one object.
+#[derive(Debug)]
+struct Stored {
+    resource_version: String,
+    /// The latest version was invalid (and reported).
+    invalid: bool,
+}
+
+/// The per-kind stores and the relist buffers.
+#[derive(Debug, Default)]
+struct State {
+    stores: HashMap<Kind, HashMap<ObjectKey, Stored>>,
+    /// Objects received since `Init`, until `InitDone`.
+    relist: HashMap<Kind, HashMap<ObjectKey, Converted>>,
+    synced: HashMap<Kind, bool>,
+    announced: bool,
+}
+
+/// An object as received: its key, resource version and compact form (or why not).
+#[derive(Debug)]
+struct Converted {
+    resource_version: String,
+    object: Result<Object, String>,
+}
+
+impl State {
+    fn handle(&mut self, kind: Kind, event: Event<RawObject>) -> Vec<SourceEvent> {
+        let mut out = Vec::new();
+        match event {
+            Event::Init => {
+                self.relist.insert(kind, HashMap::new());
+            }
+            Event::InitApply(obj) => {
+                let (key, converted) = convert(kind, &obj);
+                self.relist.entry(kind).or_default().insert(key, converted);
+            }
+            Event::InitDone => {
+                let listed = self.relist.remove(&kind).unwrap_or_default();
+                let store = self.stores.entry(kind).or_default();
+                let gone: Vec<ObjectKey> = store
+                    .keys()
+                    .filter(|k| !listed.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    remove(kind, store, key, &mut out);
+                }
+                for (key, converted) in listed {
+                    upsert(kind, store, key, converted, &mut out);
+                }
+                self.synced.insert(kind, true);
+                if !self.announced && Kind::ALL.iter().all(|k| self.synced.get(k) == Some(&true))
+                {
+                    self.announced = true;
+                    out.push(SourceEvent::InitialSyncDone);
+                }
+            }
+            Event::Apply(obj) => {
+                let (key, converted) = convert(kind, &obj);
+                let store = self.stores.entry(kind).or_default();
+                upsert(kind, store, key, converted, &mut out);
+            }
+            Event::Delete(obj) => {
+                let key = raw_key(kind, &obj);
+                let store = self.stores.entry(kind).or_default();
+                remove(kind, store, key, &mut out);
+            }
+        }
+        out
+    }
+}
+
+fn upsert(
+    kind: Kind,
+    store: &mut HashMap<ObjectKey, Stored>,
+    key: ObjectKey,
+    converted: Converted,
+    out: &mut Vec<SourceEvent>,
+) {
+    let Converted {
+        resource_version,
+        object,
+    } = converted;
+    if let Some(prev) = store.get(&key) {
+        if !resource_version.is_empty() && prev.resource_version == resource_version {
+            return;
+        }
+    }
+    let was_invalid = store.get(&key).is_some_and(|s| s.invalid);
+    let invalid = object.is_err();
+    match object {
+        Ok(obj) => {
+            out.push(SourceEvent::Change(obj.upsert()));
+            if was_invalid {
+                out.push(SourceEvent::Invalid {
+                    origin: describe(kind, &key),
+                    errors: Vec::new(),
+                });
+            }
+        }
+        Err(error) => {
+            let origin = describe(kind, &key);
+            tracing::error!(object = %origin, %error, "skipping invalid object");
+            out.push(SourceEvent::Invalid {
+                origin,
+                errors: vec![error],
+            });
+        }
+    }
+    store.insert(
+        key,
+        Stored {
+            resource_version,
+            invalid,
+        },
+    );
+}
+
+fn remove(
+    kind: Kind,
+    store: &mut HashMap<ObjectKey, Stored>,
+    key: ObjectKey,
+    out: &mut Vec<SourceEvent>,
+) {
+    let was_invalid = store.remove(&key).is_some_and(|s| s.invalid);
+    if was_invalid {
+        out.push(SourceEvent::Invalid {
+            origin: describe(kind, &key),
+            errors: Vec::new(),
+        });
+    }
+    out.push(SourceEvent::Change(delete_change(kind, key)));
+}
+
+/// The key of an object as the compiler's model builds it (namespaced objects without a
+/// namespace go to `default`).
+fn raw_key(kind: Kind, obj: &RawObject) -> ObjectKey {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    match kind {
+        Kind::Namespace => ObjectKey::new("", name),
+        Kind::Pod | Kind::NetworkPolicy => ObjectKey::new(
+            obj.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
+            name,
+        ),
+    }
+}
+
+/// Converts an object to the compiler's model.
+fn convert(kind: Kind, obj: &RawObject) -> (ObjectKey, Converted) {
+    let key = raw_key(kind, obj);
+    let resource_version = obj.metadata.resource_version.clone().unwrap_or_default();
+    let object = convert_object(kind, obj)
+        .map_err(|e| format!("{}: {e}", describe(kind, &key)));
+    (
+        key,
+        Converted {
+            resource_version,
+            object,
+        },
+    )
+}
+
+fn convert_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
+    if let Some(e) = &obj.metadata_error {
+        return Err(e.clone());
+    }
+    if obj.metadata.name.as_deref().unwrap_or_default().is_empty() {
+        return Err("metadata.name: missing".to_string());
+    }
+    // Only what the model reads: name, namespace, labels.
+    let metadata = ObjectMeta {
+        name: obj.metadata.name.clone(),
+        namespace: obj.metadata.namespace.clone(),
+        labels: obj.metadata.labels.clone(),
+        ..ObjectMeta::default()
+    };
+    let missing = || "metadata.name: missing".to_string();
+    match kind {
+        Kind::Namespace => {
+            let ns = K8sNamespace {
+                metadata,
+                ..K8sNamespace::default()
+            };
+            Namespace::from_k8s(&ns)
+                .map(Object::Namespace)
+                .ok_or_else(missing)
+        }
+        Kind::Pod => {
+            let pod = K8sPod {
+                metadata,
+                spec: field(&obj.body, "spec")?,
+                status: field(&obj.body, "status")?,
+            };
+            Pod::from_k8s(&pod).map(Object::Pod).ok_or_else(missing)
+        }
+        Kind::NetworkPolicy => {
+            let np = NetworkPolicy {
+                metadata,
+                spec: field(&obj.body, "spec")?,
+            };
+            Policy::from_k8s(&np).map(Object::Policy).ok_or_else(missing)
+        }
+    }
+}
+
+/// Reads one top-level field of an object, naming the path of the first problem.
+fn field<T: DeserializeOwned>(body: &Value, name: &str) -> Result<Option<T>, String> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_path_to_error::deserialize(v)
+            .map(Some)
+            .map_err(|e| format!("{}: {}", join_path(name, &e.path().to_string()), e.inner())),
+    }
+}
+
+fn join_path(field: &str, path: &str) -> String {
+    if path == "." || path.is_empty() {
+        field.to_string()
+    } else if path.starts_with('[') {
+        format!("{field}{path}")
+    } else {
+        format!("{field}.{path}")
+    }
+}
+
+/// An object of any kind as the API server sends it: typed metadata (read leniently) and the
+/// rest as JSON. Decoding never fails for a JSON object, so one bad object cannot fail a
+/// list or a watch.
+#[derive(Clone, Debug)]
+pub struct RawObject {
+    pub metadata: ObjectMeta,
+    /// Every field but `metadata`.
+    pub body: Value,
+    /// Why `metadata` did not decode (then only name, namespace and resource version were
+    /// read from it).
+    pub metadata_error: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut body = serde_json::Map::<String, Value>::deserialize(d)?;
+        let meta = body.remove("metadata").unwrap_or(Value::Null);
+        let (metadata, metadata_error) = match serde_path_to_error::deserialize(&meta) {
+            Ok(m) => (m, None),
+            Err(e) => {
+                let text = |f: &str| meta.get(f).and_then(Value::as_str).map(str::to_string);
+                let lenient = ObjectMeta {
+                    name: text("name"),
+                    namespace: text("namespace"),
+                    resource_version: text("resourceVersion"),
+                    ..ObjectMeta::default()
+                };
+                let error = format!(
+                    "{}: {}",
+                    join_path("metadata", &e.path().to_string()),
+                    e.inner()
+                );
+                (lenient, Some(error))
+            }
+        };
+        Ok(RawObject {
+            metadata,
+            body: Value::Object(body),
+            metadata_error,
+        })
+    }
+}
+
+impl kube::Resource for RawObject {
+    type DynamicType = ApiResource;
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Exponential backoff with jitter, reset by the stream on every event.
+struct ExponentialBackoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+    seed: u64,
+}
+
+impl ExponentialBackoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos().into())
+            | 1;
+        ExponentialBackoff {
+            initial,
+            max: max.max(initial),
+            current: None,
+            seed,
+        }
+    }
+}
+
+impl Iterator for ExponentialBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = match self.current {
+            None => self.initial,
+            Some(d) => (d * 2).min(self.max),
+        };
+        self.current = Some(base);
+        // xorshift: up to +25% jitter so that three watchers do not retry in lockstep.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = base.mul_f64((self.seed % 1000) as f64 / 4000.0);
+        Some((base + jitter).min(self.max + self.max / 4))
+    }
+}
+
+impl Backoff for ExponentialBackoff {
+    fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> RawObject {
+        serde_json::from_str(json).expect("a JSON object decodes")
+    }
+
+    #[test]
+    fn malformed_fields_are_named() {
+        let obj = raw(
+            r#"{"kind":"Pod","metadata":{"name":"web","namespace":"default","resourceVersion":"3"},
+                "spec":{"containers":[{"name":"c","ports":[{"containerPort":"eighty"}]}]}}"#,
+        );
+        let (key, c) = convert(Kind::Pod, &obj);
+        assert_eq!(key, ObjectKey::new("default", "web"));
+        assert_eq!(c.resource_version, "3");
+        let err = c.object.expect_err("the port is not a number");
+        assert!(
+            err.starts_with("Pod default/web: spec.containers[0].ports[0].containerPort: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_metadata_is_named() {
+        let obj = raw(r#"{"metadata":{"name":"x","resourceVersion":"7","labels":{"a":1}}}"#);
+        assert_eq!(obj.metadata.name.as_deref(), Some("x"));
+        assert_eq!(obj.metadata.resource_version.as_deref(), Some("7"));
+        let (_, c) = convert(Kind::Namespace, &obj);
+        let err = c.object.expect_err("a label value is not a string");
+        assert!(err.starts_with("Namespace x: metadata.labels.a: "), "{err}");
+    }
+
+    #[test]
+    fn relist_turns_into_changes() {
+        let mut s = State::default();
+        let pod = |name: &str, rv: &str| {
+            raw(&format!(
+                r#"{{"metadata":{{"name":"{name}","namespace":"a","resourceVersion":"{rv}"}}}}"#
+            ))
+        };
+        for kind in Kind::ALL {
+            s.handle(kind, Event::Init);
+        }
+        s.handle(Kind::Pod, Event::InitApply(pod("p1", "1")));
+        s.handle(Kind::Pod, Event::InitApply(pod("p2", "2")));
+        let out = s.handle(Kind::Pod, Event::InitDone);
+        assert_eq!(out.len(), 2);
+        assert!(s.handle(Kind::Namespace, Event::InitDone).is_empty());
+        let out = s.handle(Kind::NetworkPolicy, Event::InitDone);
+        assert!(matches!(out.as_slice(), [SourceEvent::InitialSyncDone]));
+
+        // Relist: p1 unchanged, p2 gone, p3 new.
+        s.handle(Kind::Pod, Event::Init);
+        s.handle(Kind::Pod, Event::InitApply(pod("p1", "1")));
+        s.handle(Kind::Pod, Event::InitApply(pod("p3", "5")));
+        let out = s.handle(Kind::Pod, Event::InitDone);
+        let text = format!("{out:?}");
+        assert_eq!(out.len(), 2, "{text}");
+        assert!(text.contains("DeletePod(a/p2)"), "{text}");
+        assert!(text.contains("UpsertPod"), "{text}");
+        assert!(!text.contains("InitialSyncDone"), "{text}");
+    }
+
+    #[test]
+    fn backoff_grows_and_resets() {
+        let mut b = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next().expect("infinite");
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
+        let d: Vec<Duration> = (0..10).map(|_| b.next().expect("infinite")).collect();
+        assert!(d[9] >= Duration::from_secs(1) && d[9] <= Duration::from_millis(1250));
+        b.reset();
+        assert!(b.next().expect("infinite") <= Duration::from_millis(125));
+    }
+}

@@ -1,0 +1,1003 @@
+//! Real packets through the enforcing programs, with tables from the policy compiler.
+
+mod node_lab;
+
+use node_lab::{NodeLab, PodSpec};
+use npenforce::{
+    dataplane::DataplaneOptions,
+    lab::{kernel_tests_enabled, Outcome, Protocol},
+};
+
+const ALLOWED: Outcome = Outcome::Allowed;
+const BLOCKED: Outcome = Outcome::Blocked;
+
+fn web_lab(tag: &str) -> NodeLab {
+    let mut lab = NodeLab::new(tag, DataplaneOptions::default());
+    lab.namespace("default", &[]);
+    lab.namespace("other", &[("team", "operations")]);
+    lab.pod(PodSpec {
+        namespace: "default",
+        name: "web",
+        labels: &[("app", "web")],
+        ports: &[("http", 80, "TCP")],
+    });
+    lab.pod(PodSpec {
+        namespace: "default",
+        name: "client",
+        labels: &[],
+        ports: &[],
+    });
+    lab.pod(PodSpec {
+        namespace: "other",
+        name: "monitor",
+        labels: &[("type", "monitoring")],
+        ports: &[],
+    });
+    lab.serve(
+        "default",
+        "web",
+        &[
+            (80, Protocol::Tcp),
+            (81, Protocol::Tcp),
+            (53, Protocol::Udp),
+        ],
+    );
+    lab.serve("default", "client", &[(80, Protocol::Tcp)]);
+    lab.serve("other", "monitor", &[(80, Protocol::Tcp)]);
+    lab
+}
+
+#[test]
+fn ingress_policy_by_pod_and_namespace_selector() {
+    if !kernel_tests_enabled("ingress_policy_by_pod_and_namespace_selector") {
+        return;
+    }
+    let mut lab = web_lab("ingr");
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "no policy yet"
+        );
+    }
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allow-all-ns-monitoring, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {team: operations}}
+      podSelector: {matchLabels: {type: monitoring}}
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "client is not monitoring"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "monitoring pod in an operations namespace"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                53,
+                Protocol::Udp,
+                v6
+            ),
+            ALLOWED,
+            "a rule without ports allows every port"
+        );
+        // web itself is not isolated for egress, nor is client for ingress.
+        assert_eq!(
+            lab.probe(
+                ("default", "web"),
+                ("default", "client"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "web -> client is not governed"
+        );
+    }
+}
+
+#[test]
+fn ports_named_ports_and_ranges() {
+    if !kernel_tests_enabled("ports_named_ports_and_ranges") {
+        return;
+    }
+    let mut lab = web_lab("port");
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-http-only, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports:
+    - {port: http}
+    - {port: 50, endPort: 60, protocol: UDP}
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "named port http = 80"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                81,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "81 is not listed"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                53,
+                Protocol::Udp,
+                v6
+            ),
+            ALLOWED,
+            "53 within UDP 50-60"
+        );
+    }
+}
+
+#[test]
+fn egress_policy_and_replies_with_both_sides_isolated() {
+    if !kernel_tests_enabled("egress_policy_and_replies_with_both_sides_isolated") {
+        return;
+    }
+    let mut lab = web_lab("egrs");
+    // client may only talk to web:80; web only accepts client. Both isolated both ways: the
+    // replies must still pass (stateful).
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to:
+    - podSelector: {matchLabels: {app: web}}
+    ports:
+    - {port: 80}
+  ingress:
+  - from:
+    - podSelector: {}
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "allowed by egress and ingress"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                81,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "egress allows only 80"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                53,
+                Protocol::Udp,
+                v6
+            ),
+            BLOCKED,
+            "egress allows only TCP 80"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "web"),
+                ("default", "client"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "web's egress only reaches web"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "web's ingress only from default"
+        );
+    }
+}
+
+#[test]
+fn node_traffic_is_always_allowed() {
+    if !kernel_tests_enabled("node_traffic_is_always_allowed") {
+        return;
+    }
+    let mut lab = web_lab("node");
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+"#,
+    );
+    let web = lab.lab_pod("default", "web").clone();
+    for ip in web.ips() {
+        let outcome = lab
+            .lab
+            .node()
+            .run(|| npenforce::lab::probe_from_here(ip, 80, Protocol::Tcp))
+            .expect("entering the node");
+        assert_eq!(outcome, ALLOWED, "node -> web {ip} (kubelet probes)");
+    }
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        BLOCKED
+    );
+}
+
+#[test]
+fn policy_delete_restores_traffic() {
+    if !kernel_tests_enabled("policy_delete_restores_traffic") {
+        return;
+    }
+    let mut lab = web_lab("pdel");
+    let key = lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-deny-all, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+"#,
+    );
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        BLOCKED
+    );
+    lab.delete_policy(key);
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        ALLOWED
+    );
+}
+
+#[test]
+fn service_vip_egress_is_judged_against_the_backend() {
+    if !kernel_tests_enabled("service_vip_egress_is_judged_against_the_backend") {
+        return;
+    }
+    let mut lab = web_lab("svc");
+    let web = lab.lab_pod("default", "web").clone();
+    let vip4: std::net::IpAddr = "10.96.0.10".parse().expect("literal");
+    let vip6: std::net::IpAddr = "fd00:10:96::10".parse().expect("literal");
+    lab.lab
+        .add_service(vip4, 80, std::net::IpAddr::V4(web.ipv4), 80, Protocol::Tcp)
+        .expect("v4 service");
+    lab.lab
+        .add_service(vip6, 80, std::net::IpAddr::V6(web.ipv6), 80, Protocol::Tcp)
+        .expect("v6 service");
+    let via_vip = |lab: &node_lab::NodeLab, from: (&str, &str), vip| {
+        lab.lab
+            .probe(lab.lab_pod(from.0, from.1), vip, 80, Protocol::Tcp)
+    };
+    for vip in [vip4, vip6] {
+        assert_eq!(
+            via_vip(&lab, ("default", "client"), vip),
+            ALLOWED,
+            "no policy: the VIP works"
+        );
+    }
+
+    // client may reach app=web pods on 80: the VIP is not in the policy, its backend is.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-web, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 80}]
+"#,
+    );
+    for vip in [vip4, vip6] {
+        assert_eq!(
+            via_vip(&lab, ("default", "client"), vip),
+            ALLOWED,
+            "egress judged against the backend {vip}"
+        );
+    }
+    // Now client may only reach the monitoring pod: the same VIP is blocked.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-web, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {type: monitoring}}}]
+"#,
+    );
+    for vip in [vip4, vip6] {
+        assert_eq!(
+            via_vip(&lab, ("default", "client"), vip),
+            BLOCKED,
+            "backend not allowed by egress, via {vip}"
+        );
+    }
+    // Ingress on the backend, reached through the VIP, with the client's egress open again:
+    // web accepts only the monitoring pod, and replies come back through the un-NAT.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-web, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  policyTypes: [Ingress, Egress]
+  egress: [{}]
+"#,
+    );
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-monitoring, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: operations}}, podSelector: {matchLabels: {type: monitoring}}}]
+"#,
+    );
+    for vip in [vip4, vip6] {
+        assert_eq!(
+            via_vip(&lab, ("default", "client"), vip),
+            BLOCKED,
+            "web's ingress denies client via {vip}"
+        );
+        assert_eq!(
+            via_vip(&lab, ("other", "monitor"), vip),
+            ALLOWED,
+            "web's ingress admits monitor via {vip}"
+        );
+    }
+}
+
+#[test]
+fn spoofed_source_is_dropped() {
+    if !kernel_tests_enabled("spoofed_source_is_dropped") {
+        return;
+    }
+    let mut lab = web_lab("spoof");
+    // web admits only the monitoring pod; client borrows monitor's address.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-monitoring, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {type: monitoring}}}]
+"#,
+    );
+    let client = lab.lab_pod("default", "client").clone();
+    let monitor = lab.lab_pod("other", "monitor").clone();
+    let web = lab.lab_pod("default", "web").clone();
+    // Give client monitor's address too, as a second address on its eth0, and send from it.
+    let client_ns = lab.lab.pod_netns_of(&client).name().to_owned();
+    npenforce::lab::netns::run_ip(&[
+        "-n",
+        &client_ns,
+        "addr",
+        "add",
+        &format!("{}/32", monitor.ipv4),
+        "dev",
+        "eth0",
+    ])
+    .expect("adding the borrowed address");
+    let outcome = lab
+        .lab
+        .pod_netns_of(&client)
+        .run(|| {
+            npenforce::lab::probe_from_source(
+                monitor.ipv4.into(),
+                web.ipv4.into(),
+                80,
+                Protocol::Tcp,
+            )
+        })
+        .expect("entering client");
+    assert_eq!(
+        outcome, BLOCKED,
+        "a packet from client with monitor's address must be dropped"
+    );
+    let counters = lab.enforcer.node_counters().expect("reading counters");
+    assert!(
+        counters.drops(npenforce_common::drop_reason::SPOOFED_SOURCE) >= 1,
+        "the drop must come from the source check (counters {:?})",
+        counters
+    );
+    let events = lab.enforcer.drain_drop_events();
+    assert!(
+        events.iter().any(
+            |e| e.reason == npenforce_common::drop_reason::SPOOFED_SOURCE
+                && npenforce::addr::from_kernel_addr(e.src) == std::net::IpAddr::V4(monitor.ipv4)
+        ),
+        "a drop event names the borrowed source: {events:?}"
+    );
+    assert_eq!(
+        lab.probe(
+            ("other", "monitor"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        ALLOWED,
+        "the real monitor still passes"
+    );
+}
+
+#[test]
+fn large_udp_datagrams_that_fragment() {
+    if !kernel_tests_enabled("large_udp_datagrams_that_fragment") {
+        return;
+    }
+    let mut lab = web_lab("frag");
+    let key = lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-dns, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {}}]
+    ports: [{port: 53, protocol: UDP}]
+"#,
+    );
+    let client = lab.lab_pod("default", "client").clone();
+    let web = lab.lab_pod("default", "web").clone();
+    for ip in web.ips() {
+        // 4000 bytes over a 1500-byte MTU: three fragments, only the first has ports.
+        assert_eq!(
+            lab.lab.probe_udp_size(&client, ip, 53, 4000),
+            ALLOWED,
+            "fragmented datagram to {ip}"
+        );
+        assert_eq!(
+            lab.lab.probe_udp_size(&client, ip, 53, 100),
+            ALLOWED,
+            "small datagram to {ip}"
+        );
+    }
+    lab.delete_policy(key);
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-http, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {}}]
+    ports: [{port: 80}]
+"#,
+    );
+    for ip in web.ips() {
+        assert_eq!(
+            lab.lab.probe_udp_size(&client, ip, 53, 4000),
+            BLOCKED,
+            "fragmented datagram to {ip} now denied"
+        );
+    }
+    let counters = lab.enforcer.node_counters().expect("counters");
+    assert!(
+        counters.drops(npenforce_common::drop_reason::INGRESS_DENIED) >= 2,
+        "first fragments denied by policy: {counters:?}"
+    );
+}
+
+fn web_isolated_from_client_allowed(lab: &mut NodeLab) -> npenforce::policy::PolicyKey {
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {}}]
+"#,
+    )
+}
+
+fn web_isolated_from_monitor_only(lab: &mut NodeLab) -> npenforce::policy::PolicyKey {
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: operations}}}]
+"#,
+    )
+}
+
+#[test]
+fn a_connection_the_new_policy_denies_is_cut() {
+    if !kernel_tests_enabled("a_connection_the_new_policy_denies_is_cut") {
+        return;
+    }
+    let mut lab = web_lab("cut");
+    web_isolated_from_client_allowed(&mut lab);
+    let client = lab.lab_pod("default", "client").clone();
+    let web = lab.lab_pod("default", "web").clone();
+    let mut conversations: Vec<_> = web
+        .ips()
+        .iter()
+        .map(|ip| {
+            lab.lab
+                .open_conversation(&client, *ip, 80)
+                .expect("connecting")
+        })
+        .collect();
+    for c in &mut conversations {
+        assert!(c.exchange(PROBE), "the allowed connection works");
+    }
+    web_isolated_from_monitor_only(&mut lab);
+    for c in &mut conversations {
+        assert!(
+            !c.exchange(PROBE),
+            "the established connection is cut by the new policy"
+        );
+    }
+}
+
+#[test]
+fn keep_established_flag_keeps_connections() {
+    if !kernel_tests_enabled("keep_established_flag_keeps_connections") {
+        return;
+    }
+    let mut config = npenforce_common::DataplaneConfig::DEFAULT;
+    config.keep_established = 1;
+    let mut lab = web_lab_with(
+        "keep",
+        DataplaneOptions {
+            config: Some(config),
+            ..Default::default()
+        },
+    );
+    web_isolated_from_client_allowed(&mut lab);
+    let client = lab.lab_pod("default", "client").clone();
+    let web = lab.lab_pod("default", "web").clone();
+    let mut conversation = lab
+        .lab
+        .open_conversation(&client, std::net::IpAddr::V4(web.ipv4), 80)
+        .expect("connecting");
+    assert!(conversation.exchange(PROBE));
+    web_isolated_from_monitor_only(&mut lab);
+    assert!(
+        conversation.exchange(PROBE),
+        "kept: established flows survive with the flag"
+    );
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        BLOCKED,
+        "new connections follow the new policy"
+    );
+}
+
+const PROBE: std::time::Duration = std::time::Duration::from_millis(800);
+
+fn web_lab_with(tag: &str, options: DataplaneOptions) -> NodeLab {
+    let mut lab = NodeLab::new(tag, options);
+    lab.namespace("default", &[]);
+    lab.namespace("other", &[("team", "operations")]);
+    for (ns, name, labels, ports) in [
+        (
+            "default",
+            "web",
+            &[("app", "web")][..],
+            &[("http", 80u16, "TCP")][..],
+        ),
+        ("default", "client", &[][..], &[][..]),
+        ("other", "monitor", &[("type", "monitoring")][..], &[][..]),
+    ] {
+        lab.pod(PodSpec {
+            namespace: ns,
+            name,
+            labels,
+            ports,
+        });
+    }
+    lab.serve(
+        "default",
+        "web",
+        &[(80, Protocol::Tcp), (53, Protocol::Udp)],
+    );
+    lab
+}
+
+#[test]
+fn allowed_flow_loses_nothing_during_100_policy_updates() {
+    if !kernel_tests_enabled("allowed_flow_loses_nothing_during_100_policy_updates") {
+        return;
+    }
+    let mut lab = web_lab("churn");
+    web_isolated_from_client_allowed(&mut lab);
+    let client = lab.lab_pod("default", "client").clone();
+    let web = lab.lab_pod("default", "web").clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let client_ns = lab.lab.pod_netns_of(&client).path();
+    let (sent, lost) = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            npenforce::lab::netns::run_in_netns(&client_ns, || {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+                socket.connect((web.ipv4, 53)).expect("connect");
+                socket
+                    .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                    .expect("timeout");
+                let (mut sent, mut lost) = (0u32, 0u32);
+                let mut buf = [0u8; 128];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 50 {
+                    sent += 1;
+                    socket
+                        .send(format!("ping {sent}").as_bytes())
+                        .expect("send");
+                    match socket.recv(&mut buf) {
+                        Ok(n) if buf[..n].starts_with(b"pong") => {}
+                        _ => lost += 1,
+                    }
+                }
+                (sent, lost)
+            })
+            .expect("entering client")
+        });
+        // 100 unrelated updates: policies on the monitoring pod, and a peer added to and
+        // removed from web's own table that has nothing to do with client.
+        for i in 0..100 {
+            let yaml = if i % 2 == 0 {
+                format!(
+                    r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: churn-{i}, namespace: other}}
+spec:
+  podSelector: {{matchLabels: {{type: monitoring}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: 192.0.2.{}/32}}}}]
+"#,
+                    i % 250
+                )
+            } else {
+                format!(
+                    r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-extra, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: 198.51.100.0/{}}}}}]
+"#,
+                    16 + i % 16
+                )
+            };
+            lab.policy(&yaml);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        prober.join().expect("prober thread")
+    });
+    assert!(
+        sent >= 50,
+        "the flow ran during the updates ({sent} datagrams)"
+    );
+    assert_eq!(
+        lost, 0,
+        "{lost} of {sent} request/answer pairs lost during 100 policy updates"
+    );
+}
+
+#[test]
+fn attaching_mid_flow_keeps_allowed_connections() {
+    if !kernel_tests_enabled("attaching_mid_flow_keeps_allowed_connections") {
+        return;
+    }
+    // Pods wired and talking before the agent attaches (agent start on a busy node).
+    let mut lab = NodeLab::new("midf", DataplaneOptions::default());
+    lab.namespace("default", &[]);
+    let web = PodSpec {
+        namespace: "default",
+        name: "web",
+        labels: &[("app", "web")],
+        ports: &[],
+    };
+    let client = PodSpec {
+        namespace: "default",
+        name: "client",
+        labels: &[("role", "client")],
+        ports: &[],
+    };
+    let intruder = PodSpec {
+        namespace: "default",
+        name: "intruder",
+        labels: &[],
+        ports: &[],
+    };
+    for spec in [&web, &client, &intruder] {
+        lab.wire(spec);
+    }
+    lab.serve("default", "web", &[(80, Protocol::Tcp)]);
+    let web_ip = std::net::IpAddr::V4(lab.lab_pod("default", "web").ipv4);
+    let client_pod = lab.lab_pod("default", "client").clone();
+    let intruder_pod = lab.lab_pod("default", "intruder").clone();
+    let mut allowed = lab
+        .lab
+        .open_conversation(&client_pod, web_ip, 80)
+        .expect("client connects");
+    let mut denied = lab
+        .lab
+        .open_conversation(&intruder_pod, web_ip, 80)
+        .expect("intruder connects");
+    assert!(
+        allowed.exchange(PROBE) && denied.exchange(PROBE),
+        "both work before enforcement"
+    );
+
+    // Policy first, then attach: both sides isolated, only client -> web allowed.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-client-to-web, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: web}}}]
+"#,
+    );
+    for spec in [&web, &client, &intruder] {
+        lab.announce(spec);
+        lab.attach(spec.namespace, spec.name);
+    }
+    assert!(
+        allowed.exchange(PROBE),
+        "the allowed connection survives the attach"
+    );
+    assert!(allowed.exchange(PROBE), "and keeps working");
+    assert!(
+        !denied.exchange(PROBE),
+        "the connection the policy denies is stopped"
+    );
+    let counters = lab.enforcer.node_counters().expect("counters");
+    assert!(
+        counters.get(npenforce_common::node_counter::CT_CREATED) >= 1,
+        "the allowed connection is tracked from its first packet after the attach: {counters:?}"
+    );
+    assert_eq!(
+        counters.drops(npenforce_common::drop_reason::SPOOFED_SOURCE),
+        0,
+        "nothing counts as spoofed: {counters:?}"
+    );
+}
+
+#[test]
+fn new_pods_are_isolated_from_their_first_packet() {
+    if !kernel_tests_enabled("new_pods_are_isolated_from_their_first_packet") {
+        return;
+    }
+    let mut lab = web_lab("newp");
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: default}
+spec:
+  podSelector: {}
+"#,
+    );
+    // The CNI wires a new pod; the agent attaches when the link appears, before the API
+    // server has told anyone the pod's IP: the veth is pending.
+    let fresh = PodSpec {
+        namespace: "default",
+        name: "fresh",
+        labels: &[],
+        ports: &[],
+    };
+    let fresh_pod = lab.wire(&fresh);
+    lab.serve("default", "fresh", &[(80, Protocol::Tcp)]);
+    lab.attach("default", "fresh");
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "fresh"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        BLOCKED,
+        "pending: only node traffic"
+    );
+    let from_node = lab
+        .lab
+        .node()
+        .run(|| {
+            npenforce::lab::probe_from_here(std::net::IpAddr::V4(fresh_pod.ipv4), 80, Protocol::Tcp)
+        })
+        .expect("entering the node");
+    assert_eq!(
+        from_node, ALLOWED,
+        "pending pods still get node traffic (kubelet probes)"
+    );
+    // Now the pod is known: the namespace's default deny applies.
+    lab.announce(&fresh);
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "fresh"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        BLOCKED,
+        "default deny"
+    );
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-fresh, namespace: default}
+spec:
+  podSelector: {}
+  ingress: [{}]
+"#,
+    );
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "fresh"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        ALLOWED,
+        "allowed once a policy admits it"
+    );
+}
+
+#[test]
+fn pending_allow_flag_lets_unknown_pods_talk() {
+    if !kernel_tests_enabled("pending_allow_flag_lets_unknown_pods_talk") {
+        return;
+    }
+    let mut config = npenforce_common::DataplaneConfig::DEFAULT;
+    config.pending_allows = 1;
+    let mut lab = NodeLab::new(
+        "pall",
+        DataplaneOptions {
+            config: Some(config),
+            ..Default::default()
+        },
+    );
+    let a = PodSpec {
+        namespace: "default",
+        name: "a",
+        labels: &[],
+        ports: &[],
+    };
+    let b = PodSpec {
+        namespace: "default",
+        name: "b",
+        labels: &[],
+        ports: &[],
+    };
+    lab.wire(&a);
+    lab.wire(&b);
+    lab.serve("default", "b", &[(80, Protocol::Tcp)]);
+    lab.attach("default", "a");
+    lab.attach("default", "b");
+    assert_eq!(
+        lab.probe(("default", "a"), ("default", "b"), 80, Protocol::Tcp, false),
+        ALLOWED
+    );
+}

@@ -1,0 +1,176 @@
+//! Policies the API server would reject: clear errors naming the policy and the field, the
+//! policy's rules are not enforced, its target pods fail closed, and every other policy
+//! keeps being enforced.
+
+mod policy_common;
+
+use npenforce::policy::{Policy, ValidationError};
+use policy_common::{yaml, World};
+
+fn errors(spec: &str) -> Vec<ValidationError> {
+    let np = yaml(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad, namespace: ns}}\nspec:\n{spec}"
+    ));
+    Policy::from_k8s(&np).expect("named").errors
+}
+
+fn one_error(spec: &str) -> (String, String) {
+    let e = errors(spec);
+    assert_eq!(e.len(), 1, "expected one error, got {e:?}");
+    assert_eq!(e[0].policy.to_string(), "ns/bad");
+    (e[0].field.clone(), e[0].message.clone())
+}
+
+#[test]
+fn field_paths_and_messages() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}",
+            "spec.ingress[0].from[1].ipBlock.except[0]",
+            "strict subset",
+        ),
+        (
+            "  podSelector: {}\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/33}",
+            "spec.egress[0].to[0].ipBlock.cidr",
+            "prefix length",
+        ),
+        (
+            "  podSelector: {}\n  egress:\n  - to:\n    - ipBlock: {cidr: 'fd00::/64', except: [10.0.0.0/8]}",
+            "spec.egress[0].to[0].ipBlock.except[0]",
+            "IP family",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 90, endPort: 80}",
+            "spec.ingress[0].ports[0].endPort",
+            "greater than or equal",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: http, endPort: 80}",
+            "spec.ingress[0].ports[0].endPort",
+            "named port",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {endPort: 80}",
+            "spec.ingress[0].ports[0].endPort",
+            "`port` is not specified",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 80, protocol: ICMP}",
+            "spec.ingress[0].ports[0].protocol",
+            "unsupported protocol",
+        ),
+        (
+            "  podSelector:\n    matchExpressions: [{key: app, operator: Equals, values: [x]}]",
+            "spec.podSelector.matchExpressions[0].operator",
+            "unsupported operator",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions: [{key: team, operator: In, values: []}]",
+            "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+            "must be specified",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector:\n        matchExpressions: [{key: team, operator: Exists, values: [a]}]",
+            "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
+            "may not be specified",
+        ),
+        (
+            "  podSelector: {}\n  policyTypes: [Ingress, Sideways]",
+            "spec.policyTypes[1]",
+            "unsupported value",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - {}",
+            "spec.ingress[0].from[0]",
+            "must specify a peer",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n      ipBlock: {cidr: 10.0.0.0/8}",
+            "spec.ingress[0].from[0]",
+            "both ipBlock and another peer",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 0}",
+            "spec.ingress[0].ports[0].port",
+            "between 1 and 65535",
+        ),
+    ];
+    for (spec, field, msg) in cases {
+        let (f, m) = one_error(spec);
+        assert_eq!(&f, field, "field of {spec}");
+        assert!(m.contains(msg), "message {m:?} should mention {msg:?}");
+    }
+    let e = errors("  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 90, endPort: 80}");
+    assert_eq!(
+        e[0].to_string(),
+        "NetworkPolicy ns/bad: spec.ingress[0].ports[0].endPort: must be greater than or equal to `port` (got 80 < 90)"
+    );
+    assert!(errors("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}").is_empty());
+}
+
+/// Fail closed: the broken policy isolates the pods it selects (in the directions it
+/// declares) without allowing anything; other policies and other pods are unaffected.
+#[test]
+fn invalid_policies_fail_closed_and_others_keep_working() {
+    let c = World::new()
+        .ns("ns", "")
+        .pod("ns", "web", "app=web")
+        .pod("ns", "db", "app=db")
+        .ns("other", "")
+        .pod("other", "api", "app=api")
+        .pod("other", "x", "app=x")
+        .pod("ns", "client", "app=client")
+        .policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-broken, namespace: ns}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}",
+        )
+        .policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-allow-client, namespace: ns}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: client}}",
+        )
+        .policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-broken-selector, namespace: other}
+spec:
+  podSelector:
+    matchExpressions: [{key: app, operator: Equals, values: [api]}]
+  policyTypes: [Egress]",
+        )
+        .compile();
+    assert_eq!(c.state.validation_errors.len(), 2);
+    assert_eq!(
+        c.state.validation_errors[0].field,
+        "spec.ingress[0].from[0].ipBlock.except[0]"
+    );
+    assert_eq!(
+        c.state.validation_errors[1].to_string(),
+        "NetworkPolicy other/api-broken-selector: spec.podSelector.matchExpressions[0].operator: unsupported operator \"Equals\": expected In, NotIn, Exists or DoesNotExist"
+    );
+    c.expect_tcp(&[
+        // web: isolated for ingress by the broken policy, nothing allowed.
+        ("ns/client", "ns/web", 80, false),
+        ("ns/db", "ns/web", 80, false),
+        // The valid policy keeps working.
+        ("ns/client", "ns/db", 5432, true),
+        ("other/x", "ns/db", 5432, false),
+        // An invalid podSelector selects every pod of its namespace for its direction
+        // (egress here): every pod of `other` loses egress, ingress is untouched.
+        ("other/x", "other/api", 80, false),
+        ("other/api", "203.0.113.1", 80, false),
+        ("203.0.113.1", "other/api", 80, true),
+        ("ns/client", "other/x", 80, true),
+    ]);
+}
