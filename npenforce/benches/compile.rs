@@ -56,6 +56,15 @@ fn team_selector(team: usize) -> Selector {
     .expect("selector")
 }
 
+/// The node of pod `i`: a hash, so that nodes get pods of every namespace and app.
+fn node_of(i: usize, nodes: usize) -> u64 {
+    // splitmix64
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % nodes as u64
+}
+
 fn pod(i: usize, namespaces: usize, nodes: usize, app_shift: usize) -> Pod {
     let ip = Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1);
     Pod {
@@ -65,10 +74,7 @@ fn pod(i: usize, namespaces: usize, nodes: usize, app_shift: usize) -> Pod {
             ("tier", format!("{}", i % 3)),
         ]),
         // Spread pods over nodes independently of namespace and app.
-        node_name: Some(format!(
-            "node-{}",
-            (i as u64).wrapping_mul(2_654_435_761) % nodes as u64
-        )),
+        node_name: Some(format!("node-{}", node_of(i, nodes))),
         host_network: false,
         ips: vec![IpAddr::V4(ip)],
         named_ports: vec![NamedPort {
@@ -233,20 +239,23 @@ fn bench_incremental(c: &mut Criterion) {
         let nodes = (pods / 100).max(1);
         let mut compiler = Compiler::new(snap);
         // A local pod (node-0) changes its app label back and forth.
+        let local = (0..)
+            .find(|i| node_of(*i, nodes) == 0)
+            .expect("a local index");
         let mut flip = false;
         group.bench_function(
             BenchmarkId::new("pod_label_change", format!("{pods}pods_{policies}policies")),
             |b| {
                 b.iter(|| {
                     flip = !flip;
-                    let p = pod(0, namespaces, nodes, usize::from(flip));
+                    let p = pod(local, namespaces, nodes, usize::from(flip));
                     black_box(compiler.apply(Change::UpsertPod(p)))
                 })
             },
         );
         // A remote pod (another node) appears and disappears: only peers change.
         let remote = (pods + 1..)
-            .find(|i| (*i as u64).wrapping_mul(2_654_435_761) % nodes.max(2) as u64 != 0)
+            .find(|i| node_of(*i, nodes.max(2)) != 0)
             .expect("a remote index");
         group.bench_function(
             BenchmarkId::new(
@@ -266,14 +275,16 @@ fn bench_incremental(c: &mut Criterion) {
                 })
             },
         );
-        // A policy selecting local pods changes its target app back and forth.
+        // A policy that selects the local pod above switches its target app back and forth
+        // (an existing policy when the grid has that many).
+        let target = local % namespaces + namespaces * ((local / namespaces) % APPS);
         group.bench_function(
             BenchmarkId::new("policy_change", format!("{pods}pods_{policies}policies")),
             |b| {
                 b.iter(|| {
                     flip = !flip;
                     black_box(compiler.apply(Change::UpsertPolicy(policy(
-                        0,
+                        target,
                         namespaces,
                         usize::from(flip),
                     ))))

@@ -7,6 +7,7 @@ pub mod addr;
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
+pub mod demo;
 pub mod lab;
 pub mod manifests;
 pub mod policy;

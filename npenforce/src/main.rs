@@ -27,9 +27,22 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Print the reachability truth table between all pods of a manifests folder.
     Matrix(cli::matrix::MatrixArgs),
+    /// Run the enforcement agent on this node (root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON).
+    Agent(npenforce::agent::AgentArgs),
+    /// Remove everything the agent attached and pinned under its bpffs folder (enforcement
+    /// stops).
+    Uninstall(cli::uninstall::UninstallArgs),
     /// Run the lab demo (root): real packets between network namespaces, dropped and passed
     /// by the loaded eBPF program.
     Demo(cli::demo::DemoArgs),
+}
+
+fn run_agent(args: &npenforce::agent::AgentArgs) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    let options = npenforce::dataplane::NodeOptions::from_agent_args(args);
+    let node = npenforce::dataplane::NodeDataplane::start(&options)
+        .context("starting the dataplane (loading, pinning and attaching the eBPF programs)")?;
+    npenforce::agent::run(args, node)
 }
 
 fn main() -> ExitCode {
@@ -44,6 +57,8 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Command::Check(a) => cli::check::run(a),
         Command::Matrix(a) => cli::matrix::run(a),
+        Command::Agent(a) => run_agent(a),
+        Command::Uninstall(a) => cli::uninstall::run(a),
         Command::Demo(a) => cli::demo::run(a),
     };
     match result {

@@ -34,8 +34,14 @@ fn every_flag_can_come_from_the_environment() {
         std::env::set_var(k, v);
     }
     let a = parse(&[]);
-    assert_eq!(a.source().expect("source"), SourceMode::Manifests(PathBuf::from("/srv/manifests")));
-    assert_eq!(a.node_scope().expect("node"), NodeScope::Node("worker-3".into()));
+    assert_eq!(
+        a.source().expect("source"),
+        SourceMode::Manifests(PathBuf::from("/srv/manifests"))
+    );
+    assert_eq!(
+        a.node_scope().expect("node"),
+        NodeScope::Node("worker-3".into())
+    );
     assert_eq!(a.listen, "0.0.0.0:9500".parse().expect("address"));
     assert_eq!(a.bpffs, PathBuf::from("/sys/fs/bpf/other"));
     assert_eq!(a.pending, PendingMode::Allow);
@@ -44,7 +50,10 @@ fn every_flag_can_come_from_the_environment() {
 
     // Flags win over the environment.
     let a = parse(&["--node", "cli-node", "--pending", "drop"]);
-    assert_eq!(a.node_scope().expect("node"), NodeScope::Node("cli-node".into()));
+    assert_eq!(
+        a.node_scope().expect("node"),
+        NodeScope::Node("cli-node".into())
+    );
     assert_eq!(a.pending, PendingMode::Drop);
 
     // A false boolean variable is false.
@@ -66,7 +75,10 @@ fn every_flag_can_come_from_the_environment() {
     std::env::set_var("KUBERNETES_SERVICE_HOST", "10.96.0.1");
     assert_eq!(parse(&[]).source().expect("source"), SourceMode::Kube);
     std::env::remove_var("KUBERNETES_SERVICE_HOST");
-    assert!(parse(&[]).source().is_err(), "no source outside a cluster without flags");
+    assert!(
+        parse(&[]).source().is_err(),
+        "no source outside a cluster without flags"
+    );
     std::env::set_var("NPENFORCE_KUBE", "true");
     assert_eq!(parse(&[]).source().expect("source"), SourceMode::Kube);
 }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use npenforce::policy::{Change, Compiler, Namespace, NodeScope, Pod, Policy, Sna
 use npenforce::source::SourceEvent;
 use serde_json::{json, Value};
 use support::agent::{TestAgent, NODE, NODE_IP};
+use support::http::{free_port, http_get, wait_for_code};
 use support::objects::{ip, namespace, pod, policy, yaml};
 use tokio::sync::mpsc;
 
@@ -26,51 +26,14 @@ struct Cli {
     agent: AgentArgs,
 }
 
-/// `GET path` over a fresh connection: (status code, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, body.to_string()))
-    })
-    .await
-    .expect("no panic")
-}
-
-async fn wait_for_code(addr: SocketAddr, path: &str, code: u16) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some((c, body)) = http_get(addr, path).await {
-            if c == code {
-                return body;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "GET {path} never answered {code}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address")
-}
-
 fn change_pod(p: &k8s_openapi::api::core::v1::Pod) -> SourceEvent {
     SourceEvent::Change(Change::UpsertPod(Pod::from_k8s(p).expect("named pod")))
 }
 
 fn change_ns(n: &k8s_openapi::api::core::v1::Namespace) -> SourceEvent {
-    SourceEvent::Change(Change::UpsertNamespace(Namespace::from_k8s(n).expect("named")))
+    SourceEvent::Change(Change::UpsertNamespace(
+        Namespace::from_k8s(n).expect("named"),
+    ))
 }
 
 fn change_policy(p: &k8s_openapi::api::networking::v1::NetworkPolicy) -> SourceEvent {
@@ -91,7 +54,13 @@ fn base_events() -> Vec<SourceEvent> {
         change_ns(&namespace("default", &[])),
         change_ns(&namespace("other", &[("team", "operations")])),
         change_pod(&pod("default", "web", &[("app", "web")], NODE, WEB)),
-        change_pod(&pod("default", "client", &[("role", "client")], NODE, CLIENT)),
+        change_pod(&pod(
+            "default",
+            "client",
+            &[("role", "client")],
+            NODE,
+            CLIENT,
+        )),
         change_pod(&pod("other", "mon", &[], "node-2", MON)),
     ]
 }
@@ -136,9 +105,14 @@ async fn run_agent_serves_health_readiness_metrics_and_status() {
     let task = tokio::spawn({
         let enforcer = enforcer.clone();
         async move {
-            agent::run_agent(&args, enforcer, Arc::new(move || Ok(vec![node_ip])), async move {
-                let _ = stopped.await;
-            })
+            agent::run_agent(
+                &args,
+                enforcer,
+                Arc::new(move || Ok(vec![node_ip])),
+                async move {
+                    let _ = stopped.await;
+                },
+            )
             .await
         }
     });
@@ -168,16 +142,26 @@ async fn run_agent_serves_health_readiness_metrics_and_status() {
     let web = pods.iter().find(|p| p["name"] == "web").expect("web");
     assert_eq!(web["namespace"], "default");
     assert_eq!(web["addresses"], json!([WEB]));
-    assert_eq!(web["ingress"], json!({"isolated": true, "policies": ["default/web"]}));
+    assert_eq!(
+        web["ingress"],
+        json!({"isolated": true, "policies": ["default/web"]})
+    );
     assert_eq!(web["egress"], json!({"isolated": false, "policies": []}));
     let client = pods.iter().find(|p| p["name"] == "client").expect("client");
-    assert_eq!(client["egress"]["policies"], json!(["default/bad-cidr"]), "fails closed");
+    assert_eq!(
+        client["egress"]["policies"],
+        json!(["default/bad-cidr"]),
+        "fails closed"
+    );
     let errors = status["validation_errors"].as_array().expect("errors");
     assert_eq!(errors.len(), 1, "{status:#}");
     assert_eq!(errors[0]["namespace"], "default");
     assert_eq!(errors[0]["name"], "bad-cidr");
     assert!(
-        errors[0]["field"].as_str().expect("field").contains("ipBlock.except[0]"),
+        errors[0]["field"]
+            .as_str()
+            .expect("field")
+            .contains("ipBlock.except[0]"),
         "{status:#}"
     );
     assert!(!errors[0]["message"].as_str().expect("message").is_empty());
@@ -200,7 +184,10 @@ async fn run_agent_serves_health_readiness_metrics_and_status() {
         .expect("no panic")
         .expect("clean stop");
     assert_eq!(enforcer.entries(), before);
-    assert!(http_get(listen, "/healthz").await.is_none(), "endpoints closed");
+    assert!(
+        http_get(listen, "/healthz").await.is_none(),
+        "endpoints closed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -209,40 +196,66 @@ async fn readiness_waits_for_the_initial_state_and_adopts_pinned_maps() {
     // Entries pinned by a previous agent: a stale pod that no longer exists.
     let stale = {
         let mut snap = Snapshot::new(NodeScope::AllNodes, Vec::new());
-        snap.upsert_pod(Pod::from_k8s(&pod("default", "gone", &[], NODE, "10.244.1.99")).expect("pod"));
-        snap.upsert_policy(Policy::from_k8s(&policy("default", "deny", json!({"podSelector": {}}))).expect("policy"));
+        snap.upsert_pod(
+            Pod::from_k8s(&pod("default", "gone", &[], NODE, "10.244.1.99")).expect("pod"),
+        );
+        snap.upsert_policy(
+            Policy::from_k8s(&policy("default", "deny", json!({"podSelector": {}})))
+                .expect("policy"),
+        );
         Compiler::new(snap).map_entries().clone()
     };
     assert!(!stale.endpoints.is_empty());
     let enforcer = MemoryEnforcer::with_entries(stale.clone());
     let (tx, rx) = mpsc::channel(64);
     let agent = TestAgent::start_with(rx, enforcer, |_| {});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("address");
     let (_stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(agent::http::serve(listener, agent.handle.clone(), async move {
-        let _ = http_stopped.await;
-    }));
+    tokio::spawn(agent::http::serve(
+        listener,
+        agent.handle.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
 
     for e in base_events() {
         tx.send(e).await.expect("runtime running");
     }
-    tx.send(change_policy(&web_isolated())).await.expect("running");
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(http_get(addr, "/readyz").await.expect("answer").0, 503);
     assert_eq!(http_get(addr, "/healthz").await.expect("answer").0, 200);
-    assert_eq!(agent.enforcer.entries(), stale, "nothing is written before the initial sync");
+    assert_eq!(
+        agent.enforcer.entries(),
+        stale,
+        "nothing is written before the initial sync"
+    );
     assert_eq!(agent.handle.revision(), 0);
 
-    tx.send(SourceEvent::InitialSyncDone).await.expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
     wait_for_code(addr, "/readyz", 200).await;
     assert_eq!(agent.handle.revision(), 1);
     let state = agent.enforcer.lock().clone();
-    assert_eq!(state.reconciles, 1, "the initial state is reconciled in full");
+    assert_eq!(
+        state.reconciles, 1,
+        "the initial state is reconciled in full"
+    );
     assert_eq!(state.applies, 0);
     assert!(agent.allowed(CLIENT, WEB, 80) && !agent.allowed(MON, WEB, 80));
     assert!(
-        !state.entries.endpoints.keys().any(|k| k.addr[12..] == [10, 244, 1, 99]),
+        !state
+            .entries
+            .endpoints
+            .keys()
+            .any(|k| k.addr[12..] == [10, 244, 1, 99]),
         "the stale pod's endpoint was removed"
     );
 }
@@ -254,25 +267,45 @@ async fn bursts_are_coalesced_and_noops_dropped() {
     for e in base_events() {
         tx.send(e).await.expect("running");
     }
-    tx.send(change_policy(&web_isolated())).await.expect("running");
-    tx.send(SourceEvent::InitialSyncDone).await.expect("running");
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
     agent.wait_ready().await;
 
     // 300 peers appear in one burst, and one pod flaps 100 times.
     for i in 0..300u32 {
-        let p = pod("default", &format!("c{i}"), &[("role", "client")], "node-2", &format!("10.245.{}.{}", i / 200, i % 200 + 1));
+        let p = pod(
+            "default",
+            &format!("c{i}"),
+            &[("role", "client")],
+            "node-2",
+            &format!("10.245.{}.{}", i / 200, i % 200 + 1),
+        );
         tx.send(change_pod(&p)).await.expect("running");
     }
     for i in 0..100 {
         let role = if i % 2 == 0 { "client" } else { "none" };
-        tx.send(change_pod(&pod("other", "mon", &[("role", role)], "node-2", MON)))
-            .await
-            .expect("running");
+        tx.send(change_pod(&pod(
+            "other",
+            "mon",
+            &[("role", role)],
+            "node-2",
+            MON,
+        )))
+        .await
+        .expect("running");
     }
     agent
         .expect_verdicts(
             "burst applied",
-            &[("10.245.0.1", WEB, 80, true), ("10.245.1.100", WEB, 80, true), (MON, WEB, 80, false)],
+            &[
+                ("10.245.0.1", WEB, 80, true),
+                ("10.245.1.100", WEB, 80, true),
+                (MON, WEB, 80, false),
+            ],
         )
         .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -285,9 +318,15 @@ async fn bursts_are_coalesced_and_noops_dropped() {
     assert!(applies <= 302, "one diff per object at most: {applies}");
 
     // A pod update that changes nothing the compiler reads is not a change.
-    tx.send(change_pod(&pod("default", "c0", &[("role", "client")], "node-2", "10.245.0.1")))
-        .await
-        .expect("running");
+    tx.send(change_pod(&pod(
+        "default",
+        "c0",
+        &[("role", "client")],
+        "node-2",
+        "10.245.0.1",
+    )))
+    .await
+    .expect("running");
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(agent.handle.revision(), revision);
 }
@@ -301,25 +340,44 @@ async fn a_failed_apply_is_recovered_by_a_full_reconcile() {
     for e in base_events() {
         tx.send(e).await.expect("running");
     }
-    tx.send(SourceEvent::InitialSyncDone).await.expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
     agent.wait_ready().await;
     assert!(agent.allowed(MON, WEB, 80));
 
     agent.enforcer.fail_next(1);
-    tx.send(change_policy(&web_isolated())).await.expect("running");
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
     agent
         .eventually_status("the error is reported", |s| s.enforcer_error.is_some())
         .await;
-    assert_eq!(agent.handle.revision(), 1, "a failed apply is not a new revision");
-    assert!(agent.allowed(MON, WEB, 80), "the failed diff was not applied");
+    assert_eq!(
+        agent.handle.revision(),
+        1,
+        "a failed apply is not a new revision"
+    );
+    assert!(
+        agent.allowed(MON, WEB, 80),
+        "the failed diff was not applied"
+    );
 
-    assert!(agent.handle.wait_for_revision(2, Duration::from_secs(5)).await);
+    assert!(
+        agent
+            .handle
+            .wait_for_revision(2, Duration::from_secs(5))
+            .await
+    );
     assert!(!agent.allowed(MON, WEB, 80) && agent.allowed(CLIENT, WEB, 80));
     let state = agent.enforcer.lock().clone();
     assert_eq!(state.reconciles, 2, "start and recovery");
     let status = agent.handle.status();
     assert!(status.enforcer_error.is_none(), "{status:#?}");
-    assert!(agent.handle.metrics_text().contains("npenforce_enforcer_errors_total 1\n"));
+    assert!(agent
+        .handle
+        .metrics_text()
+        .contains("npenforce_enforcer_errors_total 1\n"));
 
     // Shutdown returns the enforcer with its state untouched.
     let entries = agent.enforcer.entries();
@@ -341,13 +399,22 @@ async fn node_addresses_are_always_allowed_and_refreshed() {
     for e in base_events() {
         tx.send(e).await.expect("running");
     }
-    tx.send(change_policy(&policy("default", "deny", json!({"podSelector": {}}))))
+    tx.send(change_policy(&policy(
+        "default",
+        "deny",
+        json!({"podSelector": {}}),
+    )))
+    .await
+    .expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
         .await
         .expect("running");
-    tx.send(SourceEvent::InitialSyncDone).await.expect("running");
     agent.wait_ready().await;
     agent
-        .expect_verdicts("node allowed", &[(NODE_IP, WEB, 80, true), ("172.18.0.3", WEB, 80, false)])
+        .expect_verdicts(
+            "node allowed",
+            &[(NODE_IP, WEB, 80, true), ("172.18.0.3", WEB, 80, false)],
+        )
         .await;
     addrs.lock().expect("lock").push(ip("172.18.0.3"));
     agent
@@ -364,4 +431,42 @@ fn runtime_is_constructible_without_a_tokio_runtime() {
     assert_eq!(handle.revision(), 0);
     assert!(!handle.is_ready());
     assert!(handle.metrics_text().contains("npenforce_ready 0\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_trickle_is_applied_at_least_every_max_wait() {
+    let (tx, rx) = mpsc::channel(4096);
+    let agent = TestAgent::start(rx);
+    for e in base_events() {
+        tx.send(e).await.expect("running");
+    }
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
+    agent.wait_ready().await;
+    let first = agent.handle.revision();
+    // A change every 3 ms for 600 ms: the 10 ms quiet period never comes, the 100 ms
+    // longest wait bounds the delay.
+    let start = std::time::Instant::now();
+    let mut i = 0u32;
+    while start.elapsed() < Duration::from_millis(600) {
+        let p = pod(
+            "default",
+            &format!("t{i}"),
+            &[("role", "client")],
+            "node-2",
+            &format!("10.246.{}.{}", i / 200, i % 200 + 1),
+        );
+        tx.send(change_pod(&p)).await.expect("running");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let during = agent.handle.revision() - first;
+    assert!(
+        (3..=15).contains(&during),
+        "about one revision per 100 ms during a 600 ms trickle, got {during}"
+    );
 }

@@ -26,8 +26,20 @@ fn populate(server: &FakeApiServer) {
     server.apply(&namespace("other", &[("team", "operations")]));
     server.apply(&namespace("secondary", &[]));
     server.apply(&pod("default", "web", &[("app", "web")], NODE, WEB));
-    server.apply(&pod("default", "client", &[("role", "client")], NODE, CLIENT));
-    server.apply(&pod("other", "mon", &[("type", "monitoring")], "node-2", MON));
+    server.apply(&pod(
+        "default",
+        "client",
+        &[("role", "client")],
+        NODE,
+        CLIENT,
+    ));
+    server.apply(&pod(
+        "other",
+        "mon",
+        &[("type", "monitoring")],
+        "node-2",
+        MON,
+    ));
     server.apply(&pod("secondary", "remote", &[], "node-2", REMOTE));
 }
 
@@ -85,7 +97,11 @@ async fn initial_sync_enforces_and_then_becomes_ready() {
     assert_eq!(status.revision, 1, "{status:#?}");
     assert_eq!(status.node.as_deref(), Some(NODE));
     let names: Vec<&str> = status.pods.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["client", "web"], "only this node's pods: {status:#?}");
+    assert_eq!(
+        names,
+        ["client", "web"],
+        "only this node's pods: {status:#?}"
+    );
     let web = &status.pods[1];
     assert!(web.enforced && web.ingress.isolated && !web.egress.isolated);
     assert_eq!(web.ingress.policies, ["default/web-allow-clients"]);
@@ -112,21 +128,34 @@ async fn pod_label_change_moves_a_pod_in_and_out_of_a_policy() {
         .expect_verdicts("client unlabelled", &[(CLIENT, WEB, 80, false)])
         .await;
     // A pod on another node gains the label: allowed (peers are cluster-wide).
-    server.apply(&pod("default", "far", &[("role", "client")], "node-2", "10.244.2.30"));
+    server.apply(&pod(
+        "default",
+        "far",
+        &[("role", "client")],
+        "node-2",
+        "10.244.2.30",
+    ));
     agent
         .expect_verdicts("far pod labelled", &[("10.244.2.30", WEB, 80, true)])
         .await;
     // The target loses the label the policy selects: no longer isolated.
     server.apply(&pod("default", "web", &[("app", "other")], NODE, WEB));
     agent
-        .expect_verdicts("web unselected", &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)])
+        .expect_verdicts(
+            "web unselected",
+            &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)],
+        )
         .await;
     // And back in.
     server.apply(&pod("default", "web", &[("app", "web")], NODE, WEB));
     agent
         .expect_verdicts(
             "web selected again",
-            &[(MON, WEB, 80, false), (CLIENT, WEB, 80, false), ("10.244.2.30", WEB, 80, true)],
+            &[
+                (MON, WEB, 80, false),
+                (CLIENT, WEB, 80, false),
+                ("10.244.2.30", WEB, 80, true),
+            ],
         )
         .await;
     // A peer pod that goes away takes its address with it.
@@ -155,11 +184,17 @@ async fn namespace_relabel_changes_namespace_selector_peers() {
         .await;
     server.apply(&namespace("secondary", &[("team", "operations")]));
     agent
-        .expect_verdicts("secondary joins", &[(MON, WEB, 80, true), (REMOTE, WEB, 80, true)])
+        .expect_verdicts(
+            "secondary joins",
+            &[(MON, WEB, 80, true), (REMOTE, WEB, 80, true)],
+        )
         .await;
     server.apply(&namespace("other", &[("team", "finance")]));
     agent
-        .expect_verdicts("other leaves", &[(MON, WEB, 80, false), (REMOTE, WEB, 80, true)])
+        .expect_verdicts(
+            "other leaves",
+            &[(MON, WEB, 80, false), (REMOTE, WEB, 80, true)],
+        )
         .await;
 }
 
@@ -170,7 +205,10 @@ async fn policy_add_update_delete() {
     let (agent, _source) = start_agent(&server);
     agent.wait_ready().await;
     agent
-        .expect_verdicts("no policy", &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)])
+        .expect_verdicts(
+            "no policy",
+            &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)],
+        )
         .await;
     let rev = agent.handle.revision();
 
@@ -182,7 +220,11 @@ async fn policy_add_update_delete() {
     agent
         .expect_verdicts(
             "deny-all added",
-            &[(MON, WEB, 80, false), (CLIENT, WEB, 80, false), (WEB, CLIENT, 80, false)],
+            &[
+                (MON, WEB, 80, false),
+                (CLIENT, WEB, 80, false),
+                (WEB, CLIENT, 80, false),
+            ],
         )
         .await;
     assert!(agent.handle.revision() > rev, "the revision increases");
@@ -195,7 +237,11 @@ async fn policy_add_update_delete() {
     agent
         .expect_verdicts(
             "deny-all updated to allow clients",
-            &[(MON, WEB, 80, false), (CLIENT, WEB, 80, true), (CLIENT, WEB, 9, true)],
+            &[
+                (MON, WEB, 80, false),
+                (CLIENT, WEB, 80, true),
+                (CLIENT, WEB, 9, true),
+            ],
         )
         .await;
 
@@ -204,7 +250,10 @@ async fn policy_add_update_delete() {
         .expect_verdicts("deleted", &[(MON, WEB, 80, true), (WEB, CLIENT, 80, true)])
         .await;
     let status = agent.handle.status();
-    assert!(status.pods.iter().all(|p| !p.ingress.isolated), "{status:#?}");
+    assert!(
+        status.pods.iter().all(|p| !p.ingress.isolated),
+        "{status:#?}"
+    );
 }
 
 #[tokio::test]
@@ -213,7 +262,10 @@ async fn watch_dropped_and_resumed_without_relist() {
     populate(&server);
     let (agent, _source) = start_agent(&server);
     agent.wait_ready().await;
-    let lists: Vec<usize> = FakeKind::ALL.iter().map(|k| server.requests(*k, false)).collect();
+    let lists: Vec<usize> = FakeKind::ALL
+        .iter()
+        .map(|k| server.requests(*k, false))
+        .collect();
     let watches = server.requests(FakeKind::NetworkPolicy, true);
 
     // Abrupt drop (connection broken mid-stream); the change is made while no watch is open
@@ -221,7 +273,10 @@ async fn watch_dropped_and_resumed_without_relist() {
     server.drop_watches();
     server.apply(&web_allow_clients());
     agent
-        .expect_verdicts("after an abrupt drop", &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)])
+        .expect_verdicts(
+            "after an abrupt drop",
+            &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)],
+        )
         .await;
 
     // Clean end of the streams (as at timeoutSeconds).
@@ -232,13 +287,29 @@ async fn watch_dropped_and_resumed_without_relist() {
         .await;
 
     assert!(server.requests(FakeKind::NetworkPolicy, true) >= watches + 2);
-    let after: Vec<usize> = FakeKind::ALL.iter().map(|k| server.requests(*k, false)).collect();
-    assert_eq!(lists, after, "watches resume from their resource version, no relist");
+    let after: Vec<usize> = FakeKind::ALL
+        .iter()
+        .map(|k| server.requests(*k, false))
+        .collect();
+    assert_eq!(
+        lists, after,
+        "watches resume from their resource version, no relist"
+    );
 }
 
 #[tokio::test]
 async fn gone_410_relists_and_catches_up() {
+    gone_relists(false).await;
+}
+
+#[tokio::test]
+async fn gone_410_as_http_status_relists_too() {
+    gone_relists(true).await;
+}
+
+async fn gone_relists(as_http_status: bool) {
     let server = FakeApiServer::start().await;
+    server.gone_as_http_status(as_http_status);
     populate(&server);
     server.apply(&web_allow_clients());
     let (agent, _source) = start_agent(&server);
@@ -252,20 +323,45 @@ async fn gone_410_relists_and_catches_up() {
     // made meanwhile (a delete included) are only visible through a new list.
     server.drop_watches();
     server.delete(FakeKind::Pod, "default", "client");
-    server.apply(&pod("other", "mon", &[("type", "monitoring"), ("role", "client")], "node-2", MON));
-    server.apply(&pod("default", "mon2", &[("role", "client")], "node-2", "10.244.2.40"));
+    server.apply(&pod(
+        "other",
+        "mon",
+        &[("type", "monitoring"), ("role", "client")],
+        "node-2",
+        MON,
+    ));
+    server.apply(&pod(
+        "default",
+        "mon2",
+        &[("role", "client")],
+        "node-2",
+        "10.244.2.40",
+    ));
     server.expire_all();
 
     agent
         .expect_verdicts(
             "after relist",
-            &[(CLIENT, WEB, 80, false), ("10.244.2.40", WEB, 80, true), (MON, WEB, 80, false)],
+            &[
+                (CLIENT, WEB, 80, false),
+                ("10.244.2.40", WEB, 80, true),
+                (MON, WEB, 80, false),
+            ],
         )
         .await;
-    assert!(server.requests(FakeKind::Pod, false) > pod_lists, "410 Gone made the watcher relist");
+    assert!(
+        server.requests(FakeKind::Pod, false) > pod_lists,
+        "410 Gone made the watcher relist"
+    );
     // The relisted objects that did not change were not sent again as changes: the agent
     // still enforces web, and after the relist further watch events keep flowing.
-    server.apply(&pod("default", "client", &[("role", "client")], NODE, CLIENT));
+    server.apply(&pod(
+        "default",
+        "client",
+        &[("role", "client")],
+        NODE,
+        CLIENT,
+    ));
     agent
         .expect_verdicts("watching again", &[(CLIENT, WEB, 80, true)])
         .await;
@@ -281,20 +377,32 @@ async fn bookmarks_let_watches_resume_after_compaction() {
     // resource version with a bookmark, even the kinds that had no recent event.
     let start = std::time::Instant::now();
     while server.open_watches() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(10), "watches did not open");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "watches did not open"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.apply(&pod("default", "late", &[], "node-2", "10.244.2.50"));
     server.send_bookmarks();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let lists: Vec<usize> = FakeKind::ALL.iter().map(|k| server.requests(*k, false)).collect();
+    let lists: Vec<usize> = FakeKind::ALL
+        .iter()
+        .map(|k| server.requests(*k, false))
+        .collect();
     server.expire_before(server.resource_version());
     server.end_watches();
     server.apply(&web_allow_clients());
     agent
-        .expect_verdicts("after resume", &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)])
+        .expect_verdicts(
+            "after resume",
+            &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)],
+        )
         .await;
-    let after: Vec<usize> = FakeKind::ALL.iter().map(|k| server.requests(*k, false)).collect();
+    let after: Vec<usize> = FakeKind::ALL
+        .iter()
+        .map(|k| server.requests(*k, false))
+        .collect();
     assert_eq!(lists, after, "bookmarked watches resumed without a relist");
 }
 
@@ -315,7 +423,11 @@ async fn malformed_objects_are_skipped_and_everything_else_is_enforced() {
     agent
         .expect_verdicts(
             "with a malformed pod",
-            &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false), ("10.244.1.66", WEB, 80, false)],
+            &[
+                (CLIENT, WEB, 80, true),
+                (MON, WEB, 80, false),
+                ("10.244.1.66", WEB, 80, false),
+            ],
         )
         .await;
     let status = agent.handle.status();
@@ -340,11 +452,21 @@ async fn malformed_objects_are_skipped_and_everything_else_is_enforced() {
         "kind": "Namespace",
         "metadata": {"name": "weird", "labels": {"team": 7}},
     }));
-    server.apply(&pod("default", "client2", &[("role", "client")], "node-2", "10.244.2.31"));
+    server.apply(&pod(
+        "default",
+        "client2",
+        &[("role", "client")],
+        "node-2",
+        "10.244.2.31",
+    ));
     agent
         .expect_verdicts(
             "later changes still applied",
-            &[("10.244.2.31", WEB, 80, true), (MON, WEB, 80, false), (MON, CLIENT, 80, true)],
+            &[
+                ("10.244.2.31", WEB, 80, true),
+                (MON, WEB, 80, false),
+                (MON, CLIENT, 80, true),
+            ],
         )
         .await;
     agent
@@ -364,13 +486,21 @@ async fn malformed_objects_are_skipped_and_everything_else_is_enforced() {
     assert!(bad.errors[0].contains("spec.ingress"), "{bad:?}");
 
     // Fixing an object clears its error.
-    server.apply(&pod("default", "bad-port", &[("role", "client")], NODE, "10.244.1.66"));
+    server.apply(&pod(
+        "default",
+        "bad-port",
+        &[("role", "client")],
+        NODE,
+        "10.244.1.66",
+    ));
     agent
         .expect_verdicts("fixed pod", &[("10.244.1.66", WEB, 80, true)])
         .await;
     agent
         .eventually_status("error cleared", |s| {
-            s.invalid_inputs.iter().all(|i| i.origin != "Pod default/bad-port")
+            s.invalid_inputs
+                .iter()
+                .all(|i| i.origin != "Pod default/bad-port")
         })
         .await;
 }
@@ -382,14 +512,24 @@ async fn api_server_gone_keeps_enforcing_then_resumes() {
     server.apply(&web_allow_clients());
     let (agent, _source) = start_agent(&server);
     agent.wait_ready().await;
-    let probes = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false), (OUTSIDE, WEB, 80, false)];
+    let probes = [
+        (CLIENT, WEB, 80, true),
+        (MON, WEB, 80, false),
+        (OUTSIDE, WEB, 80, false),
+    ];
     agent.expect_verdicts("start", &probes).await;
     let entries = agent.enforcer.entries();
     let revision = agent.handle.revision();
 
     server.stop().await;
     // Meanwhile, the cluster changes (the agent cannot know yet).
-    server.apply(&pod("other", "mon", &[("type", "monitoring"), ("role", "client")], "node-2", MON));
+    server.apply(&pod(
+        "other",
+        "mon",
+        &[("type", "monitoring"), ("role", "client")],
+        "node-2",
+        MON,
+    ));
     server.apply(&policy(
         "default",
         "web-allow-mon",
@@ -403,15 +543,110 @@ async fn api_server_gone_keeps_enforcing_then_resumes() {
     assert_eq!(agent.handle.revision(), revision);
     let status = agent.handle.status();
     assert!(status.ready, "still ready: {status:#?}");
-    assert!(status.last_source_error.is_some(), "the outage is reported: {status:#?}");
-    assert!(agent.handle.metrics_text().contains("npenforce_source_errors_total"));
+    assert!(
+        status.last_source_error.is_some(),
+        "the outage is reported: {status:#?}"
+    );
+    assert!(agent
+        .handle
+        .metrics_text()
+        .contains("npenforce_source_errors_total"));
 
     server.restart().await;
     agent
         .expect_verdicts(
             "API server back",
-            &[(CLIENT, WEB, 80, true), (MON, WEB, 80, true), (OUTSIDE, WEB, 80, false)],
+            &[
+                (CLIENT, WEB, 80, true),
+                (MON, WEB, 80, true),
+                (OUTSIDE, WEB, 80, false),
+            ],
         )
         .await;
     assert!(agent.handle.revision() > revision);
+}
+
+/// `run_agent --kube` end to end: the client configured from KUBECONFIG (the only test of
+/// this binary that reads the environment), endpoints served, maps enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_agent_with_kube_follows_the_api_server() {
+    use clap::Parser;
+    use npenforce::agent::{self, AgentArgs, MemoryEnforcer};
+    use support::http::{free_port, wait_for_code};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    let server = FakeApiServer::start().await;
+    populate(&server);
+    server.apply(&web_allow_clients());
+    let kubeconfig = std::env::temp_dir().join(format!("npe-kubeconfig-{}", std::process::id()));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+            server.url()
+        ),
+    )
+    .expect("write kubeconfig");
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+
+    let listen = free_port();
+    let listen_arg = listen.to_string();
+    let args = Cli::try_parse_from([
+        "npenforce",
+        "--kube",
+        "--node",
+        NODE,
+        "--listen",
+        &listen_arg,
+    ])
+    .expect("arguments")
+    .agent;
+    let enforcer = MemoryEnforcer::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_ip = support::objects::ip(NODE_IP);
+    let task = tokio::spawn({
+        let enforcer = enforcer.clone();
+        async move {
+            agent::run_agent(
+                &args,
+                enforcer,
+                std::sync::Arc::new(move || Ok(vec![node_ip])),
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        }
+    });
+    wait_for_code(listen, "/readyz", 200).await;
+    let ip = support::objects::ip;
+    assert!(enforcer.verdict(ip(CLIENT), ip(WEB), 6, 80).allowed());
+    assert!(!enforcer.verdict(ip(MON), ip(WEB), 6, 80).allowed());
+    let status = wait_for_code(listen, "/status", 200).await;
+    assert!(status.contains("default/web-allow-clients"), "{status}");
+
+    server.delete(FakeKind::NetworkPolicy, "default", "web-allow-clients");
+    let start = std::time::Instant::now();
+    while !enforcer.verdict(ip(MON), ip(WEB), 6, 80).allowed() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "policy deletion not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).expect("agent running");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the agent stops promptly")
+        .expect("no panic")
+        .expect("clean stop");
+    let _ = std::fs::remove_file(&kubeconfig);
 }

@@ -1001,3 +1001,225 @@ fn pending_allow_flag_lets_unknown_pods_talk() {
         ALLOWED
     );
 }
+
+#[test]
+fn pinned_state_keeps_enforcing_across_an_agent_restart() {
+    if !kernel_tests_enabled("pinned_state_keeps_enforcing_across_an_agent_restart") {
+        return;
+    }
+    let bpffs = npenforce::lab::BpffsMount::new("pin").expect("mounting a private bpffs");
+    let pin_dir = bpffs.root().join("npenforce");
+    let options = DataplaneOptions {
+        bpffs: Some(pin_dir.clone()),
+        ..Default::default()
+    };
+    let mut lab = web_lab_with("pin", options.clone());
+    web_isolated_from_monitor_only(&mut lab);
+    let check = |lab: &NodeLab, phase: &str| {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                false
+            ),
+            BLOCKED,
+            "{phase}: client denied"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                false
+            ),
+            ALLOWED,
+            "{phase}: monitor allowed"
+        );
+    };
+    check(&lab, "agent running");
+    let listing = std::process::Command::new("find")
+        .arg(&pin_dir)
+        .output()
+        .expect("find");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(
+        pin_dir.join("maps/CONNTRACK").exists() && pin_dir.join("progs").is_dir(),
+        "maps and programs are pinned: {listing}"
+    );
+    let links = std::fs::read_dir(pin_dir.join("links"))
+        .expect("links pinned")
+        .count();
+    assert_eq!(links, 6, "two links per pod veth");
+
+    drop(lab.stop_agent());
+    check(&lab, "no agent (pinned programs and maps)");
+
+    lab.start_agent(&options);
+    check(&lab, "restarted agent adopted the pins");
+    // The restarted agent enforces changes too.
+    web_isolated_from_client_allowed(&mut lab);
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        ALLOWED,
+        "new policy after restart"
+    );
+
+    drop(lab.stop_agent());
+    let removed = npenforce::dataplane::pins::uninstall(&pin_dir).expect("uninstall");
+    assert_eq!(removed.links, 6);
+    assert!(!pin_dir.exists(), "uninstall removes the folder");
+    web_isolated_from_monitor_only(&mut lab);
+    assert_eq!(
+        lab.probe(
+            ("default", "client"),
+            ("default", "web"),
+            80,
+            Protocol::Tcp,
+            false
+        ),
+        ALLOWED,
+        "after uninstall nothing enforces any more (the placeholder agent attached nothing)"
+    );
+}
+
+#[test]
+fn egress_to_other_nodes_is_judged_at_the_uplink_after_nat() {
+    if !kernel_tests_enabled("egress_to_other_nodes_is_judged_at_the_uplink_after_nat") {
+        return;
+    }
+    let mut lab = web_lab("upl");
+    lab.namespace("remote", &[]);
+    let far_web = lab.remote_pod(PodSpec {
+        namespace: "remote",
+        name: "far-web",
+        labels: &[("app", "far-web")],
+        ports: &[],
+    });
+    let far_db = lab.remote_pod(PodSpec {
+        namespace: "remote",
+        name: "far-db",
+        labels: &[("app", "far-db")],
+        ports: &[],
+    });
+    lab.serve("remote", "far-web", &[(80, Protocol::Tcp)]);
+    lab.serve("remote", "far-db", &[(80, Protocol::Tcp)]);
+    let vip: std::net::IpAddr = "10.96.0.20".parse().expect("literal");
+    lab.lab
+        .add_service(
+            vip,
+            80,
+            std::net::IpAddr::V4(far_web.ipv4),
+            80,
+            Protocol::Tcp,
+        )
+        .expect("service to a remote backend");
+    let client = lab.lab_pod("default", "client").clone();
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("remote", "far-db"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "no policy yet"
+        );
+    }
+    // client: egress only to far-web pods; ingress isolated with nothing allowed, so replies
+    // only come back through conntrack (uplink ingress recognises them before the un-NAT).
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: far-web}}}]
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("remote", "far-web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "egress to far-web, replies pass"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("remote", "far-db"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "egress to far-db denied at the uplink"
+        );
+    }
+    let counters = lab.enforcer.node_counters().expect("counters");
+    assert!(
+        counters.drops(npenforce_common::drop_reason::EGRESS_DENIED) >= 2
+            && counters.drops(npenforce_common::drop_reason::INGRESS_DENIED) == 0,
+        "far-db is refused on the way out (egress at the uplink), not by dropping its replies: {counters:?}"
+    );
+    assert_eq!(
+        lab.lab.probe(&client, vip, 80, Protocol::Tcp),
+        ALLOWED,
+        "via the VIP to the remote backend, reply un-NATed"
+    );
+    // Remote pods reaching an isolated local pod: web admits only namespace `remote` pods
+    // labelled far-web.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: far-web}}}]
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(
+            lab.probe(
+                ("remote", "far-web"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "far-web -> web"
+        );
+        assert_eq!(
+            lab.probe(
+                ("remote", "far-db"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "far-db -> web"
+        );
+    }
+}

@@ -45,8 +45,20 @@ fn cluster_yaml() -> String {
         yaml(&namespace("default", &[])),
         yaml(&namespace("other", &[("team", "operations")])),
         yaml(&pod("default", "web", &[("app", "web")], NODE, WEB)),
-        yaml(&pod("default", "client", &[("role", "client")], NODE, CLIENT)),
-        yaml(&pod("other", "mon", &[("type", "monitoring")], "node-2", MON)),
+        yaml(&pod(
+            "default",
+            "client",
+            &[("role", "client")],
+            NODE,
+            CLIENT,
+        )),
+        yaml(&pod(
+            "other",
+            "mon",
+            &[("type", "monitoring")],
+            "node-2",
+            MON,
+        )),
     ]
     .join("---\n")
 }
@@ -92,16 +104,31 @@ async fn a_policy_written_is_enforced_within_100_ms() {
     folder.write("cluster.yaml", &cluster_yaml());
     let (agent, _source) = start(&folder.0).await;
     agent
-        .expect_verdicts("no policy", &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)])
+        .expect_verdicts(
+            "no policy",
+            &[(MON, WEB, 80, true), (CLIENT, WEB, 80, true)],
+        )
         .await;
 
     let mut timings = Vec::new();
     // Add a policy: only monitoring pods may reach web on port 80.
-    let t = time_to_apply(&agent, &folder, "policy.yaml", &web_policy("web", ("type", "monitoring"), 80)).await;
+    let t = time_to_apply(
+        &agent,
+        &folder,
+        "policy.yaml",
+        &web_policy("web", ("type", "monitoring"), 80),
+    )
+    .await;
     assert!(agent.allowed(MON, WEB, 80) && !agent.allowed(CLIENT, WEB, 80));
     timings.push(("add", t));
     // Change it: only clients, port 8080.
-    let t = time_to_apply(&agent, &folder, "policy.yaml", &web_policy("web", ("role", "client"), 8080)).await;
+    let t = time_to_apply(
+        &agent,
+        &folder,
+        "policy.yaml",
+        &web_policy("web", ("role", "client"), 8080),
+    )
+    .await;
     assert!(agent.allowed(CLIENT, WEB, 8080) && !agent.allowed(MON, WEB, 80));
     timings.push(("update", t));
     // A second file with a second policy: union.
@@ -124,7 +151,10 @@ async fn a_policy_written_is_enforced_within_100_ms() {
     // Removing a file removes its objects.
     std::fs::remove_file(folder.0.join("policy.yaml")).expect("remove");
     agent
-        .expect_verdicts("policy file removed", &[(CLIENT, WEB, 8080, false), (MON, WEB, 80, true)])
+        .expect_verdicts(
+            "policy file removed",
+            &[(CLIENT, WEB, 8080, false), (MON, WEB, 80, true)],
+        )
         .await;
 }
 
@@ -132,9 +162,16 @@ async fn a_policy_written_is_enforced_within_100_ms() {
 async fn a_broken_file_does_not_disturb_the_rest() {
     let folder = Folder::new("broken");
     folder.write("cluster.yaml", &cluster_yaml());
-    folder.write("a-policy.yaml", &web_policy("web-a", ("role", "client"), 80));
+    folder.write(
+        "a-policy.yaml",
+        &web_policy("web-a", ("role", "client"), 80),
+    );
     let (agent, _source) = start(&folder.0).await;
-    let probes = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false), (MON, WEB, 81, false)];
+    let probes = [
+        (CLIENT, WEB, 80, true),
+        (MON, WEB, 80, false),
+        (MON, WEB, 81, false),
+    ];
     agent.expect_verdicts("start", &probes).await;
 
     // The policy file breaks (a YAML syntax error on line 4): its last good objects stay.
@@ -143,7 +180,9 @@ async fn a_broken_file_does_not_disturb_the_rest() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-a: broken\nspec: {}\n",
     );
     agent
-        .eventually_status("the broken file is reported", |s| !s.invalid_inputs.is_empty())
+        .eventually_status("the broken file is reported", |s| {
+            !s.invalid_inputs.is_empty()
+        })
         .await;
     let status = agent.handle.status();
     let input = &status.invalid_inputs[0];
@@ -153,15 +192,26 @@ async fn a_broken_file_does_not_disturb_the_rest() {
         "path and line: {input:?}"
     );
     agent
-        .expect_steady("last good objects kept", &probes, Duration::from_millis(200))
+        .expect_steady(
+            "last good objects kept",
+            &probes,
+            Duration::from_millis(200),
+        )
         .await;
 
     // Other files keep being followed: a new policy for monitoring on 81.
-    folder.write("b-policy.yaml", &web_policy("web-b", ("type", "monitoring"), 81));
+    folder.write(
+        "b-policy.yaml",
+        &web_policy("web-b", ("type", "monitoring"), 81),
+    );
     agent
         .expect_verdicts(
             "another file applied",
-            &[(CLIENT, WEB, 80, true), (MON, WEB, 81, true), (MON, WEB, 80, false)],
+            &[
+                (CLIENT, WEB, 80, true),
+                (MON, WEB, 81, true),
+                (MON, WEB, 80, false),
+            ],
         )
         .await;
     // A file with one object that does not match its schema: the valid objects are used
@@ -174,16 +224,25 @@ async fn a_broken_file_does_not_disturb_the_rest() {
         ),
     );
     agent
-        .expect_verdicts("valid objects of c-pods.yaml", &[("10.244.2.33", WEB, 80, true)])
+        .expect_verdicts(
+            "valid objects of c-pods.yaml",
+            &[("10.244.2.33", WEB, 80, true)],
+        )
         .await;
     agent
         .eventually_status("both files reported", |s| s.invalid_inputs.len() == 2)
         .await;
 
     // Fixing the broken file applies its new content and clears its error.
-    folder.write("a-policy.yaml", &web_policy("web-a", ("role", "client"), 82));
+    folder.write(
+        "a-policy.yaml",
+        &web_policy("web-a", ("role", "client"), 82),
+    );
     agent
-        .expect_verdicts("fixed", &[(CLIENT, WEB, 82, true), (CLIENT, WEB, 80, false)])
+        .expect_verdicts(
+            "fixed",
+            &[(CLIENT, WEB, 82, true), (CLIENT, WEB, 80, false)],
+        )
         .await;
     agent
         .eventually_status("error cleared", |s| {

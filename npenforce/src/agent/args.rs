@@ -118,7 +118,9 @@ impl AgentArgs {
         if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
             return Ok(NodeScope::Node(n));
         }
-        host_name().map(NodeScope::Node).map_err(ArgsError::NodeName)
+        host_name()
+            .map(NodeScope::Node)
+            .map_err(ArgsError::NodeName)
     }
 }
 

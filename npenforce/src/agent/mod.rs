@@ -115,8 +115,9 @@ pub async fn run_agent<E: Enforcer>(
     result.map(drop).map_err(AgentError::from)
 }
 
-/// Builds the tokio runtime and runs the agent until SIGTERM or SIGINT; returns the exit
-/// status.
+/// Builds the tokio runtime and runs the agent with `enforcer` until SIGTERM or SIGINT;
+/// returns the exit status. The node's addresses come from
+/// `dataplane::netlink::local_addresses`.
 pub fn run<E: Enforcer>(args: &AgentArgs, enforcer: E) -> anyhow::Result<i32> {
     use anyhow::Context as _;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -289,11 +289,13 @@ impl<E: Enforcer> Runtime<E> {
                     tracing::info!("shutting down; the kernel keeps enforcing the last applied state");
                     return Ok(lp.enforcer);
                 }
+                // Before events: a steady flood of changes must not hold a batch past
+                // `max_wait`.
+                () = sleep_until(flush_at), if flush_at.is_some() => lp.flush(),
                 event = events.recv() => match event {
                     Some(event) => lp.on_event(event),
                     None => return Err(RuntimeError::SourceClosed),
                 },
-                () = sleep_until(flush_at), if flush_at.is_some() => lp.flush(),
                 _ = refresh.tick() => lp.refresh_node_addresses(),
             }
         }

@@ -79,9 +79,7 @@ pub struct ApplyStatus {
 }
 
 /// Upper bounds of the apply duration histogram, in seconds.
-const BUCKETS: [f64; 10] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 /// Counters and gauges for `/metrics`.
 #[derive(Clone, Debug, Default)]
@@ -121,7 +119,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         metric(
             "npenforce_revision",
@@ -240,7 +241,10 @@ mod tests {
         m.observe_apply(Duration::from_millis(20));
         let text = m.render();
         assert!(text.contains("\nnpenforce_revision 3\n"), "{text}");
-        assert!(text.contains("npenforce_map_entries{map=\"peers\"} 7\n"), "{text}");
+        assert!(
+            text.contains("npenforce_map_entries{map=\"peers\"} 7\n"),
+            "{text}"
+        );
         assert!(
             text.contains("npenforce_apply_duration_seconds_bucket{le=\"0.0005\"} 1\n"),
             "{text}"
@@ -249,7 +253,10 @@ mod tests {
             text.contains("npenforce_apply_duration_seconds_bucket{le=\"+Inf\"} 2\n"),
             "{text}"
         );
-        assert!(text.contains("npenforce_apply_duration_seconds_count 2\n"), "{text}");
+        assert!(
+            text.contains("npenforce_apply_duration_seconds_count 2\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect("a number");

@@ -1,131 +1,330 @@
-//! `npenforce demo`: a lab of network namespaces on this machine, with the source-filter
-//! program attached to a pod's host veth, showing real packets passed and dropped.
+//! `npenforce demo`: the public NetworkPolicy recipes and the seed cards, enforced by the
+//! `npenforce agent` binary on a lab of network namespaces on this machine, with real packets.
+//!
+//! The lab and the recipes are data in [`crate::demo`]; `tests/agent_recipes.rs` runs the
+//! same recipes and asserts every verdict.
 
-use std::net::IpAddr;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::{bail, Context, Result};
-use npenforce_common::program_names;
 
-use crate::{
-    dataplane::{netlink, Dataplane, Hook},
-    lab::{Lab, Outcome, Protocol},
+use crate::demo::{
+    cluster::{outcome_label, verdict_label, AGENT_LISTEN, PROBE_TIMEOUT},
+    external,
+    recipes::{self, Recipe},
+    world::{protocol_name, show_labels},
+    ClusterLab, Observed,
 };
 
 /// Arguments of `npenforce demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
-
-struct Row {
-    step: &'static str,
-    probe: String,
-    expected: Outcome,
-    observed: Outcome,
+pub struct DemoArgs {
+    /// Run only these recipes (ids as printed: 01, 02a, 07, 11b, ...); repeatable.
+    #[arg(long = "recipe", value_name = "ID")]
+    pub recipes: Vec<String>,
 }
 
-pub fn run(_args: &DemoArgs) -> Result<i32> {
+/// Set by SIGINT or SIGTERM: stop after the current step and clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// One probe's line of the table.
+struct Row {
+    recipe: &'static str,
+    probe: String,
+    note: String,
+    expected: bool,
+    observed: Observed,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.observed.matches(self.expected)
+    }
+}
+
+pub fn run(args: &DemoArgs) -> Result<i32> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "the demo needs root: it creates network namespaces and veth pairs, and loads and \
-             attaches eBPF programs, which only root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF) may do. \
-             Run it again with sudo."
+            "the demo needs root: it creates network namespaces, veth pairs and nftables rules, \
+             mounts a private bpf filesystem, and runs the agent, which loads and attaches eBPF \
+             programs; only root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF) may do that. Run it \
+             again with sudo (or `cargo xtask demo` as root)."
         );
     }
-    let mut lab = Lab::new("demo").context("creating the lab's node namespace")?;
-    let client = lab.add_pod("client").context("adding pod client")?;
-    let web = lab.add_pod("web").context("adding pod web")?;
-    lab.serve_tcp(&web, 80).context("starting TCP :80 in web")?;
-    lab.serve_udp(&web, 53).context("starting UDP :53 in web")?;
+    if !crate::dataplane::loader::object_embedded() {
+        bail!(
+            "this npenforce was built without the eBPF object, so the agent cannot load its \
+             programs: run `cargo xtask build-ebpf` and build again (`cargo xtask demo` does both)"
+        );
+    }
+    let all = recipes::recipes();
+    let selected: Vec<&Recipe> = all
+        .iter()
+        .filter(|r| args.recipes.is_empty() || args.recipes.iter().any(|id| id == r.id))
+        .collect();
+    if selected.is_empty() {
+        let ids: Vec<&str> = all.iter().map(|r| r.id).collect();
+        bail!("no recipe matches {:?}; the recipes are {}", args.recipes, ids.join(", "));
+    }
+    install_signal_handlers();
+    let binary = std::env::current_exe().context("finding this program's path")?;
+    let started = Instant::now();
+
+    let world = recipes::world();
+    println!("npenforce demo: the public Kubernetes NetworkPolicy recipes");
+    println!("(github.com/ahmetb/kubernetes-network-policy-recipes) and seed cards NP-05 and NP-07,");
+    println!("enforced by the npenforce agent on a lab of network namespaces, with real packets.\n");
+    let cluster = ClusterLab::build(&world, "demo").context("building the lab")?;
+    print_lab(&cluster);
     println!(
-        "lab: node namespace {}, pods client ({}, {}) and web ({}, {})",
-        lab.node().name(),
-        client.ipv4,
-        client.ipv6,
-        web.ipv4,
-        web.ipv6
+        "\nagent: {} agent --manifests {} --node {} --listen {AGENT_LISTEN} --bpffs {} --uplink {}",
+        binary.display(),
+        cluster.manifests_dir().display(),
+        world.node,
+        cluster.bpffs_dir().display(),
+        external::UPLINK
+    );
+    println!(
+        "       runs inside the node namespace (a private bpffs; its log: {})",
+        cluster.log_path().display()
+    );
+    let ready = cluster.start_agent(&binary).context("starting the agent")?;
+    println!(
+        "       ready after {} ms (/readyz); every step below waits for /status `revision` to increase",
+        ready.as_millis()
     );
 
-    // Attach where packets to `web` leave the node: the host veth that routes web's IP.
-    let route = lab
-        .node()
-        .run(|| netlink::route_to(IpAddr::V4(web.ipv4)))??
-        .context("the node has no route to web")?;
-    println!(
-        "routing table: {} is reached through {} (ifindex {})",
-        web.ipv4, route.ifname, route.ifindex
-    );
-    let mut dataplane = lab.node().run(|| -> Result<Dataplane> {
-        let mut dp = Dataplane::load()?;
-        dp.attach(program_names::SOURCE_FILTER, &route.ifname, Hook::Egress)?;
-        Ok(dp)
-    })??;
-    println!(
-        "attached {} to {} (TC egress: toward the pod)\n",
-        program_names::SOURCE_FILTER,
-        route.ifname
-    );
-
-    let probes = [
-        (Protocol::Tcp, IpAddr::V4(web.ipv4), 80, "TCP"),
-        (Protocol::Udp, IpAddr::V4(web.ipv4), 53, "UDP"),
-        (Protocol::Tcp, IpAddr::V6(web.ipv6), 80, "TCP v6"),
-    ];
     let mut rows = Vec::new();
-    let mut check = |lab: &Lab, step: &'static str, expected: Outcome| {
-        for (protocol, ip, port, label) in probes {
-            let observed = lab.probe(&client, ip, port, protocol);
-            rows.push(Row {
-                step,
-                probe: format!("client -> web {label} [{ip}]:{port}"),
-                expected: expected.clone(),
-                observed,
-            });
+    let mut apply_times = Vec::new();
+    let mut problems = 0;
+    let result = (|| -> Result<()> {
+        for recipe in &selected {
+            if interrupted() {
+                return Ok(());
+            }
+            println!("\n== {} {}", recipe.id, recipe.title);
+            println!("   source: {}", recipe.source);
+            let stem = format!("policy-{}", recipe.id);
+            if !recipe.policies.is_empty() {
+                let applied = cluster.write_manifest(&stem, &recipe.policies)?;
+                println!(
+                    "   applied {} -> manifests/{stem}.yaml: revision {} -> {} in {} ms",
+                    policy_names(recipe).join(" + "),
+                    applied.from_revision,
+                    applied.to_revision,
+                    applied.elapsed.as_millis()
+                );
+                for p in &applied.problems {
+                    problems += 1;
+                    println!("   PROBLEM reported by the agent: {p}");
+                }
+                apply_times.push(applied.elapsed);
+            } else {
+                println!("   no NetworkPolicy in the folder");
+            }
+            for note in &recipe.notes {
+                println!("   note: {note}");
+            }
+            let observed = cluster.probe_all(&recipe.probes, PROBE_TIMEOUT);
+            println!(
+                "   {:<10} {:<52} {:<9} {:<9} {:<8} card / why",
+                "recipe", "probe", "expected", "observed", "result"
+            );
+            for (probe, observed) in recipe.probes.iter().zip(observed) {
+                let row = Row {
+                    recipe: recipe.id,
+                    probe: probe.describe(),
+                    note: probe.note.clone(),
+                    expected: probe.allowed,
+                    observed,
+                };
+                println!(
+                    "   {:<10} {:<52} {:<9} {:<9} {:<8} {}",
+                    row.recipe,
+                    row.probe,
+                    verdict_label(row.expected),
+                    row.observed.summary(),
+                    if row.ok() { "ok" } else { "MISMATCH" },
+                    row.note
+                );
+                if !row.ok() {
+                    println!(
+                        "   {:<10} (IPv4: {}, IPv6: {})",
+                        "",
+                        outcome_label(&row.observed.v4),
+                        outcome_label(&row.observed.v6)
+                    );
+                }
+                rows.push(row);
+            }
+            if !recipe.policies.is_empty() {
+                let removed = cluster.remove_manifest(&stem)?;
+                println!(
+                    "   removed manifests/{stem}.yaml: revision {} -> {} in {} ms",
+                    removed.from_revision,
+                    removed.to_revision,
+                    removed.elapsed.as_millis()
+                );
+                apply_times.push(removed.elapsed);
+            }
         }
-    };
-    check(&lab, "no entry", Outcome::Allowed);
-    for ip in client.ips() {
-        dataplane.deny_source(ip, 1)?;
-    }
-    check(&lab, "client denied", Outcome::Blocked);
-    for ip in client.ips() {
-        dataplane.allow_source(ip)?;
-    }
-    check(&lab, "entry removed", Outcome::Allowed);
+        Ok(())
+    })();
 
+    // Clean up whatever happened above: the agent, its pins, the lab, the bpffs.
+    println!("\ncleanup:");
+    match cluster.uninstall() {
+        Ok(out) => println!("   agent stopped (SIGTERM); {out}"),
+        Err(e) => println!("   agent stop / uninstall failed: {e:#}"),
+    }
+    let node = cluster.lab().node().name().to_string();
+    drop(cluster);
+    println!("   lab removed (namespaces {node} and its pods), bpffs unmounted, manifests folder deleted");
+
+    if let Err(e) = result {
+        println!("\nthe demo stopped on an error: {e:#}");
+        return Ok(2);
+    }
+    let mismatches = rows.iter().filter(|r| !r.ok()).count();
+    println!("\nsummary:");
     println!(
-        "{:<15} {:<45} {:<9} {:<9}",
-        "step", "probe", "expected", "observed"
+        "   {} recipes, {} probes (each over IPv4 and IPv6): {} as expected, {} MISMATCH",
+        selected.len(),
+        rows.len(),
+        rows.len() - mismatches,
+        mismatches
     );
-    let mut mismatches = 0;
-    for row in &rows {
-        let ok = row.expected == row.observed;
-        if !ok {
-            mismatches += 1;
-        }
+    if let (Some(min), Some(max)) = (apply_times.iter().min(), apply_times.iter().max()) {
         println!(
-            "{:<15} {:<45} {:<9} {:<9} {}",
-            row.step,
-            row.probe,
-            label(&row.expected),
-            label(&row.observed),
-            if ok { "ok" } else { "MISMATCH" }
+            "   policy changes enforced {}-{} ms after the file was written (agent /status revision)",
+            min.as_millis(),
+            max.as_millis()
         );
     }
-    drop(dataplane);
-    drop(lab);
-    if mismatches > 0 {
-        println!("\n{mismatches} mismatches");
-        return Ok(1);
+    if problems > 0 {
+        println!("   {problems} problems reported by the agent (see PROBLEM above)");
     }
-    println!("\nall {} probes as expected; lab removed", rows.len());
-    Ok(0)
+    println!("   took {:.1} s", started.elapsed().as_secs_f64());
+    for row in rows.iter().filter(|r| !r.ok()) {
+        println!(
+            "   MISMATCH {} {}: expected {}, observed {}",
+            row.recipe,
+            row.probe,
+            verdict_label(row.expected),
+            row.observed.summary()
+        );
+    }
+    if interrupted() {
+        println!("   interrupted: not every recipe ran");
+        return Ok(130);
+    }
+    Ok(if mismatches > 0 || problems > 0 { 1 } else { 0 })
 }
 
-fn label(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Allowed => "allowed".into(),
-        Outcome::Blocked => "blocked".into(),
-        Outcome::Refused => "refused".into(),
-        Outcome::Error(e) => format!("error: {e}"),
+fn policy_names(recipe: &Recipe) -> Vec<String> {
+    recipe
+        .policies
+        .iter()
+        .map(|doc| {
+            serde_yaml::from_str::<serde_yaml::Value>(doc)
+                .ok()
+                .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into())
+        })
+        .collect()
+}
+
+fn print_lab(cluster: &ClusterLab) {
+    let world = cluster.world();
+    println!(
+        "lab: node namespace {} (node \"{}\"), {} pods wired like kindnet, {} Services, an external host",
+        cluster.lab().node().name(),
+        world.node,
+        world.pods.len(),
+        world.services.len()
+    );
+    let namespaces: Vec<String> = world
+        .namespaces
+        .iter()
+        .map(|n| {
+            if n.labels.is_empty() {
+                n.name.clone()
+            } else {
+                format!("{} ({})", n.name, show_labels(&n.labels))
+            }
+        })
+        .collect();
+    println!("   namespaces: {}", namespaces.join(", "));
+    println!("   pods:");
+    for spec in &world.pods {
+        let pod = cluster.pod(&spec.key());
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .map(|(_, port, proto)| format!("{}/{port}", protocol_name(*proto).to_lowercase()))
+            .collect();
+        println!(
+            "     {:<26} {:<13} {:<18} {:<28} {}",
+            spec.key(),
+            pod.ipv4,
+            pod.ipv6,
+            show_labels(&spec.labels),
+            if ports.is_empty() {
+                String::new()
+            } else {
+                format!("serves {}", ports.join(" "))
+            }
+        );
     }
+    println!("   services (kube-proxy-style nftables DNAT in the node):");
+    for svc in &world.services {
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|(p, t, proto)| format!("{p}->{t}/{}", protocol_name(*proto).to_lowercase()))
+            .collect();
+        println!(
+            "     {:<26} {:<13} {:<18} -> {} {}",
+            svc.dns_name(),
+            svc.vip4,
+            svc.vip6,
+            svc.backend,
+            ports.join(" ")
+        );
+    }
+    println!(
+        "   external host: {}, {} behind the node's uplink {} (node {}): in no manifest, so an",
+        external::EXTERNAL_V4,
+        external::EXTERNAL_V6,
+        external::UPLINK,
+        external::NODE_UPLINK_V4
+    );
+    println!("     address outside the cluster (\"www.example.com\" in the recipes); serves tcp/80 udp/53 tcp/53");
+    println!("   probes: `wget http://web.default` is an HTTP GET to the Service VIP (the probe resolves");
+    println!("     web.default to the VIP itself; there is no DNS server in the lab), `nc` a TCP exchange,");
+    println!(
+        "     DNS a UDP/TCP exchange with the kube-dns VIP; each runs over IPv4 and IPv6 and is blocked after {} ms without an answer",
+        PROBE_TIMEOUT.as_millis()
+    );
 }

@@ -187,6 +187,9 @@ impl Dataplane {
             .map_max_entries(map_names::FRAGMENTS, sizes.fragments)
             .map_max_entries(map_names::IFACES, sizes.interfaces);
         let map_dir = options.bpffs.as_ref().map(|d| d.join("maps"));
+        if let Some(dir) = &options.bpffs {
+            super::pins::check_pin_dir(dir).map_err(pin_err(dir))?;
+        }
         if let Some(dir) = &map_dir {
             std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
             for name in map_names::PINNED {
@@ -223,9 +226,23 @@ impl Dataplane {
         Ok(classifier)
     }
 
-    /// Loads program `name` into the kernel (verifier included) if it is not loaded yet.
+    /// Loads program `name` into the kernel (verifier included) if it is not loaded yet, and
+    /// pins it under the bpffs folder, replacing an older agent's pin: the pin names the
+    /// running program for operators (`bpftool prog show pinned ...`).
     pub fn load_program(&mut self, name: &str) -> Result<(), DataplaneError> {
-        self.classifier(name).map(|_| ())
+        let bpffs = self.bpffs.clone();
+        let classifier = self.classifier(name)?;
+        if let Some(dir) = bpffs {
+            let progs = dir.join("progs");
+            std::fs::create_dir_all(&progs).map_err(pin_err(&progs))?;
+            let pin = progs.join(name);
+            let _ = std::fs::remove_file(&pin);
+            classifier.pin(&pin).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(())
     }
 
     /// Attaches program `name` to `interface` (in the calling thread's network namespace).

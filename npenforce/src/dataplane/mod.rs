@@ -5,10 +5,14 @@
 //! [`netlink`] asks the kernel which interface routes an address.
 
 pub mod enforcer;
+pub mod links;
 pub mod loader;
 pub mod netlink;
+pub mod node;
+pub mod pins;
 pub mod policy_maps;
 
 pub use enforcer::{InterfaceRole, KernelEnforcer};
 pub use loader::{Dataplane, DataplaneError, DataplaneOptions, Hook, MapSizes};
+pub use node::{NodeDataplane, NodeOptions};
 pub use policy_maps::{ApplyStats, PolicyMaps};

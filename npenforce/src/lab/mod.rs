@@ -10,6 +10,7 @@
 //!
 //! Everything is torn down on drop, also when a test panics.
 
+pub mod bpffs;
 pub mod gate;
 pub mod netns;
 pub mod packet;
@@ -22,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+pub use bpffs::BpffsMount;
 pub use gate::kernel_tests_enabled;
 pub use netns::Netns;
 pub use probe::{Conversation, Outcome, Protocol};
@@ -71,6 +73,7 @@ pub struct Lab {
     pod_netns: Vec<Netns>,
     node: Netns,
     prefix: String,
+    remotes: usize,
 }
 
 impl Lab {
@@ -90,6 +93,7 @@ impl Lab {
             pod_netns: Vec::new(),
             node,
             prefix,
+            remotes: 0,
         })
     }
 
@@ -257,6 +261,155 @@ impl Lab {
 
     fn pod_netns(&self, pod: &Pod) -> &Netns {
         &self.pod_netns[pod.netns_index]
+    }
+
+    /// Adds a host behind a new node interface that plays the node's uplink (kind's Docker
+    /// network): the host stands for a pod on another node, `10.244.2.<n>` and
+    /// `fd00:10:244:2::<n>`, and the node routes that node's pod range through the uplink,
+    /// as kindnet does. Returns the remote pod and the name of the node's uplink interface.
+    pub fn add_remote_pod(&mut self, name: &str) -> std::io::Result<(Pod, String)> {
+        let index = self.remotes;
+        self.remotes += 1;
+        let host_number = 10 + index as u8;
+        let ipv4 = Ipv4Addr::new(10, 244, 2, host_number);
+        let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, u16::from(host_number));
+        let ns = Netns::create(&format!("{}-r{index}", self.prefix))?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        let uplink = format!("uplink{index}");
+        let node = self.node.name();
+        let remote_name = ns.name().to_owned();
+        let remote = remote_name.as_str();
+        // Node side 172.18.<index>.2, remote side .3 (the other node's address).
+        let node_ip = format!("172.18.{index}.2");
+        let remote_ip = format!("172.18.{index}.3");
+        let node_ip6 = format!("fd00:172:18:{index}::2");
+        let remote_ip6 = format!("fd00:172:18:{index}::3");
+        let (v4, v6) = (ipv4.to_string(), ipv6.to_string());
+        let steps: [&[&str]; 14] = [
+            &[
+                "-n", node, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0",
+                "netns", remote,
+            ],
+            &[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{node_ip}/24"),
+                "dev",
+                &uplink,
+            ],
+            &[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{node_ip6}/64"),
+                "dev",
+                &uplink,
+                "nodad",
+            ],
+            &["-n", node, "link", "set", &uplink, "up"],
+            &[
+                "-n",
+                node,
+                "route",
+                "add",
+                &format!("{v4}/32"),
+                "via",
+                &remote_ip,
+                "dev",
+                &uplink,
+            ],
+            &[
+                "-n",
+                node,
+                "-6",
+                "route",
+                "add",
+                &format!("{v6}/128"),
+                "via",
+                &remote_ip6,
+                "dev",
+                &uplink,
+            ],
+            &[
+                "-n",
+                remote,
+                "addr",
+                "add",
+                &format!("{remote_ip}/24"),
+                "dev",
+                "eth0",
+            ],
+            &[
+                "-n",
+                remote,
+                "addr",
+                "add",
+                &format!("{remote_ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+            &[
+                "-n",
+                remote,
+                "addr",
+                "add",
+                &format!("{v4}/32"),
+                "dev",
+                "lo",
+            ],
+            &[
+                "-n",
+                remote,
+                "addr",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                "lo",
+            ],
+            &["-n", remote, "link", "set", "eth0", "up"],
+            &[
+                "-n", remote, "route", "add", "default", "via", &node_ip, "dev", "eth0", "src", &v4,
+            ],
+            &[
+                "-n", remote, "-6", "route", "add", "default", "via", &node_ip6, "dev", "eth0",
+                "src", &v6,
+            ],
+            &["-n", remote, "link", "set", "lo", "up"],
+        ];
+        self.pod_netns.push(ns);
+        for step in steps {
+            netns::run_ip(step)?;
+        }
+        let pod = Pod {
+            name: name.to_owned(),
+            ipv4,
+            ipv6,
+            host_veth: String::new(),
+            netns_index: self.pod_netns.len() - 1,
+        };
+        self.pods.push(pod.clone());
+        Ok((pod, uplink))
+    }
+
+    /// Removes a pod as the CNI does when it is deleted: its servers stop and its namespace
+    /// goes, taking the veth pair (and the node's route through it) with it.
+    pub fn remove_pod(&mut self, name: &str) {
+        let Some(at) = self.pods.iter().position(|p| p.name == name) else {
+            panic!("lab has no pod {name}");
+        };
+        let pod = self.pods.remove(at);
+        self.servers.retain(|s| s.pod != pod.name);
+        // Keep the slot so other pods' indexes stay valid; a dropped Netns deletes itself.
+        let placeholder = Netns::placeholder();
+        drop(std::mem::replace(
+            &mut self.pod_netns[pod.netns_index],
+            placeholder,
+        ));
     }
 
     /// Starts a TCP server in `pod` on `port` (both families). It answers a line with

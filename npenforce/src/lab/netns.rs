@@ -12,6 +12,7 @@ use std::{
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -20,9 +21,18 @@ impl Netns {
         run_ip(&["netns", "add", name])?;
         let ns = Self {
             name: name.to_owned(),
+            owned: true,
         };
         run_ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A stand-in for a removed namespace: owns nothing, deletes nothing.
+    pub fn placeholder() -> Self {
+        Self {
+            name: String::new(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -54,6 +64,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(err) = run_ip(&["netns", "del", &self.name]) {
             eprintln!(
                 "lab: could not delete network namespace {}: {err}",

@@ -18,12 +18,15 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// A server thread; [`Server::stop`] (or drop) ends it and closes its socket.
 pub struct Server {
+    /// The pod the server runs in.
+    pub pod: String,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
     pub fn tcp(ns: &Netns, pod: &str, port: u16) -> io::Result<Self> {
+        let name = pod.to_owned();
         let pod = pod.to_owned();
         Self::spawn(ns, move |stop| {
             let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
@@ -42,9 +45,14 @@ impl Server {
                 }
             })
         })
+        .map(|mut server| {
+            server.pod = name;
+            server
+        })
     }
 
     pub fn udp(ns: &Netns, pod: &str, port: u16) -> io::Result<Self> {
+        let name = pod.to_owned();
         let pod = pod.to_owned();
         Self::spawn(ns, move |stop| {
             let socket = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
@@ -59,6 +67,10 @@ impl Server {
                     }
                 }
             })
+        })
+        .map(|mut server| {
+            server.pod = name;
+            server
         })
     }
 
@@ -89,6 +101,7 @@ impl Server {
             .recv()
             .unwrap_or_else(|_| Err(io::Error::other("server thread died before binding")));
         let mut server = Self {
+            pod: String::new(),
             stop,
             thread: Some(thread),
         };

@@ -775,19 +775,49 @@ impl Compiler {
         let old = self.pods.remove(key);
         let new = self.compile_pod(key);
 
-        // Peer entries.
-        if let Some(o) = &old {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                for (prefix, _) in o.table(dir) {
-                    let (k, _) = peer_entry(o.pod_id, dir, prefix, 0);
+        // Peer entries: only the prefixes whose rule set changed are written.
+        let empty = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let (old_id, old_t) = old.as_ref().map_or((0, &empty), |o| {
+                (
+                    o.pod_id,
+                    match dir {
+                        Direction::Ingress => &o.ingress,
+                        Direction::Egress => &o.egress,
+                    },
+                )
+            });
+            let (new_id, new_t) = new.as_ref().map_or((0, &empty), |n| {
+                (
+                    n.pod_id,
+                    match dir {
+                        Direction::Ingress => &n.ingress,
+                        Direction::Egress => &n.egress,
+                    },
+                )
+            });
+            if old_id == new_id && old_t == new_t {
+                continue;
+            }
+            let new_map: HashMap<&Prefix, u32> = if old_id == new_id {
+                new_t.iter().map(|(p, rs)| (p, *rs)).collect()
+            } else {
+                HashMap::new()
+            };
+            for (prefix, _) in old_t {
+                if !new_map.contains_key(prefix) {
+                    let (k, _) = peer_entry(old_id, dir, prefix, 0);
                     journal_set(&mut self.entries.peers, &mut self.journal.peers, k, None);
                 }
             }
-        }
-        if let Some(n) = &new {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                for (prefix, rs) in n.table(dir) {
-                    let (k, v) = peer_entry(n.pod_id, dir, prefix, *rs);
+            let old_map: HashMap<&Prefix, u32> = if old_id == new_id {
+                old_t.iter().map(|(p, rs)| (p, *rs)).collect()
+            } else {
+                HashMap::new()
+            };
+            for (prefix, rs) in new_t {
+                if old_map.get(prefix) != Some(rs) {
+                    let (k, v) = peer_entry(new_id, dir, prefix, *rs);
                     journal_set(&mut self.entries.peers, &mut self.journal.peers, k, Some(v));
                 }
             }

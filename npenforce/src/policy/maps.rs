@@ -244,7 +244,7 @@ mod tests {
     }
 
     /// Pod 1 at 10.0.0.1, ingress isolated: 10.0.0.0/8 -> rule set 5, 10.1.0.0/16 -> none.
-    /// Rule set 5: TCP 80 (rule 7), UDP all ports (rule 8), TCP 8000-8255 (rule 9).
+    /// Rule set 5: TCP 80 (rule 7), UDP all ports (rule 8), TCP 7936-8191 (rule 9).
     fn entries() -> MapEntries {
         let mut m = MapEntries::default();
         m.endpoints.insert(
@@ -277,7 +277,7 @@ mod tests {
             PortValue { rule: 8 },
         );
         m.ports.insert(
-            (PortKey::ANY_PORT_BITS + 8, PortKey::new(5, TCP, 8000)),
+            (PortKey::ANY_PORT_BITS + 8, PortKey::new(5, TCP, 0x1f00)),
             PortValue { rule: 9 },
         );
         m
@@ -300,7 +300,7 @@ mod tests {
             m.verdict(ip("10.2.3.4"), dst, TCP, 8100).ingress,
             Check::Allowed { pod_id: 1, rule: 9 }
         );
-        assert!(!m.verdict(ip("10.2.3.4"), dst, TCP, 8256).allowed());
+        assert!(!m.verdict(ip("10.2.3.4"), dst, TCP, 8192).allowed());
         assert_eq!(
             m.verdict(ip("10.1.3.4"), dst, TCP, 80).ingress,
             Check::NoPortMatch {

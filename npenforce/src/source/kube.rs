@@ -66,17 +66,19 @@ impl Default for KubeSourceConfig {
 
 /// Runs the source until the receiver of `tx` is dropped.
 pub async fn run(client: kube::Client, config: KubeSourceConfig, tx: mpsc::Sender<SourceEvent>) {
-    let streams = Kind::ALL.map(|kind| {
-        let api: Api<RawObject> = Api::all_with(client.clone(), &api_resource(kind));
-        let backoff = ExponentialBackoff::new(config.backoff_initial, config.backoff_max);
-        watcher::watcher(api, config.watcher.clone())
-            .backoff(backoff)
-            .map(move |event| (kind, event))
-            .boxed()
-    });
-    let mut events = futures::stream::select_all(streams);
+    let (events_tx, mut events) = mpsc::channel(256);
+    let mut watchers = tokio::task::JoinSet::new();
+    for kind in Kind::ALL {
+        watchers.spawn(watch_kind(
+            client.clone(),
+            kind,
+            config.clone(),
+            events_tx.clone(),
+        ));
+    }
+    drop(events_tx);
     let mut state = State::default();
-    while let Some((kind, event)) = events.next().await {
+    while let Some((kind, event)) = events.recv().await {
         let out = match event {
             Ok(event) => state.handle(kind, event),
             Err(err) => {
@@ -89,6 +91,44 @@ pub async fn run(client: kube::Client, config: KubeSourceConfig, tx: mpsc::Sende
                 return;
             }
         }
+    }
+}
+
+type WatchItem = (Kind, Result<Event<RawObject>, watcher::Error>);
+
+/// Runs the watcher of one kind, with backoff. kube-rs relists by itself after a `410 Gone`
+/// delivered as a watch `ERROR` event (what API servers send), but retries the same resource
+/// version forever when the watch request itself fails with HTTP 410; then the watcher is
+/// started afresh, which relists.
+async fn watch_kind(
+    client: kube::Client,
+    kind: Kind,
+    config: KubeSourceConfig,
+    tx: mpsc::Sender<WatchItem>,
+) {
+    loop {
+        let api: Api<RawObject> = Api::all_with(client.clone(), &api_resource(kind));
+        let backoff = ExponentialBackoff::new(config.backoff_initial, config.backoff_max);
+        let mut stream = watcher::watcher(api, config.watcher.clone())
+            .backoff(backoff)
+            .boxed();
+        loop {
+            let Some(event) = stream.next().await else {
+                return;
+            };
+            let gone = matches!(
+                &event,
+                Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))) if s.code == 410
+            );
+            if tx.send((kind, event)).await.is_err() {
+                return;
+            }
+            if gone {
+                break;
+            }
+        }
+        tracing::info!(kind = %kind, "resource version expired, listing again");
+        tokio::time::sleep(config.backoff_initial).await;
     }
 }
 
@@ -152,8 +192,7 @@ impl State {
                     upsert(kind, store, key, converted, &mut out);
                 }
                 self.synced.insert(kind, true);
-                if !self.announced && Kind::ALL.iter().all(|k| self.synced.get(k) == Some(&true))
-                {
+                if !self.announced && Kind::ALL.iter().all(|k| self.synced.get(k) == Some(&true)) {
                     self.announced = true;
                     out.push(SourceEvent::InitialSyncDone);
                 }
@@ -255,8 +294,7 @@ fn raw_key(kind: Kind, obj: &RawObject) -> ObjectKey {
 fn convert(kind: Kind, obj: &RawObject) -> (ObjectKey, Converted) {
     let key = raw_key(kind, obj);
     let resource_version = obj.metadata.resource_version.clone().unwrap_or_default();
-    let object = convert_object(kind, obj)
-        .map_err(|e| format!("{}: {e}", describe(kind, &key)));
+    let object = to_object(kind, obj).map_err(|e| format!("{}: {e}", describe(kind, &key)));
     (
         key,
         Converted {
@@ -266,7 +304,8 @@ fn convert(kind: Kind, obj: &RawObject) -> (ObjectKey, Converted) {
     )
 }
 
-fn convert_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
+/// Converts an object of `kind` to the compiler's model, or says which field is wrong.
+pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
     if let Some(e) = &obj.metadata_error {
         return Err(e.clone());
     }
@@ -304,7 +343,9 @@ fn convert_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
                 metadata,
                 spec: field(&obj.body, "spec")?,
             };
-            Policy::from_k8s(&np).map(Object::Policy).ok_or_else(missing)
+            Policy::from_k8s(&np)
+                .map(Object::Policy)
+                .ok_or_else(missing)
         }
     }
 }

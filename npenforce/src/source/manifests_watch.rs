@@ -150,11 +150,7 @@ impl ManifestsSource {
     }
 }
 
-fn note(
-    event: notify::Result<notify::Event>,
-    touched: &mut BTreeSet<PathBuf>,
-    full: &mut bool,
-) {
+fn note(event: notify::Result<notify::Event>, touched: &mut BTreeSet<PathBuf>, full: &mut bool) {
     match event {
         Ok(ev) => {
             if ev.need_rescan() {
@@ -334,10 +330,8 @@ mod tests {
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "npe-manifests-unit-{tag}-{}",
-                std::process::id()
-            ));
+            let p = std::env::temp_dir()
+                .join(format!("npe-manifests-unit-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).expect("create temp dir");
             TempDir(p)

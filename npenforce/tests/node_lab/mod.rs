@@ -61,6 +61,46 @@ impl NodeLab {
         }
     }
 
+    /// Drops the enforcer (as an agent that exits) and returns what it was loaded with.
+    /// Pinned programs and maps keep enforcing while there is no agent.
+    pub fn stop_agent(&mut self) -> KernelEnforcer {
+        let placeholder = self
+            .lab
+            .node()
+            .run(|| {
+                KernelEnforcer::new(&DataplaneOptions::default()).expect("placeholder enforcer")
+            })
+            .expect("entering the node");
+        std::mem::replace(&mut self.enforcer, placeholder)
+    }
+
+    /// Starts a new enforcer on `options` (as a restarted agent): it adopts the pinned maps and
+    /// links, re-attaches to every pod veth, and reconciles the maps with the compiler's state.
+    pub fn start_agent(&mut self, options: &DataplaneOptions) {
+        let veths: Vec<String> = self.pods.values().map(|p| p.host_veth.clone()).collect();
+        let desired = self.compiler.map_entries().clone();
+        let node_addresses: Vec<IpAddr> = vec![
+            IpAddr::V4(npenforce::lab::POD_GATEWAY_V4),
+            IpAddr::V6(npenforce::lab::POD_GATEWAY_V6),
+        ];
+        let enforcer = self
+            .lab
+            .node()
+            .run(|| {
+                let mut enforcer = KernelEnforcer::new(options).expect("restarting the enforcer");
+                enforcer
+                    .set_node_addresses(&node_addresses)
+                    .expect("node addresses");
+                enforcer.reconcile(&desired).expect("reconciling");
+                for veth in &veths {
+                    enforcer.attach_pod_interface(veth).expect("re-attaching");
+                }
+                enforcer
+            })
+            .expect("entering the node");
+        self.enforcer = enforcer;
+    }
+
     /// Applies a compiler change to the kernel (in the node's namespace).
     pub fn change(&mut self, change: Change) {
         let diff = self.compiler.apply(change);
@@ -121,6 +161,34 @@ impl NodeLab {
         self.change(Change::UpsertPod(
             Pod::from_k8s(&object).expect("pod converts"),
         ));
+    }
+
+    /// A pod on another node, reached through a new uplink of this node (attached with the
+    /// uplink programs); the compiler learns it with `spec.nodeName` = `other-node`.
+    pub fn remote_pod(&mut self, spec: PodSpec<'_>) -> LabPod {
+        let (lab_pod, uplink) = self
+            .lab
+            .add_remote_pod(&key(spec.namespace, spec.name).replace('/', "-"))
+            .expect("adding a remote pod");
+        let enforcer = &mut self.enforcer;
+        self.lab
+            .node()
+            .run(|| {
+                enforcer
+                    .attach_uplink(&uplink)
+                    .expect("attaching to the uplink");
+                let addrs =
+                    npenforce::dataplane::netlink::local_addresses().expect("node addresses");
+                enforcer.set_node_addresses(&addrs).expect("node addresses");
+            })
+            .expect("entering the node");
+        let object = pod_object(&spec, "other-node", &lab_pod.ips());
+        self.change(Change::UpsertPod(
+            Pod::from_k8s(&object).expect("pod converts"),
+        ));
+        self.pods
+            .insert(key(spec.namespace, spec.name), lab_pod.clone());
+        lab_pod
     }
 
     pub fn lab_pod(&self, namespace: &str, name: &str) -> &LabPod {

@@ -102,7 +102,12 @@ impl TestAgent {
     }
 
     /// Checks that the verdicts hold the whole time for `duration`.
-    pub async fn expect_steady(&self, what: &str, probes: &[(&str, &str, u16, bool)], duration: Duration) {
+    pub async fn expect_steady(
+        &self,
+        what: &str,
+        probes: &[(&str, &str, u16, bool)],
+        duration: Duration,
+    ) {
         let start = Instant::now();
         while start.elapsed() < duration {
             for (s, d, p, want) in probes {
@@ -118,7 +123,11 @@ impl TestAgent {
     }
 
     /// Waits until `f` holds for the status.
-    pub async fn eventually_status(&self, what: &str, f: impl Fn(&npenforce::agent::Status) -> bool) {
+    pub async fn eventually_status(
+        &self,
+        what: &str,
+        f: impl Fn(&npenforce::agent::Status) -> bool,
+    ) {
         let start = Instant::now();
         while !f(&self.handle.status()) {
             assert!(

@@ -91,6 +91,8 @@ struct State {
     history: Vec<(u64, FakeKind, &'static str, Value)>,
     /// Watches from a resource version below this get `410 Gone`.
     oldest_valid: u64,
+    /// Answer a too old resource version with HTTP 410 instead of an `ERROR` event.
+    gone_as_http_status: bool,
     watches: Vec<Watch>,
     /// `list <kind>` and `watch <kind>` per request.
     requests: Vec<String>,
@@ -172,7 +174,10 @@ impl FakeApiServer {
             .and_then(FakeKind::from_kind)
             .expect("a served kind");
         obj["apiVersion"] = json!(kind.api_version());
-        let name = obj["metadata"]["name"].as_str().expect("metadata.name").to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .expect("metadata.name")
+            .to_string();
         let namespace = match kind {
             FakeKind::Namespace => String::new(),
             _ => obj["metadata"]["namespace"]
@@ -228,6 +233,12 @@ impl FakeApiServer {
         self.lock().oldest_valid = rv;
     }
 
+    /// Whether a watch from a too old resource version is answered with HTTP 410 (`true`)
+    /// or, as API servers do, with HTTP 200 and an `ERROR` event (`false`, the default).
+    pub fn gone_as_http_status(&self, yes: bool) {
+        self.lock().gone_as_http_status = yes;
+    }
+
     /// Every resource version handed out so far is too old: every watch must relist.
     pub fn expire_all(&self) {
         let mut s = self.lock();
@@ -262,9 +273,8 @@ impl FakeApiServer {
     pub fn drop_watches(&self) {
         let watches = std::mem::take(&mut self.lock().watches);
         for w in watches {
-            let _ = w
-                .tx
-                .unbounded_send(Err(std::io::Error::other("connection dropped by the test")));
+            let _ =
+                w.tx.unbounded_send(Err(std::io::Error::other("connection dropped by the test")));
         }
     }
 
@@ -313,7 +323,11 @@ async fn listen(addr: SocketAddr) -> TcpListener {
     socket.listen(64).expect("listen")
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, mut stopped: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -343,10 +357,18 @@ type Body = BoxBody<Bytes, std::io::Error>;
 fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let Some(kind) = FakeKind::ALL.into_iter().find(|k| k.path() == path) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", &format!("no route {path}"));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no route {path}"),
+        );
     };
     if req.method() != hyper::Method::GET {
-        return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "read only");
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "read only",
+        );
     }
     let query: BTreeMap<String, String> = req
         .uri()
@@ -395,6 +417,9 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
                 send(json!({"type": "ADDED", "object": obj}));
             }
         }
+    } else if from < s.oldest_valid && s.gone_as_http_status {
+        let message = format!("too old resource version: {from} ({})", s.oldest_valid);
+        return status(StatusCode::GONE, "Expired", &message);
     } else if from < s.oldest_valid {
         // What a real API server sends for a too old resource version: HTTP 200 and an
         // ERROR event carrying a 410 Status, then the end of the stream.
@@ -425,7 +450,10 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
     stream_response(rx, timeout)
 }
 
-fn stream_response(rx: fmpsc::UnboundedReceiver<Chunk>, timeout: Option<Duration>) -> Response<Body> {
+fn stream_response(
+    rx: fmpsc::UnboundedReceiver<Chunk>,
+    timeout: Option<Duration>,
+) -> Response<Body> {
     let body = match timeout {
         Some(t) => BodyExt::boxed(StreamBody::new(rx.take_until(tokio::time::sleep(t)))),
         None => BodyExt::boxed(StreamBody::new(rx)),

@@ -60,9 +60,7 @@ pub fn pod(namespace: &str, name: &str, pairs: &[(&str, &str)], node: &str, ip: 
         status: Some(PodStatus {
             phase: Some("Running".to_string()),
             pod_ip: Some(ip.to_string()),
-            pod_ips: Some(vec![PodIP {
-                ip: ip.to_string(),
-            }]),
+            pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
             ..PodStatus::default()
         }),
     }

@@ -1,0 +1,987 @@
+//! Dataplane benchmark: what `npe_to_pod` (the program that judges packets delivered to a pod)
+//! costs per packet over the parse-only floor, measured with `BPF_PROG_TEST_RUN`, at 10, 10k
+//! and 1M entries in the maps; and how much kernel memory the maps take for a node of 110 pods
+//! in a 50k-pod cluster with 1k policies.
+//!
+//! Run as root, after building the eBPF object:
+//! `cargo xtask build-ebpf && cargo bench -p npenforce --bench dataplane`.
+//! Environment: `NPENFORCE_BENCH_ONLY=dataplane|memory` runs one part,
+//! `NPENFORCE_BENCH_SCALES=10,10000` picks the fill sizes, `NPENFORCE_BENCH_QUICK=1` runs fewer
+//! rounds and shorter loops (a smoke run, not numbers to publish).
+//!
+//! # Method (see BENCHMARKS.md for the numbers)
+//! - Every figure is the difference to `npenforce_parse_only` (parses Ethernet, IP and L4 and
+//!   passes) run in the same process on the same packet, in the same way: the test-run loop,
+//!   the skb setup and the parsing cancel out.
+//! - Repeatable cases (the packet leaves no state behind: unisolated pod, denied flow,
+//!   established flow) run `repeat` = millions in one call; the kernel reports the mean per run.
+//!   Each round brackets the case between two floor runs; the result is the median of rounds.
+//! - New flows cannot be repeated: the first run of an allowed packet creates its conntrack
+//!   entry and every later run is an established packet. They run with `repeat` = 1, many
+//!   times, the conntrack entry being deleted from userspace before each run; the floor runs
+//!   the same way (one delete syscall, then `repeat` = 1), alternating with the case, and the
+//!   figure is median(case) - median(floor) per round, then the median of rounds. A run of
+//!   one packet right after a syscall finds colder caches than a tight loop, so these figures
+//!   are upper bounds of the hot-loop cost; the denied case, repeatable, is reported both ways
+//!   to show the size of that effect.
+//! - The fills are unrelated to the packets: POLICY_PEERS host entries of 110 pods (the pod
+//!   under test included), ENDPOINTS addresses of other pods (both written through
+//!   `PolicyMaps::apply`, the agent's write path), and CONNTRACK flows (written directly). The
+//!   policy of the pod under test goes through the compiler.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    time::Instant,
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use npenforce::{
+    dataplane::{loader::object_embedded, DataplaneOptions, KernelEnforcer, MapSizes},
+    lab::packet::{Craft, L4},
+    policy::{
+        ipblock::parse_ip_block,
+        model::{Peer, Rule},
+        ports::{PortMatch, PortSpec},
+        Compiler, MapDiff, NamedPort, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector,
+        Snapshot,
+    },
+};
+use npenforce_common::{
+    ct_state, direction, ip_proto, map_names, program_names, v4_mapped, verdict, AddrKey, CtEntry,
+    CtKey, EndpointInfo, IfaceInfo, PeerKey,
+};
+
+const NODE: &str = "bench-node";
+const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const OPEN: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 20);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 5, 5);
+const IN_CIDR: Ipv4Addr = Ipv4Addr::new(172, 16, 5, 5);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
+/// Local pods the POLICY_PEERS fill is spread over (the pod under test is one of them).
+const FILL_PODS: u32 = 110;
+
+/// How long and how often to measure.
+#[derive(Clone, Copy)]
+struct Effort {
+    rounds: usize,
+    /// `repeat` of the repeatable cases.
+    repeat: u32,
+    /// Single runs per round of the new-flow method (each for the case and for the floor).
+    singles: usize,
+}
+
+fn main() {
+    if let Some(reason) = cannot_run() {
+        eprintln!();
+        eprintln!("==================================================================");
+        eprintln!(" SKIPPED the dataplane benchmark: {reason}");
+        eprintln!("==================================================================");
+        eprintln!();
+        return;
+    }
+    let quick = std::env::var_os("NPENFORCE_BENCH_QUICK").is_some();
+    let effort = if quick {
+        Effort {
+            rounds: 3,
+            repeat: 200_000,
+            singles: 1_000,
+        }
+    } else {
+        Effort {
+            rounds: 7,
+            repeat: 2_000_000,
+            singles: 5_000,
+        }
+    };
+    let only = std::env::var("NPENFORCE_BENCH_ONLY").unwrap_or_default();
+    print_machine();
+    if only.is_empty() || only == "dataplane" {
+        dataplane(effort);
+    }
+    if only.is_empty() || only == "memory" {
+        memory();
+    }
+}
+
+fn cannot_run() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (loads eBPF programs and runs BPF_PROG_TEST_RUN)");
+    }
+    if !object_embedded() {
+        return Some(
+            "the eBPF object is not built: run `cargo xtask build-ebpf`, then this bench again",
+        );
+    }
+    None
+}
+
+fn print_machine() {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    println!(
+        "machine: kernel {}, {} online CPUs ({model}), {} possible CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        possible_cpus()
+    );
+}
+
+fn possible_cpus() -> usize {
+    // "0-1" or "0-3,8-11"
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    text.trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<usize>().unwrap_or(0) - a.parse::<usize>().unwrap_or(0) + 1
+            }
+            None => 1,
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel map memory as the kernel accounts it.
+
+/// One BPF map this process holds a file descriptor of.
+#[derive(Clone, Debug)]
+struct OwnMap {
+    id: u32,
+    name: String,
+    map_type: u32,
+    max_entries: u64,
+    /// `memlock` of `/proc/self/fdinfo/<fd>`: the kernel's own accounting (`map_mem_usage`).
+    memlock: u64,
+}
+
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+
+impl OwnMap {
+    fn per_cpu(&self) -> bool {
+        matches!(
+            self.map_type,
+            BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_LRU_PERCPU_HASH
+        )
+    }
+}
+
+/// Every BPF map this process has open, by id (one process, one loaded object at a time).
+fn own_maps() -> BTreeMap<u32, OwnMap> {
+    let mut maps = BTreeMap::new();
+    let fds = fs::read_dir("/proc/self/fd").expect("listing /proc/self/fd");
+    for entry in fds.flatten() {
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let fd = entry.file_name();
+        let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.to_string_lossy()))
+        else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let id = field("map_id") as u32;
+        let name = MapInfo::from_id(id)
+            .ok()
+            .and_then(|i| i.name_as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
+        maps.insert(
+            id,
+            OwnMap {
+                id,
+                name,
+                map_type: field("map_type") as u32,
+                max_entries: field("max_entries"),
+                memlock: field("memlock"),
+            },
+        );
+    }
+    maps
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Prints the maps and their memory; returns the total.
+fn print_memory(maps: &BTreeMap<u32, OwnMap>) -> u64 {
+    let cpus = possible_cpus().max(1) as u64;
+    println!(
+        "  {:<20} {:>5} {:>10} {:>12}",
+        "map", "type", "max", "memlock MiB"
+    );
+    let mut by_size: Vec<&OwnMap> = maps.values().collect();
+    by_size.sort_by_key(|m| std::cmp::Reverse(m.memlock));
+    let mut total = 0;
+    let mut per_cpu = 0;
+    for m in by_size {
+        total += m.memlock;
+        if m.per_cpu() {
+            per_cpu += m.memlock;
+        }
+        println!(
+            "  {:<20} {:>5} {:>10} {:>12.2}{}",
+            m.name,
+            m.map_type,
+            m.max_entries,
+            mib(m.memlock),
+            if m.per_cpu() { "  (per CPU)" } else { "" }
+        );
+    }
+    println!(
+        "  total {:.1} MiB ({} maps); per-CPU maps {:.1} MiB here ({} possible CPUs), that is \
+         {:.1} MiB per CPU: {:.1} MiB in total on a 64-CPU node",
+        mib(total),
+        maps.len(),
+        mib(per_cpu),
+        cpus,
+        mib(per_cpu / cpus),
+        mib(total - per_cpu + per_cpu / cpus * 64)
+    );
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic objects.
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn selector(pairs: &[(&str, &str)]) -> Selector {
+    Selector::parse(&LabelSelector {
+        match_labels: Some(labels(pairs)),
+        match_expressions: None,
+    })
+    .expect("selector")
+}
+
+fn tcp(start: u16, end: u16) -> PortSpec {
+    PortSpec {
+        protocol: ip_proto::TCP,
+        port: PortMatch::Range { start, end },
+    }
+}
+
+fn pod(namespace: &str, name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod {
+    Pod {
+        key: ObjectKey::new(namespace, name),
+        labels: labels(&[("app", app)]),
+        node_name: Some(node.into()),
+        host_network: false,
+        ips: vec![IpAddr::V4(ip)],
+        named_ports: vec![NamedPort {
+            name: "http".into(),
+            protocol: ip_proto::TCP,
+            port: 8080,
+        }],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dataplane timings.
+
+/// The pod under test and its fixtures, loaded with `fill` unrelated entries in each map.
+struct Node {
+    enforcer: KernelEnforcer,
+    conntrack: BpfHashMap<MapData, CtKey, CtEntry>,
+    lo: u32,
+    web: u32,
+    open: u32,
+}
+
+fn bench_sizes() -> MapSizes {
+    // Identical for every fill, so that only the number of entries changes.
+    MapSizes {
+        endpoints: 1 << 21,
+        policy_peers: 1 << 21,
+        conntrack: 1 << 21,
+        ..MapSizes::default()
+    }
+}
+
+impl Node {
+    fn new(fill: u32) -> Node {
+        let options = DataplaneOptions {
+            map_sizes: bench_sizes(),
+            ..DataplaneOptions::default()
+        };
+        let mut enforcer = KernelEnforcer::new(&options).expect("loading the enforcer");
+        enforcer
+            .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
+            .expect("node addresses");
+
+        // The policy of the pod under test, through the compiler: ingress from the `client`
+        // pods and from 172.16.0.0/12 except 172.16.1.0/24, on TCP 80.
+        let mut snap = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
+        snap.upsert_namespace(Namespace::new("bench", BTreeMap::new()));
+        snap.upsert_pod(pod("bench", "web", NODE, "web", WEB));
+        snap.upsert_pod(pod("bench", "open", NODE, "open", OPEN));
+        snap.upsert_pod(pod("bench", "client", "elsewhere", "client", CLIENT));
+        snap.upsert_policy(Policy {
+            key: ObjectKey::new("bench", "web"),
+            pod_selector: Some(selector(&[("app", "web")])),
+            isolates_ingress: true,
+            isolates_egress: false,
+            ingress: vec![Rule {
+                peers: Some(vec![
+                    Peer::Pods {
+                        namespaces: None,
+                        pods: selector(&[("app", "client")]),
+                    },
+                    Peer::IpBlock(
+                        parse_ip_block("172.16.0.0/12", &["172.16.1.0/24".to_string()])
+                            .expect("block"),
+                    ),
+                ]),
+                ports: Some(vec![tcp(80, 80)]),
+            }],
+            egress: Vec::new(),
+            errors: Vec::new(),
+        });
+        let compiler = Compiler::new(snap);
+        let id_of = |name: &str| {
+            compiler
+                .pod(&ObjectKey::new("bench", name))
+                .expect("a local pod")
+                .pod_id
+        };
+        let (web, open) = (id_of("web"), id_of("open"));
+        let stats = enforcer
+            .reconcile(compiler.map_entries())
+            .expect("writing the compiled policy");
+        assert_eq!(stats.failed, 0, "the compiled policy must fit");
+        let client_key = (
+            PeerKey::FIXED_PREFIX_BITS + 128,
+            PeerKey::new(web, direction::INGRESS, v4_mapped(CLIENT.octets())),
+        );
+        let ruleset = compiler.map_entries().peers[&client_key];
+
+        // Unrelated entries, through the agent's write path.
+        let mut diff = MapDiff::default();
+        for i in 0..fill {
+            let pod_id = match i % FILL_PODS {
+                0 => web,
+                n => 1000 + n,
+            };
+            let dir = if (i / FILL_PODS) % 2 == 0 {
+                direction::INGRESS
+            } else {
+                direction::EGRESS
+            };
+            // Distinct hosts of 10.64.0.0/10 (an odd multiplier permutes the low 22 bits).
+            let host = 0x0a40_0000 | (i.wrapping_mul(2_654_435_761) & 0x003f_ffff);
+            diff.peers.upserts.insert(
+                (
+                    PeerKey::FIXED_PREFIX_BITS + 128,
+                    PeerKey::new(pod_id, dir, v4_mapped(host.to_be_bytes())),
+                ),
+                ruleset,
+            );
+            let endpoint = 0x6440_0000 | (i.wrapping_mul(2_654_435_761) & 0x003f_ffff);
+            diff.endpoints.upserts.insert(
+                AddrKey {
+                    addr: v4_mapped(endpoint.to_be_bytes()),
+                },
+                EndpointInfo {
+                    pod_id: 1000 + 1 + i % (FILL_PODS - 1),
+                    flags: 0,
+                },
+            );
+        }
+        let stats = enforcer.apply(&diff).expect("writing the fill");
+        assert_eq!(stats.failed, 0, "the fill must fit");
+
+        let lo = npenforce::dataplane::loader::if_index("lo").expect("ifindex of lo");
+        let conntrack = conntrack_map();
+        let mut node = Node {
+            enforcer,
+            conntrack,
+            lo,
+            web,
+            open,
+        };
+        node.fill_conntrack(fill);
+        node
+    }
+
+    fn fill_conntrack(&mut self, fill: u32) {
+        let now = monotonic_ns();
+        for i in 0..fill {
+            let h = i.wrapping_mul(2_654_435_761);
+            let key = CtKey {
+                a: v4_mapped((0x0a80_0000 | (h & 0x003f_ffff)).to_be_bytes()),
+                b: v4_mapped((0x0ac0_0000 | (i & 0x003f_ffff)).to_be_bytes()),
+                a_port: 30000 + (i % 20000) as u16,
+                b_port: 443,
+                protocol: ip_proto::TCP,
+                _pad: [0; 3],
+            };
+            let entry = CtEntry {
+                last_seen_ns: now,
+                generation: 0,
+                egress_pod: 0,
+                ingress_pod: 1000 + i % FILL_PODS,
+                state: ct_state::A_INITIATED | ct_state::REPLIED,
+                reason: 0,
+                _pad: [0; 2],
+            };
+            self.conntrack
+                .insert(key, entry, 0)
+                .expect("filling CONNTRACK");
+        }
+    }
+
+    fn deliver_to(&mut self, pod_id: u32) {
+        let lo = self.lo;
+        self.enforcer
+            .maps()
+            .set_interface(lo, IfaceInfo { pod_id, flags: 0 })
+            .expect("IFACES");
+    }
+
+    fn run(&mut self, program: &str, packet: &[u8], repeat: u32) -> (i32, u64) {
+        let out = self
+            .enforcer
+            .dataplane()
+            .test_run(program, packet, repeat)
+            .expect("BPF_PROG_TEST_RUN");
+        (out.verdict, out.per_run.as_nanos() as u64)
+    }
+
+    /// Deletes a conntrack entry; true if it was there.
+    fn forget(&mut self, key: &CtKey) -> bool {
+        self.conntrack.remove(key).is_ok()
+    }
+}
+
+/// The CONNTRACK map of the enforcer this process loaded, through a second file descriptor
+/// (the enforcer keeps its own handle private).
+fn conntrack_map() -> BpfHashMap<MapData, CtKey, CtEntry> {
+    let maps = own_maps();
+    let found: Vec<&OwnMap> = maps
+        .values()
+        .filter(|m| m.name == map_names::CONNTRACK)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one CONNTRACK map in this process");
+    let data = MapData::from_id(found[0].id).expect("opening CONNTRACK by id");
+    let map = Map::from_map_data(data).expect("CONNTRACK map");
+    BpfHashMap::try_from(map).expect("CONNTRACK is an LRU hash")
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The canonical conntrack key of a TCP flow (as `conntrack::key_of` builds it).
+fn ct_key(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> CtKey {
+    let (a, b) = (v4_mapped(src.octets()), v4_mapped(dst.octets()));
+    let (a, a_port, b, b_port) = if (a, src_port) <= (b, dst_port) {
+        (a, src_port, b, dst_port)
+    } else {
+        (b, dst_port, a, src_port)
+    };
+    CtKey {
+        a,
+        b,
+        a_port,
+        b_port,
+        protocol: ip_proto::TCP,
+        _pad: [0; 3],
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    Unisolated,
+    AllowedByPod,
+    AllowedByCidr,
+    Denied,
+    Established,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [
+        Case::Unisolated,
+        Case::AllowedByPod,
+        Case::AllowedByCidr,
+        Case::Denied,
+        Case::Established,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::Unisolated => "unisolated pod",
+            Case::AllowedByPod => "new flow allowed by pod IP",
+            Case::AllowedByCidr => "new flow allowed by CIDR",
+            Case::Denied => "new flow denied",
+            Case::Established => "established flow",
+        }
+    }
+
+    /// The target over the floor, in ns.
+    fn target(self) -> Option<f64> {
+        match self {
+            Case::Unisolated => None,
+            Case::Established => Some(35.0),
+            _ => Some(100.0),
+        }
+    }
+
+    fn new_flow(self) -> bool {
+        matches!(self, Case::AllowedByPod | Case::AllowedByCidr | Case::Denied)
+    }
+
+    /// (source, source port, destination, TCP flags, expected verdict)
+    fn packet(self) -> (Ipv4Addr, u16, Ipv4Addr, u8, i32) {
+        const SYN: u8 = L4::TCP_SYN;
+        const ACK: u8 = L4::TCP_ACK;
+        match self {
+            Case::Unisolated => (CLIENT, 40000, OPEN, SYN, verdict::PASS),
+            Case::AllowedByPod => (CLIENT, 40001, WEB, SYN, verdict::PASS),
+            Case::AllowedByCidr => (IN_CIDR, 40002, WEB, SYN, verdict::PASS),
+            Case::Denied => (STRANGER, 40003, WEB, SYN, verdict::DROP),
+            Case::Established => (CLIENT, 40004, WEB, ACK, verdict::PASS),
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Copy, Debug)]
+struct Figure {
+    floor: f64,
+    case: f64,
+    over: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn median_of(figures: &[Figure]) -> Figure {
+    let pick = |f: fn(&Figure) -> f64| median(&mut figures.iter().map(f).collect::<Vec<_>>());
+    Figure {
+        floor: pick(|f| f.floor),
+        case: pick(|f| f.case),
+        over: pick(|f| f.over),
+    }
+}
+
+/// The repeatable method: `repeat` runs per call, each round bracketed by floor runs.
+fn measure_loop(node: &mut Node, packet: &[u8], expect: i32, effort: Effort) -> Figure {
+    let mut rounds = Vec::new();
+    // Warm-up.
+    node.run(program_names::PARSE_ONLY, packet, effort.repeat / 10);
+    node.run(program_names::TO_POD, packet, effort.repeat / 10);
+    for _ in 0..effort.rounds {
+        let (_, f1) = node.run(program_names::PARSE_ONLY, packet, effort.repeat);
+        let (v, c) = node.run(program_names::TO_POD, packet, effort.repeat);
+        let (_, f2) = node.run(program_names::PARSE_ONLY, packet, effort.repeat);
+        assert_eq!(v, expect, "verdict of the measured path");
+        let floor = (f1 + f2) as f64 / 2.0;
+        rounds.push(Figure {
+            floor,
+            case: c as f64,
+            over: c as f64 - floor,
+        });
+    }
+    median_of(&rounds)
+}
+
+/// The new-flow method: single runs, each after deleting `ct` from userspace, alternating
+/// floor and case. Returns the figure and how many case runs had created `ct`.
+fn measure_single(
+    node: &mut Node,
+    packet: &[u8],
+    expect: i32,
+    ct: &CtKey,
+    effort: Effort,
+) -> (Figure, usize) {
+    let mut rounds = Vec::new();
+    let mut created = 0;
+    for _ in 0..effort.rounds {
+        let mut floor = Vec::with_capacity(effort.singles);
+        let mut case = Vec::with_capacity(effort.singles);
+        for _ in 0..effort.singles {
+            // The entry the previous case run created (if any) goes here, before the floor.
+            created += usize::from(node.forget(ct));
+            let (_, f) = node.run(program_names::PARSE_ONLY, packet, 1);
+            node.forget(ct);
+            let (v, c) = node.run(program_names::TO_POD, packet, 1);
+            assert_eq!(v, expect, "verdict of the measured path");
+            floor.push(f as f64);
+            case.push(c as f64);
+        }
+        let (f, c) = (median(&mut floor), median(&mut case));
+        rounds.push(Figure {
+            floor: f,
+            case: c,
+            over: c - f,
+        });
+    }
+    created += usize::from(node.forget(ct));
+    (median_of(&rounds), created)
+}
+
+/// (case, method) -> figure, for one fill.
+type Results = BTreeMap<(usize, &'static str), Figure>;
+
+fn dataplane(effort: Effort) {
+    let scales: Vec<u32> = std::env::var("NPENFORCE_BENCH_SCALES")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.trim().parse().expect("NPENFORCE_BENCH_SCALES: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![10, 10_000, 1_000_000]);
+    println!();
+    println!("== Dataplane: npe_to_pod over the npenforce_parse_only floor (BPF_PROG_TEST_RUN)");
+    println!(
+        "   packets: IPv4 TCP, 54 bytes, delivered to the pod under test (ingress side); \
+         {} rounds, loop repeat {}, {} single runs per round and program",
+        effort.rounds, effort.repeat, effort.singles
+    );
+    println!(
+        "   fill: N unrelated POLICY_PEERS host entries over {FILL_PODS} pods, N ENDPOINTS, \
+         N CONNTRACK flows; map sizes {:?}",
+        bench_sizes()
+    );
+    let mut all: BTreeMap<u32, Results> = BTreeMap::new();
+    for &fill in &scales {
+        let started = Instant::now();
+        let mut node = Node::new(fill);
+        println!(
+            "\n-- fill N = {fill} (loaded and filled in {:.1} s); kernel map memory:",
+            started.elapsed().as_secs_f64()
+        );
+        print_memory(&own_maps());
+        println!(
+            "   {:<28} {:<9} {:>9} {:>9} {:>11}  {}",
+            "case", "method", "floor ns", "case ns", "over floor", "target"
+        );
+        let mut results = Results::new();
+        for (index, case) in Case::ALL.into_iter().enumerate() {
+            let (src, sport, dst, flags, expect) = case.packet();
+            let packet = Craft::new(
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                L4::Tcp {
+                    src_port: sport,
+                    dst_port: 80,
+                    flags,
+                },
+            )
+            .build();
+            let pod = if dst == OPEN { node.open } else { node.web };
+            node.deliver_to(pod);
+            let flow = ct_key(src, sport, dst, 80);
+            if case == Case::Established {
+                // The flow's first packet (a SYN) creates the entry.
+                let syn = Craft::new(IpAddr::V4(src), IpAddr::V4(dst), L4::tcp(sport, 80)).build();
+                let (v, _) = node.run(program_names::TO_POD, &syn, 1);
+                assert_eq!(v, verdict::PASS, "the established flow's SYN");
+                assert!(
+                    node.conntrack.get(&flow, 0).is_ok(),
+                    "the SYN created the entry"
+                );
+            }
+            let mut methods: Vec<(&'static str, Figure, String)> = Vec::new();
+            if !case.new_flow() || case == Case::Denied {
+                let f = measure_loop(&mut node, &packet, expect, effort);
+                methods.push(("loop", f, String::new()));
+            }
+            // Every case also by single runs, so the five can be compared on one footing; for
+            // the established flow the deleted key is another one (its own entry stays).
+            let deleted = if case == Case::Established {
+                ct_key(STRANGER, 1, WEB, 1)
+            } else {
+                flow
+            };
+            let (f, created) = measure_single(&mut node, &packet, expect, &deleted, effort);
+            let note = if case.new_flow() {
+                format!(
+                    "  [{created}/{} case runs created a conntrack entry]",
+                    effort.rounds * effort.singles
+                )
+            } else {
+                String::new()
+            };
+            methods.push(("single", f, note));
+            for (method, f, note) in methods {
+                let target = match case.target() {
+                    Some(t) if f.over < t => format!("< {t} ok"),
+                    Some(t) => format!("< {t} MISSED"),
+                    None => "-".into(),
+                };
+                println!(
+                    "   {:<28} {:<9} {:>9.1} {:>9.1} {:>11.1}  {target}{note}",
+                    case.label(),
+                    method,
+                    f.floor,
+                    f.case,
+                    f.over
+                );
+                results.insert((index, method), f);
+            }
+        }
+        all.insert(fill, results);
+        drop(node);
+    }
+    summary(&all);
+}
+
+/// The table for BENCHMARKS.md and the growth from the smallest to the largest fill.
+fn summary(all: &BTreeMap<u32, Results>) {
+    let (Some((&small, first)), Some((&large, last))) = (all.iter().next(), all.iter().last())
+    else {
+        return;
+    };
+    println!("\n== Summary: ns per packet over the floor (medians of rounds)");
+    let mut header = format!("| {:<28} | {:<6} |", "case", "method");
+    for fill in all.keys() {
+        header.push_str(&format!(" N={fill:<8} |"));
+    }
+    header.push_str(&format!(" growth {small}->{large} | target |"));
+    println!("{header}");
+    println!(
+        "|{}",
+        "---|".repeat(header.matches('|').count().saturating_sub(1))
+    );
+    for (index, case) in Case::ALL.into_iter().enumerate() {
+        for method in ["loop", "single"] {
+            if !first.contains_key(&(index, method)) {
+                continue;
+            }
+            let mut line = format!("| {:<28} | {:<6} |", case.label(), method);
+            for results in all.values() {
+                match results.get(&(index, method)) {
+                    Some(f) => line.push_str(&format!(" {:>10.1} |", f.over)),
+                    None => line.push_str("          - |"),
+                }
+            }
+            let (a, b) = (first[&(index, method)].over, last[&(index, method)].over);
+            let growth = if a > 0.5 {
+                format!("{:+.0}%", (b - a) / a * 100.0)
+            } else {
+                format!("{:+.1} ns", b - a)
+            };
+            let target = match case.target() {
+                Some(t) => format!("< {t} ns, <= +15%"),
+                None => "<= +15%".into(),
+            };
+            line.push_str(&format!(" {growth:>16} | {target} |"));
+            println!("{line}");
+        }
+    }
+    let floors: Vec<String> = all
+        .iter()
+        .map(|(fill, r)| {
+            let loop_floor = r.get(&(0, "loop")).map_or(0.0, |f| f.floor);
+            let single_floor = r.get(&(0, "single")).map_or(0.0, |f| f.floor);
+            format!("N={fill}: loop {loop_floor:.0} ns, single {single_floor:.0} ns")
+        })
+        .collect();
+    println!("floor (parse-only, unisolated case's rounds): {}", floors.join("; "));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory scenario.
+
+/// The memory scenario's cluster: 50,000 pods in 500 namespaces (100 each), 110 of them on
+/// this node, and 1,000 policies (2 per namespace). See BENCHMARKS.md for the shape.
+fn memory_cluster() -> Snapshot {
+    const PODS: u32 = 50_000;
+    const NAMESPACES: u32 = 500;
+    const APPS: u32 = 20;
+    const TEAMS: u32 = 10;
+    let mut s = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
+    for n in 0..NAMESPACES {
+        s.upsert_namespace(Namespace::new(
+            format!("ns{n}"),
+            labels(&[("team", &format!("t{}", n % TEAMS))]),
+        ));
+    }
+    for i in 0..PODS {
+        // 110 local pods: every 455th (455 * 109 < 50,000 <= 455 * 110).
+        let node = if i % 455 == 0 {
+            NODE.to_string()
+        } else {
+            format!("node-{}", i % 454)
+        };
+        let ip = Ipv4Addr::from(0x0a00_0000 + i + 1);
+        let app = format!("a{}", (i / NAMESPACES) % APPS);
+        s.upsert_pod(pod(&format!("ns{}", i % NAMESPACES), &format!("pod{i}"), &node, &app, ip));
+    }
+    for n in 0..NAMESPACES {
+        let ns = format!("ns{n}");
+        // 1. Namespace default: every pod isolated for ingress; same-namespace traffic and
+        //    the metrics scraper (app a0 in team t0's namespaces) on 9090 allowed.
+        s.upsert_policy(Policy {
+            key: ObjectKey::new(ns.clone(), "default"),
+            pod_selector: Some(Selector::everything()),
+            isolates_ingress: true,
+            isolates_egress: false,
+            ingress: vec![
+                Rule {
+                    peers: Some(vec![Peer::Pods {
+                        namespaces: None,
+                        pods: Selector::everything(),
+                    }]),
+                    ports: None,
+                },
+                Rule {
+                    peers: Some(vec![Peer::Pods {
+                        namespaces: Some(selector(&[("team", "t0")])),
+                        pods: selector(&[("app", "a0")]),
+                    }]),
+                    ports: Some(vec![tcp(9090, 9090)]),
+                },
+            ],
+            egress: Vec::new(),
+            errors: Vec::new(),
+        });
+        // 2. One app's policy: ingress from the next app of its team's namespaces on 80 and
+        //    the named port, from a CIDR on 443; every other namespace's app also isolates
+        //    egress: its namespace, an ipBlock with an except, DNS.
+        let app = format!("a{}", n % APPS);
+        let peer_app = format!("a{}", (n + 1) % APPS);
+        let team = format!("t{}", n % TEAMS);
+        let egress = n % 2 == 0;
+        s.upsert_policy(Policy {
+            key: ObjectKey::new(ns.clone(), "app"),
+            pod_selector: Some(selector(&[("app", &app)])),
+            isolates_ingress: true,
+            isolates_egress: egress,
+            ingress: vec![
+                Rule {
+                    peers: Some(vec![Peer::Pods {
+                        namespaces: Some(selector(&[("team", &team)])),
+                        pods: selector(&[("app", &peer_app)]),
+                    }]),
+                    ports: Some(vec![
+                        tcp(80, 80),
+                        PortSpec {
+                            protocol: ip_proto::TCP,
+                            port: PortMatch::Named("http".into()),
+                        },
+                    ]),
+                },
+                Rule {
+                    peers: Some(vec![Peer::IpBlock(
+                        parse_ip_block("172.16.0.0/12", &["172.16.1.0/24".to_string()])
+                            .expect("block"),
+                    )]),
+                    ports: Some(vec![tcp(443, 443)]),
+                },
+            ],
+            egress: if egress {
+                vec![
+                    Rule {
+                        peers: Some(vec![
+                            Peer::Pods {
+                                namespaces: None,
+                                pods: Selector::everything(),
+                            },
+                            Peer::IpBlock(
+                                parse_ip_block("10.128.0.0/9", &["10.200.0.0/16".to_string()])
+                                    .expect("block"),
+                            ),
+                        ]),
+                        ports: None,
+                    },
+                    Rule {
+                        peers: None,
+                        ports: Some(vec![PortSpec {
+                            protocol: ip_proto::UDP,
+                            port: PortMatch::Range { start: 53, end: 53 },
+                        }]),
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
+            errors: Vec::new(),
+        });
+    }
+    s
+}
+
+fn memory() {
+    println!();
+    println!(
+        "== Kernel map memory: 110 local pods, 50,000 cluster pods, 1,000 policies, default \
+         map sizes (fdinfo memlock)"
+    );
+    let started = Instant::now();
+    let snap = memory_cluster();
+    let compiler = Compiler::new(snap);
+    let entries = compiler.map_entries().clone();
+    let isolated = compiler
+        .map_entries()
+        .endpoints
+        .values()
+        .filter(|e| e.flags != 0)
+        .count();
+    println!(
+        "   compiled in {:.1} s: {} ENDPOINTS ({isolated} isolated), {} POLICY_PEERS, {} \
+         POLICY_PORTS entries",
+        started.elapsed().as_secs_f64(),
+        entries.endpoints.len(),
+        entries.peers.len(),
+        entries.ports.len()
+    );
+    let mut enforcer =
+        KernelEnforcer::new(&DataplaneOptions::default()).expect("loading the enforcer");
+    let before = own_maps().values().map(|m| m.memlock).sum::<u64>();
+    let stats = enforcer.reconcile(&entries).expect("writing the entries");
+    assert_eq!(stats.failed, 0, "every entry fits the default sizes");
+    println!(
+        "   empty maps: {:.1} MiB; after writing {} entries:",
+        mib(before),
+        stats.written
+    );
+    let total = print_memory(&own_maps());
+    println!(
+        "   target < 256 MiB: {}",
+        if total < 256 << 20 { "ok" } else { "MISSED" }
+    );
+    drop(enforcer);
+}

@@ -1,0 +1,31 @@
+//! `npenforce uninstall`: detach and unpin everything the agent left under its bpffs folder.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Arguments of `npenforce uninstall`.
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// The agent's bpffs folder (its `--bpffs`).
+    #[arg(
+        long,
+        env = "NPENFORCE_BPFFS",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/npenforce"
+    )]
+    pub bpffs: PathBuf,
+}
+
+pub fn run(args: &UninstallArgs) -> anyhow::Result<i32> {
+    let removed = crate::dataplane::pins::uninstall(&args.bpffs)
+        .with_context(|| format!("removing {}", args.bpffs.display()))?;
+    println!(
+        "npenforce uninstalled from {}: {} links detached, {} programs and {} maps unpinned",
+        args.bpffs.display(),
+        removed.links,
+        removed.programs,
+        removed.maps
+    );
+    Ok(0)
+}
