@@ -50,6 +50,8 @@ pub mod map_names {
     /// The policy generation (array of one): bumped after each applied change so tracked
     /// flows are judged again against the new policy.
     pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
+    /// Until when (monotonic ns) connections seen mid-flow may be adopted (array of one).
+    pub const ADOPTION_DEADLINE: &str = "ADOPTION_DEADLINE";
     /// Per pod and direction counters (per-CPU array indexed by `pod_id * 2 + direction`).
     pub const POD_COUNTERS: &str = "POD_COUNTERS";
     /// Node-wide counters by reason (per-CPU array indexed by `counter::*`).
@@ -71,6 +73,7 @@ pub mod map_names {
         CONNTRACK,
         FRAGMENTS,
         POLICY_GENERATION,
+        ADOPTION_DEADLINE,
     ];
 }
 
@@ -108,8 +111,11 @@ pub struct DataplaneConfig {
     pub other_timeout_s: u32,
     /// Drop events per second and CPU on the ring buffer; beyond it drops are only counted.
     pub drop_events_per_second: u32,
+    /// How long after a fresh start TCP connections opened before are adopted mid-flow.
+    pub adoption_window_s: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
 
 impl DataplaneConfig {
     pub const DEFAULT: Self = Self {
@@ -121,6 +127,8 @@ impl DataplaneConfig {
         udp_timeout_s: 120,
         other_timeout_s: 60,
         drop_events_per_second: 100,
+        adoption_window_s: 120,
+        _pad: 0,
     };
 }
 

@@ -15,7 +15,7 @@ use npenforce_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, FRAGMENTS, POLICY_GENERATION},
+    maps::{ADOPTION_DEADLINE, CONNTRACK, FRAGMENTS, POLICY_GENERATION},
     parse::{Flow, Packet},
     policy::judge,
 };
@@ -39,6 +39,15 @@ pub fn now_ns() -> u64 {
 pub fn generation() -> u32 {
     match POLICY_GENERATION.get(0) {
         Some(g) => *g,
+        None => 0,
+    }
+}
+
+/// Until when (`bpf_ktime_get_ns`) TCP connections seen mid-flow may be adopted.
+#[inline(always)]
+pub fn adoption_deadline() -> u64 {
+    match ADOPTION_DEADLINE.get(0) {
+        Some(t) => *t,
         None => 0,
     }
 }

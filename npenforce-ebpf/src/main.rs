@@ -422,11 +422,6 @@ fn exit_verdict(
     } else {
         sender
     };
-    // Neither side isolated in any direction: pass without tracking (the fast path of
-    // clusters without policy for these pods).
-    if pod_state(sender_any).flags & 0x3 == 0 && pod_state(receiver).flags & 0x3 == 0 {
-        return finish(packet, now, Ok(()));
-    }
     let forward = judge(
         &packet.src,
         &packet.dst,
@@ -454,8 +449,10 @@ fn exit_verdict(
     }
     // A TCP segment of a connection opened before we were attached (agent start on a busy
     // node): admit it if the connection is allowed in the direction it must have been
-    // opened in, the other way round. Only TCP: a non-SYN segment cannot open anything.
-    if conntrack::is_tcp_mid_flow(packet) {
+    // opened in, the other way round. Only TCP (a non-SYN segment cannot open anything), and
+    // only in the adoption window after the agent first attached: later, every flow was seen
+    // from its first packet, and a segment of an untracked flow is one that was cut.
+    if conntrack::is_tcp_mid_flow(packet) && now < conntrack::adoption_deadline() {
         let reverse_egress = receiver;
         let reverse_ingress = sender_any;
         if judge(

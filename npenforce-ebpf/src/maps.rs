@@ -42,6 +42,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(8192, 0);
 
+/// Until when (monotonic ns) TCP connections that were open before the agent attached may
+/// be adopted mid-flow. Set by the agent when it starts on a node without pinned state.
+#[map(name = "ADOPTION_DEADLINE")]
+pub static ADOPTION_DEADLINE: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map(name = "POLICY_GENERATION")]
 pub static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 

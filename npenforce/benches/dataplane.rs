@@ -20,7 +20,9 @@
 //!   entry and every later run is an established packet. They run with `repeat` = 1, many
 //!   times, the conntrack entry being deleted from userspace before each run; the floor runs
 //!   the same way (one delete syscall, then `repeat` = 1), alternating with the case, and the
-//!   figure is median(case) - median(floor) per round, then the median of rounds. A run of
+//!   figure is mean(case) - mean(floor) per round (interquartile means: the middle half of
+//!   the runs, robust against outliers without the median's whole-ns steps), then the median
+//!   of rounds. A run of
 //!   one packet right after a syscall finds colder caches than a tight loop, so these figures
 //!   are upper bounds of the hot-loop cost; the denied case, repeatable, is reported both ways
 //!   to show the size of that effect.
@@ -145,9 +147,7 @@ fn possible_cpus() -> usize {
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|range| match range.split_once('-') {
-            Some((a, b)) => {
-                b.parse::<usize>().unwrap_or(0) - a.parse::<usize>().unwrap_or(0) + 1
-            }
+            Some((a, b)) => b.parse::<usize>().unwrap_or(0) - a.parse::<usize>().unwrap_or(0) + 1,
             None => 1,
         })
         .sum()
@@ -560,7 +560,10 @@ impl Case {
     }
 
     fn new_flow(self) -> bool {
-        matches!(self, Case::AllowedByPod | Case::AllowedByCidr | Case::Denied)
+        matches!(
+            self,
+            Case::AllowedByPod | Case::AllowedByCidr | Case::Denied
+        )
     }
 
     /// (source, source port, destination, TCP flags, expected verdict)
@@ -593,6 +596,14 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Mean of the middle half: robust like a median, without its quantization to the kernel's
+/// whole nanoseconds.
+fn interquartile_mean(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let middle = &v[v.len() / 4..v.len() - v.len() / 4];
+    middle.iter().sum::<f64>() / middle.len() as f64
 }
 
 fn median_of(figures: &[Figure]) -> Figure {
@@ -649,7 +660,10 @@ fn measure_single(
             floor.push(f as f64);
             case.push(c as f64);
         }
-        let (f, c) = (median(&mut floor), median(&mut case));
+        let (f, c) = (
+            interquartile_mean(&mut floor),
+            interquartile_mean(&mut case),
+        );
         rounds.push(Figure {
             floor: f,
             case: c,
@@ -762,10 +776,56 @@ fn dataplane(effort: Effort) {
                 results.insert((index, method), f);
             }
         }
+        if fill == scales[0] {
+            decompose(&mut node, effort);
+        }
         all.insert(fill, results);
         drop(node);
     }
     summary(&all);
+}
+
+/// Where the fixed cost goes: the loop method on programs that stop early.
+fn decompose(node: &mut Node, effort: Effort) {
+    let packet = Craft::new(IpAddr::V4(CLIENT), IpAddr::V4(OPEN), L4::tcp(40000, 80)).build();
+    let time = |node: &mut Node, program: &str| {
+        let mut rounds: Vec<f64> = (0..effort.rounds)
+            .map(|_| node.run(program, &packet, effort.repeat).1 as f64)
+            .collect();
+        median(&mut rounds)
+    };
+    // npe_to_uplink returns at once for a packet without npenforce's mark.
+    let empty = time(node, program_names::TO_UPLINK);
+    let parse = time(node, program_names::PARSE_ONLY);
+    // Parse plus one miss in a 16-byte-key hash map (SOURCE_DENYLIST, empty).
+    let source_filter = time(node, program_names::SOURCE_FILTER);
+    // One miss in IFACES (u32 key), then PASS: the interface is not ours.
+    let lo = node.lo;
+    node.enforcer
+        .maps()
+        .remove_interface(lo)
+        .expect("removing IFACES[lo]");
+    let iface_miss = time(node, program_names::TO_POD);
+    node.deliver_to(node.open);
+    let unisolated = time(node, program_names::TO_POD);
+    println!("   where the time goes (loop method, ns per run, medians of rounds):");
+    println!("     test-run loop with a program that returns at once   {empty:>7.1}");
+    println!(
+        "     + parsing Ethernet/IPv4/TCP (parse-only floor)      {parse:>7.1}  (+{:.1})",
+        parse - empty
+    );
+    println!(
+        "     parse + one hash miss, 16-byte key (source filter)   {source_filter:>7.1}  (+{:.1} over the floor)",
+        source_filter - parse
+    );
+    println!(
+        "     npe_to_pod, IFACES miss (u32 key), nothing parsed    {iface_miss:>7.1}  (+{:.1} over the empty program)",
+        iface_miss - empty
+    );
+    println!(
+        "     npe_to_pod, unisolated pod (full fast path)          {unisolated:>7.1}  (+{:.1} over the floor)",
+        unisolated - parse
+    );
 }
 
 /// The table for BENCHMARKS.md and the growth from the smallest to the largest fill.
@@ -819,7 +879,10 @@ fn summary(all: &BTreeMap<u32, Results>) {
             format!("N={fill}: loop {loop_floor:.0} ns, single {single_floor:.0} ns")
         })
         .collect();
-    println!("floor (parse-only, unisolated case's rounds): {}", floors.join("; "));
+    println!(
+        "floor (parse-only, unisolated case's rounds): {}",
+        floors.join("; ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -848,7 +911,13 @@ fn memory_cluster() -> Snapshot {
         };
         let ip = Ipv4Addr::from(0x0a00_0000 + i + 1);
         let app = format!("a{}", (i / NAMESPACES) % APPS);
-        s.upsert_pod(pod(&format!("ns{}", i % NAMESPACES), &format!("pod{i}"), &node, &app, ip));
+        s.upsert_pod(pod(
+            &format!("ns{}", i % NAMESPACES),
+            &format!("pod{i}"),
+            &node,
+            &app,
+            ip,
+        ));
     }
     for n in 0..NAMESPACES {
         let ns = format!("ns{n}");

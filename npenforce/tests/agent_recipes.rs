@@ -24,16 +24,28 @@ fn recipes_and_seed_cards_through_the_agent_binary() {
             .map(|p| p.allowed)
             .collect()
     };
-    assert_eq!(card("NP-07 Task"), [false, false, false, true], "NP-07 tasks 4-7");
+    assert_eq!(
+        card("NP-07 Task"),
+        [false, false, false, true],
+        "NP-07 tasks 4-7"
+    );
     assert_eq!(card("NP-05"), [true, true], "NP-05 task 4 and acceptance");
-    for id in ["01", "02", "02a", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "14"] {
+    for id in [
+        "01", "02", "02a", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "14",
+    ] {
         let r = all
             .iter()
             .find(|r| r.id == id)
             .unwrap_or_else(|| panic!("recipe {id} is missing"));
         assert!(!r.policies.is_empty(), "recipe {id} has no policy");
-        assert!(r.probes.iter().any(|p| p.allowed), "recipe {id}: an allowed probe");
-        assert!(r.probes.iter().any(|p| !p.allowed), "recipe {id}: a blocked probe");
+        assert!(
+            r.probes.iter().any(|p| p.allowed),
+            "recipe {id}: an allowed probe"
+        );
+        assert!(
+            r.probes.iter().any(|p| !p.allowed),
+            "recipe {id}: a blocked probe"
+        );
     }
 
     let cluster = agent_lab::start(&recipes::world(), "arec");
@@ -62,5 +74,8 @@ fn recipes_and_seed_cards_through_the_agent_binary() {
         failures.join("\n"),
         agent_lab::agent_log(&cluster)
     );
-    eprintln!("{} recipes, {probes} probes (IPv4 and IPv6): all as expected", all.len());
+    eprintln!(
+        "{} recipes, {probes} probes (IPv4 and IPv6): all as expected",
+        all.len()
+    );
 }

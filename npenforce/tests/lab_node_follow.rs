@@ -37,6 +37,12 @@ fn pods_created_and_deleted_while_enforcing() {
     // Route lookups (which veth carries which pod) happen in the calling thread's namespace,
     // so apply from inside the node, as the agent (which runs there) does.
     let node_ns = lab.node().path();
+    // The agent's initial sync: the first reconcile, after which programs get attached.
+    npenforce::lab::netns::run_in_netns(&node_ns, || {
+        node.reconcile(compiler.map_entries())
+            .expect("initial reconcile")
+    })
+    .expect("entering the node");
     let apply = |compiler: &mut Compiler, change: Change| {
         let diff = compiler.apply(change);
         npenforce::lab::netns::run_in_netns(&node_ns, || node.apply(&diff).expect("apply"))

@@ -42,7 +42,16 @@ pub trait Enforcer: Send + 'static {
     /// Makes the maps equal to `desired`: used at start to adopt the state pinned by a
     /// previous agent, and to recover after a failed apply.
     fn reconcile(&mut self, desired: &MapEntries) -> Result<(), Self::Error>;
+
+    /// More `/metrics` lines from the enforcer itself (kernel counters), rendered on each
+    /// scrape.
+    fn metrics_source(&self) -> Option<MetricsSource> {
+        None
+    }
 }
+
+/// Renders Prometheus text lines on demand.
+pub type MetricsSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]

@@ -85,10 +85,19 @@ pub enum RuntimeError {
 }
 
 /// State shared between the loop and its readers (HTTP endpoints, tests).
-#[derive(Debug)]
 struct Shared {
     revision: watch::Sender<u64>,
     published: Mutex<Published>,
+    extra_metrics: Option<super::MetricsSource>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("revision", &self.revision)
+            .field("published", &self.published)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -138,9 +147,13 @@ impl AgentHandle {
         self.lock().status.clone()
     }
 
-    /// `/metrics` in Prometheus text format.
+    /// `/metrics` in Prometheus text format: the agent's own, then the enforcer's.
     pub fn metrics_text(&self) -> String {
-        self.lock().metrics.render()
+        let mut text = self.lock().metrics.render();
+        if let Some(extra) = &self.shared.extra_metrics {
+            text.push_str(&extra());
+        }
+        text
     }
 }
 
@@ -230,6 +243,7 @@ impl<E: Enforcer> Runtime<E> {
         let shared = Arc::new(Shared {
             revision,
             published: Mutex::new(published),
+            extra_metrics: enforcer.metrics_source(),
         });
         let handle = AgentHandle {
             shared: shared.clone(),

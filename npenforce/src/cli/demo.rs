@@ -85,7 +85,11 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
         .collect();
     if selected.is_empty() {
         let ids: Vec<&str> = all.iter().map(|r| r.id).collect();
-        bail!("no recipe matches {:?}; the recipes are {}", args.recipes, ids.join(", "));
+        bail!(
+            "no recipe matches {:?}; the recipes are {}",
+            args.recipes,
+            ids.join(", ")
+        );
     }
     install_signal_handlers();
     let binary = std::env::current_exe().context("finding this program's path")?;
@@ -93,8 +97,12 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
 
     let world = recipes::world();
     println!("npenforce demo: the public Kubernetes NetworkPolicy recipes");
-    println!("(github.com/ahmetb/kubernetes-network-policy-recipes) and seed cards NP-05 and NP-07,");
-    println!("enforced by the npenforce agent on a lab of network namespaces, with real packets.\n");
+    println!(
+        "(github.com/ahmetb/kubernetes-network-policy-recipes) and seed cards NP-05 and NP-07,"
+    );
+    println!(
+        "enforced by the npenforce agent on a lab of network namespaces, with real packets.\n"
+    );
     let cluster = ClusterLab::build(&world, "demo").context("building the lab")?;
     print_lab(&cluster);
     println!(

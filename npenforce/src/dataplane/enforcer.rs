@@ -76,6 +76,7 @@ impl KernelEnforcer {
             dataplane.load_program(name)?;
         }
         let maps = PolicyMaps::take_from(&mut dataplane)?;
+        open_adoption_window(&mut dataplane, options)?;
         let node_counters = typed(
             PerCpuArray::try_from(dataplane.take_map(map_names::NODE_COUNTERS)?),
             map_names::NODE_COUNTERS,
@@ -139,6 +140,20 @@ impl KernelEnforcer {
             }
         }
         events
+    }
+
+    /// Map writes that failed since start (full maps).
+    pub fn failed_writes(&self) -> u64 {
+        self.maps_ref().failed_total()
+    }
+
+    fn maps_ref(&self) -> &PolicyMaps {
+        &self.maps
+    }
+
+    /// Ids of the pods this node enforces.
+    pub fn pod_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.maps.entries().endpoints.values().map(|e| e.pod_id)
     }
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
@@ -287,4 +302,34 @@ impl KernelEnforcer {
         self.iface_table.insert(ifindex, info);
         Ok(())
     }
+}
+
+/// On a fresh start (no pinned state: the deadline is still 0), lets the programs adopt TCP
+/// connections that were open before they were attached, for the configured window. A
+/// restarted agent that adopted pinned maps has tracked every flow since the first start.
+fn open_adoption_window(
+    dataplane: &mut Dataplane,
+    options: &DataplaneOptions,
+) -> Result<(), DataplaneError> {
+    let name = map_names::ADOPTION_DEADLINE;
+    let mut deadline: aya::maps::Array<&mut MapData, u64> =
+        typed(aya::maps::Array::try_from(dataplane.map_mut(name)?), name)?;
+    if typed(deadline.get(&0, 0), name)? != 0 {
+        return Ok(());
+    }
+    let window = options
+        .config
+        .unwrap_or(npenforce_common::DataplaneConfig::DEFAULT)
+        .adoption_window_s;
+    let until = monotonic_ns().saturating_add(u64::from(window) * 1_000_000_000);
+    typed(deadline.set(0, until, 0), name)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

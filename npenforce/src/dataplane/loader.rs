@@ -192,6 +192,7 @@ impl Dataplane {
         }
         if let Some(dir) = &map_dir {
             std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
+            drop_incompatible_pins(dir, &sizes);
             for name in map_names::PINNED {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -438,5 +439,73 @@ pub(crate) fn is_full(err: &MapError) -> bool {
             Some(libc::E2BIG) | Some(libc::ENOSPC)
         ),
         _ => false,
+    }
+}
+
+/// (key size, value size, max entries) each pinned map must have to be adopted.
+fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
+    use npenforce_common::*;
+    use std::mem::size_of;
+    let s = |n: usize| n as u32;
+    Some(match name {
+        map_names::ENDPOINTS => (
+            s(size_of::<AddrKey>()),
+            s(size_of::<EndpointInfo>()),
+            sizes.endpoints,
+        ),
+        map_names::POLICY_PEERS => (
+            4 + s(size_of::<PeerKey>()),
+            s(size_of::<PeerValue>()),
+            sizes.policy_peers,
+        ),
+        map_names::POLICY_PORTS => (
+            4 + s(size_of::<PortKey>()),
+            s(size_of::<PortValue>()),
+            sizes.policy_ports,
+        ),
+        map_names::POD_STATE => (4, s(size_of::<PodState>()), sizes.pods),
+        map_names::IFACES => (4, s(size_of::<IfaceInfo>()), sizes.interfaces),
+        map_names::NODE_ADDRS => (s(size_of::<AddrKey>()), 4, 1024),
+        map_names::CONNTRACK => (
+            s(size_of::<CtKey>()),
+            s(size_of::<CtEntry>()),
+            sizes.conntrack,
+        ),
+        map_names::FRAGMENTS => (
+            s(size_of::<FragKey>()),
+            s(size_of::<FragEntry>()),
+            sizes.fragments,
+        ),
+        map_names::POLICY_GENERATION => (4, 4, 1),
+        map_names::ADOPTION_DEADLINE => (4, 8, 1),
+        _ => return None,
+    })
+}
+
+/// Removes pins whose map has another layout or size than this build expects (an upgrade
+/// changed a type, or the operator changed a size): adopting them would misread their bytes.
+/// Their state is rebuilt (policy maps by the first reconcile; tracked flows are judged anew).
+/// The old programs keep running on the old maps until the new ones replace them.
+fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
+    for name in map_names::PINNED {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(expected) = expected_layout(name, sizes) else {
+            continue;
+        };
+        let found = aya::maps::MapInfo::from_pin(&path)
+            .map(|info| (info.key_size(), info.value_size(), info.max_entries()))
+            .ok();
+        if found != Some(expected) {
+            tracing::warn!(
+                map = name,
+                ?found,
+                ?expected,
+                "pinned map does not match this build (layout or size changed): starting it afresh"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }

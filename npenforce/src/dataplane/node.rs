@@ -33,6 +33,10 @@ pub struct NodeOptions {
 pub struct NodeDataplane {
     enforcer: Arc<Mutex<KernelEnforcer>>,
     stop: Arc<AtomicBool>,
+    /// Set once the first reconcile filled the maps: only then are programs attached (see
+    /// [`NodeDataplane::start`]).
+    attaching: Arc<AtomicBool>,
+    uplinks: Vec<String>,
     follower: Option<JoinHandle<()>>,
 }
 
@@ -44,8 +48,13 @@ fn lock(enforcer: &Mutex<KernelEnforcer>) -> MutexGuard<'_, KernelEnforcer> {
 }
 
 impl NodeDataplane {
-    /// Loads the programs, attaches to the uplinks and to every veth present (pending until
-    /// their pods are known), and starts following link, address and route changes.
+    /// Loads the programs and starts following link, address and route changes.
+    ///
+    /// Nothing is attached yet: the programs go onto the uplinks and every veth at the first
+    /// [`NodeDataplane::reconcile`], once the maps hold the cluster's state. Attaching earlier
+    /// would put programs with empty (or freshly re-created) maps in front of traffic that an
+    /// older agent's pinned programs are still enforcing correctly; attaching replaces those
+    /// atomically, so the switch happens with complete maps.
     pub fn start(options: &NodeOptions) -> Result<Self, DataplaneError> {
         // Subscribe before listing, so nothing that appears in between is missed.
         let events = LinkEvents::subscribe().map_err(netlink_err)?;
@@ -53,31 +62,45 @@ impl NodeDataplane {
         refresh_node_addresses(&mut enforcer);
         let all = links::links().map_err(netlink_err)?;
         let uplinks = uplink_names(&options.uplinks, &all)?;
-        for name in &uplinks {
-            enforcer.attach_uplink(name)?;
-            tracing::info!(interface = %name, "attached to uplink");
-        }
-        for link in all
-            .iter()
-            .filter(|l| l.is_veth() && !uplinks.contains(&l.name))
-        {
-            attach_pod(&mut enforcer, link);
-        }
         let enforcer = Arc::new(Mutex::new(enforcer));
         let stop = Arc::new(AtomicBool::new(false));
+        let attaching = Arc::new(AtomicBool::new(false));
         let follower = {
             let enforcer = enforcer.clone();
             let stop = stop.clone();
+            let attaching = attaching.clone();
+            let uplinks = uplinks.clone();
             std::thread::Builder::new()
                 .name("npe-links".into())
-                .spawn(move || follow_links(events, &enforcer, &stop, &uplinks))
+                .spawn(move || follow_links(events, &enforcer, &stop, &attaching, &uplinks))
                 .map_err(netlink_err)?
         };
         Ok(Self {
             enforcer,
             stop,
+            attaching,
+            uplinks,
             follower: Some(follower),
         })
+    }
+
+    /// Attaches to the uplinks and to every veth present (pods not known yet are pending).
+    fn attach_all(&self) -> Result<(), DataplaneError> {
+        let mut enforcer = lock(&self.enforcer);
+        let attached: BTreeSet<u32> = enforcer.attached_interfaces().map(|(i, _, _)| i).collect();
+        let all = links::links().map_err(netlink_err)?;
+        for link in &all {
+            if attached.contains(&link.ifindex) {
+                continue;
+            }
+            if self.uplinks.contains(&link.name) {
+                enforcer.attach_uplink(&link.name)?;
+                tracing::info!(interface = %link.name, "attached to uplink");
+            } else if link.is_veth() {
+                attach_pod(&mut enforcer, link);
+            }
+        }
+        Ok(())
     }
 
     /// The enforcer, for reads (counters, events) and tests.
@@ -97,7 +120,11 @@ impl NodeDataplane {
     }
 
     pub fn reconcile(&self, desired: &MapEntries) -> Result<(), DataplaneError> {
-        lock(&self.enforcer).reconcile(desired).map(|_| ())
+        lock(&self.enforcer).reconcile(desired)?;
+        if !self.attaching.swap(true, Ordering::SeqCst) {
+            self.attach_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -160,6 +187,7 @@ fn follow_links(
     mut events: LinkEvents,
     enforcer: &Mutex<KernelEnforcer>,
     stop: &AtomicBool,
+    attaching: &AtomicBool,
     uplinks: &[String],
 ) {
     while !stop.load(Ordering::Relaxed) {
@@ -171,7 +199,9 @@ fn follow_links(
                 continue;
             }
         };
-        if batch.is_empty() {
+        log_drop_events(&mut lock(enforcer));
+        // Before the first reconcile nothing is attached; `attach_all` then scans every link.
+        if batch.is_empty() || !attaching.load(Ordering::SeqCst) {
             continue;
         }
         let mut guard = lock(enforcer);
@@ -222,6 +252,11 @@ impl crate::agent::Enforcer for NodeDataplane {
     fn reconcile(&mut self, desired: &MapEntries) -> Result<(), DataplaneError> {
         NodeDataplane::reconcile(self, desired)
     }
+
+    fn metrics_source(&self) -> Option<crate::agent::MetricsSource> {
+        let enforcer = self.enforcer.clone();
+        Some(Arc::new(move || NodeDataplane::metrics_text(&enforcer)))
+    }
 }
 
 impl NodeOptions {
@@ -239,4 +274,141 @@ impl NodeOptions {
             uplinks: args.uplinks.clone(),
         }
     }
+}
+
+impl NodeDataplane {
+    /// Prometheus lines for the kernel's counters: drops by reason, conntrack events, and per
+    /// pod (by pod id) allowed and dropped packets and bytes per direction.
+    pub fn metrics_text(enforcer: &Mutex<KernelEnforcer>) -> String {
+        use npenforce_common::{direction, drop_reason, node_counter};
+        use std::fmt::Write as _;
+        let guard = lock(enforcer);
+        let mut out = String::new();
+        if let Ok(counters) = guard.node_counters() {
+            let _ = writeln!(
+                out,
+                "# HELP npenforce_kernel_drops_total Packets dropped in the kernel, by reason."
+            );
+            let _ = writeln!(out, "# TYPE npenforce_kernel_drops_total counter");
+            for (reason, name) in drop_reason::NAMES.iter().enumerate().skip(1) {
+                let _ = writeln!(
+                    out,
+                    "npenforce_kernel_drops_total{{reason=\"{name}\"}} {}",
+                    counters.drops(reason as u8)
+                );
+            }
+            for (index, name, help) in [
+                (
+                    node_counter::CT_CREATED,
+                    "npenforce_conntrack_created_total",
+                    "Flows tracked.",
+                ),
+                (
+                    node_counter::CT_CREATE_FAILED,
+                    "npenforce_conntrack_create_failed_total",
+                    "Flows the conntrack map could not take.",
+                ),
+                (
+                    node_counter::MID_FLOW_ADOPTED,
+                    "npenforce_conntrack_adopted_total",
+                    "TCP connections adopted mid-flow after a fresh start.",
+                ),
+                (
+                    node_counter::EVENTS_SUPPRESSED,
+                    "npenforce_drop_events_suppressed_total",
+                    "Drop events not sent (rate limit).",
+                ),
+                (
+                    node_counter::FRAG_TRACK_FAILED,
+                    "npenforce_fragments_untracked_total",
+                    "First fragments whose verdict could not be remembered.",
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    counters.get(index)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP npenforce_map_write_failures_total Map writes that failed (full maps); the affected traffic is denied.");
+        let _ = writeln!(out, "# TYPE npenforce_map_write_failures_total counter");
+        let _ = writeln!(
+            out,
+            "npenforce_map_write_failures_total {}",
+            guard_failed(&guard)
+        );
+        let pods: BTreeSet<u32> = guard.pod_ids().collect();
+        let _ = writeln!(out, "# HELP npenforce_pod_packets_total Packets per local pod, direction (from the pod's view) and verdict.");
+        let _ = writeln!(out, "# TYPE npenforce_pod_packets_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP npenforce_pod_bytes_total Bytes per local pod, direction and verdict."
+        );
+        let _ = writeln!(out, "# TYPE npenforce_pod_bytes_total counter");
+        for pod_id in pods {
+            for (dir, dir_name) in [
+                (direction::INGRESS, "ingress"),
+                (direction::EGRESS, "egress"),
+            ] {
+                if let Ok(c) = guard.pod_counters(pod_id, dir) {
+                    let labels = format!("pod_id=\"{pod_id}\",direction=\"{dir_name}\"");
+                    let _ = writeln!(
+                        out,
+                        "npenforce_pod_packets_total{{{labels},verdict=\"allowed\"}} {}",
+                        c.allowed_packets
+                    );
+                    let _ = writeln!(
+                        out,
+                        "npenforce_pod_packets_total{{{labels},verdict=\"dropped\"}} {}",
+                        c.dropped_packets
+                    );
+                    let _ = writeln!(
+                        out,
+                        "npenforce_pod_bytes_total{{{labels},verdict=\"allowed\"}} {}",
+                        c.allowed_bytes
+                    );
+                    let _ = writeln!(
+                        out,
+                        "npenforce_pod_bytes_total{{{labels},verdict=\"dropped\"}} {}",
+                        c.dropped_bytes
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Logs the kernel's drop events (already rate-limited there): the answer to "why was my
+/// packet dropped".
+fn log_drop_events(enforcer: &mut KernelEnforcer) {
+    use crate::addr::from_kernel_addr;
+    for event in enforcer.drain_drop_events() {
+        let reason = npenforce_common::drop_reason::NAMES
+            .get(usize::from(event.reason))
+            .copied()
+            .unwrap_or("unknown");
+        let direction = if event.direction == npenforce_common::direction::INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        };
+        tracing::info!(
+            reason,
+            pod_id = event.pod_id,
+            direction,
+            src = %from_kernel_addr(event.src),
+            dst = %from_kernel_addr(event.dst),
+            protocol = event.protocol,
+            src_port = event.src_port,
+            dst_port = event.dst_port,
+            ifindex = event.ifindex,
+            "packet dropped"
+        );
+    }
+}
+
+fn guard_failed(guard: &MutexGuard<'_, KernelEnforcer>) -> u64 {
+    guard.failed_writes()
 }

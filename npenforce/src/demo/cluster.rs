@@ -464,8 +464,12 @@ impl ClusterLab {
             handles
                 .into_iter()
                 .map(|(v4, v6)| Observed {
-                    v4: v4.join().unwrap_or_else(|_| Outcome::Error("probe panicked".into())),
-                    v6: v6.join().unwrap_or_else(|_| Outcome::Error("probe panicked".into())),
+                    v4: v4
+                        .join()
+                        .unwrap_or_else(|_| Outcome::Error("probe panicked".into())),
+                    v6: v6
+                        .join()
+                        .unwrap_or_else(|_| Outcome::Error("probe panicked".into())),
                 })
                 .collect()
         })

@@ -57,19 +57,72 @@ impl ExternalHost {
         let (node4, node6) = (NODE_UPLINK_V4.to_string(), NODE_UPLINK_V6.to_string());
         let (ext4, ext6) = (EXTERNAL_V4.to_string(), EXTERNAL_V6.to_string());
         let steps: [&[&str]; 13] = [
-            &["-n", n, "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", e],
-            &["-n", n, "addr", "add", &format!("{node4}/16"), "dev", UPLINK],
-            &["-n", n, "addr", "add", &format!("{node6}/64"), "dev", UPLINK, "nodad"],
+            &[
+                "-n", n, "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", e,
+            ],
+            &[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{node4}/16"),
+                "dev",
+                UPLINK,
+            ],
+            &[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{node6}/64"),
+                "dev",
+                UPLINK,
+                "nodad",
+            ],
             &["-n", n, "link", "set", UPLINK, "up"],
-            &["-n", n, "route", "add", &format!("{ext4}/32"), "dev", UPLINK, "scope", "link"],
-            &["-n", n, "-6", "route", "add", &format!("{ext6}/128"), "dev", UPLINK],
+            &[
+                "-n",
+                n,
+                "route",
+                "add",
+                &format!("{ext4}/32"),
+                "dev",
+                UPLINK,
+                "scope",
+                "link",
+            ],
+            &[
+                "-n",
+                n,
+                "-6",
+                "route",
+                "add",
+                &format!("{ext6}/128"),
+                "dev",
+                UPLINK,
+            ],
             &["-n", e, "addr", "add", &format!("{ext4}/32"), "dev", "eth0"],
-            &["-n", e, "addr", "add", &format!("{ext6}/128"), "dev", "eth0", "nodad"],
+            &[
+                "-n",
+                e,
+                "addr",
+                "add",
+                &format!("{ext6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
             &["-n", e, "link", "set", "eth0", "up"],
-            &["-n", e, "route", "add", &node4, "dev", "eth0", "scope", "link"],
-            &["-n", e, "route", "add", "default", "via", &node4, "dev", "eth0"],
+            &[
+                "-n", e, "route", "add", &node4, "dev", "eth0", "scope", "link",
+            ],
+            &[
+                "-n", e, "route", "add", "default", "via", &node4, "dev", "eth0",
+            ],
             &["-n", e, "-6", "route", "add", &node6, "dev", "eth0"],
-            &["-n", e, "-6", "route", "add", "default", "via", &node6, "dev", "eth0"],
+            &[
+                "-n", e, "-6", "route", "add", "default", "via", &node6, "dev", "eth0",
+            ],
         ];
         for step in steps {
             run_ip(step)?;
@@ -174,7 +227,9 @@ impl Server {
             }
             Err(_) => {
                 server.stop();
-                Err(io::Error::other("external server thread died before binding"))
+                Err(io::Error::other(
+                    "external server thread died before binding",
+                ))
             }
         }
     }

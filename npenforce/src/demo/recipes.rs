@@ -47,7 +47,11 @@ pub fn world() -> World {
             &[("http", 8000, Tcp), ("metrics", 5000, Tcp)],
         )
         .pod("default/monitoring", "role=monitoring", &[])
-        .pod("default/db", "app=bookstore,role=db", &[("redis", 6379, Tcp)])
+        .pod(
+            "default/db",
+            "app=bookstore,role=db",
+            &[("redis", 6379, Tcp)],
+        )
         .pod("default/search", "app=bookstore,role=search", &[])
         .pod("default/catalog", "app=inventory,role=web", &[])
         .pod("default/other-app", "app=other", &[])
@@ -195,10 +199,24 @@ spec:
 /// Every recipe, in order.
 pub fn recipes() -> Vec<Recipe> {
     let dns_udp = |note: &str, from: &str, allowed| {
-        probe(note, pod(from), svc("kube-dns.kube-system"), 53, Via::Udp, allowed)
+        probe(
+            note,
+            pod(from),
+            svc("kube-dns.kube-system"),
+            53,
+            Via::Udp,
+            allowed,
+        )
     };
     let dns_tcp = |note: &str, from: &str, allowed| {
-        probe(note, pod(from), svc("kube-dns.kube-system"), 53, Via::Tcp, allowed)
+        probe(
+            note,
+            pod(from),
+            svc("kube-dns.kube-system"),
+            53,
+            Via::Tcp,
+            allowed,
+        )
     };
     vec![
         Recipe {

@@ -366,14 +366,21 @@ impl RuleSets {
 }
 
 /// Pods matched by each selector peer of a policy: `[direction][rule][peer]`, `None` for
-/// `ipBlock` peers.
-#[derive(Debug, Default)]
+/// `ipBlock` peers. Each list is sorted by pod key.
+#[derive(Clone, Debug, Default)]
 struct PolicyPeers {
     ingress: Vec<Vec<Option<Vec<Arc<Pod>>>>>,
     egress: Vec<Vec<Option<Vec<Arc<Pod>>>>>,
 }
 
 impl PolicyPeers {
+    fn rules_mut(&mut self, dir: Direction) -> &mut Vec<Vec<Option<Vec<Arc<Pod>>>>> {
+        match dir {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
+
     fn get(&self, dir: Direction, rule: usize, peer: usize) -> &[Arc<Pod>] {
         let d = match dir {
             Direction::Ingress => &self.ingress,
@@ -543,6 +550,7 @@ impl Compiler {
 
     fn change_pod(&mut self, key: PodKey, new: Option<Pod>) -> BTreeSet<PodKey> {
         let old = self.snap.pods.get(&key).cloned();
+        let new = new.map(Arc::new);
         let mut affected = BTreeSet::from([key.clone()]);
         let referencing: Vec<Arc<Policy>> = self
             .snap
@@ -550,13 +558,58 @@ impl Compiler {
             .values()
             .filter(|p| {
                 old.as_deref().is_some_and(|o| self.references_pod(p, o))
-                    || new.as_ref().is_some_and(|n| self.references_pod(p, n))
+                    || new.as_deref().is_some_and(|n| self.references_pod(p, n))
             })
             .cloned()
             .collect();
         for p in &referencing {
-            self.peer_cache.remove(&p.key);
             affected.extend(self.selected_local(p));
+        }
+        // Patch the cached peer matches of the referencing policies in place: the pod
+        // leaves every selector peer, then joins those its new version matches.
+        for p in &referencing {
+            if !self.peer_cache.contains_key(&p.key) {
+                continue;
+            }
+            let joins: Vec<bool> = all_peers(p)
+                .map(|(_, _, peer)| {
+                    new.as_deref()
+                        .is_some_and(|n| self.peer_matches(p, peer, n))
+                })
+                .collect();
+            let Some(cache) = self.peer_cache.get_mut(&p.key) else {
+                continue;
+            };
+            let cache = Arc::make_mut(cache);
+            let mut joins = joins.into_iter();
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for rule in cache.rules_mut(dir) {
+                    for slot in rule.iter_mut() {
+                        let join = joins.next().unwrap_or(false);
+                        let Some(list) = slot else {
+                            continue;
+                        };
+                        match list.binary_search_by(|q| q.key.cmp(&key)) {
+                            Ok(i) => {
+                                if join {
+                                    if let Some(n) = &new {
+                                        list[i] = n.clone();
+                                    }
+                                } else {
+                                    list.remove(i);
+                                }
+                            }
+                            Err(i) => {
+                                if join {
+                                    if let Some(n) = &new {
+                                        list.insert(i, n.clone());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         match (old.is_some(), new) {
             (_, Some(pod)) => {
@@ -566,7 +619,7 @@ impl Compiler {
                         .entry(key.namespace.clone())
                         .or_default() += 1;
                 }
-                self.snap.pods.insert(key, Arc::new(pod));
+                self.snap.pods.insert(key, pod);
             }
             (true, None) => {
                 self.snap.pods.remove(&key);
@@ -659,7 +712,9 @@ impl Compiler {
         if !pod.is_selectable_peer() {
             return false;
         }
-        let ips: Vec<u128> = pod.ips.iter().map(|ip| addr_to_u128(*ip)).collect();
+        let in_block = |b: &super::ipblock::IpBlock| {
+            pod.ips.iter().any(|ip| b.contains_addr(addr_to_u128(*ip)))
+        };
         for dir in [Direction::Ingress, Direction::Egress] {
             for rule in policy.rules(dir) {
                 let named = dir == Direction::Egress && has_named_ports(rule);
@@ -673,9 +728,7 @@ impl Compiler {
                         for peer in peers {
                             let hit = match peer {
                                 Peer::Pods { .. } => self.peer_matches(policy, peer, pod),
-                                Peer::IpBlock(b) => {
-                                    named && ips.iter().any(|a| b.contains_addr(*a))
-                                }
+                                Peer::IpBlock(b) => named && in_block(b),
                             };
                             if hit {
                                 return true;

@@ -112,7 +112,12 @@ pub fn parse_table(text: &str) -> (Vec<String>, BTreeMap<(String, String), bool>
         let mut cells = line.split_whitespace();
         let from = cells.next().expect("a row name").to_string();
         let marks: Vec<&str> = cells.collect();
-        assert_eq!(marks.len(), header.len(), "row {from} has {} cells", marks.len());
+        assert_eq!(
+            marks.len(),
+            header.len(),
+            "row {from} has {} cells",
+            marks.len()
+        );
         for (to, mark) in header.iter().zip(marks) {
             let allowed = match mark {
                 "." => true,
@@ -151,7 +156,10 @@ pub fn render_observed(pods: &[&str], table: &BTreeMap<(String, String), Observe
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,0 +1,280 @@
+//! Map size limits: the programs load with the largest configured sizes, and a map too small
+//! for the compiled tables fails closed (the peers whose entries could not be written are
+//! dropped, never passed).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use aya::maps::{lpm_trie::LpmTrie, Map, MapData, MapInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use npenforce::{
+    dataplane::{loader::if_index, DataplaneOptions, KernelEnforcer, MapSizes},
+    lab::{
+        kernel_tests_enabled,
+        packet::{Craft, L4},
+    },
+    policy::{
+        model::{Peer, Rule},
+        ports::{PortMatch, PortSpec},
+        Compiler, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector, Snapshot,
+    },
+};
+use npenforce_common::{
+    direction, ip_proto, map_names, program_names, v4_mapped, verdict, IfaceInfo, PeerKey,
+    PeerValue,
+};
+
+const NODE: &str = "limits-node";
+const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+
+/// `max_entries` of the BPF maps this process holds, by map name (several when tests of this
+/// binary run at the same time).
+fn own_map_sizes() -> BTreeMap<String, Vec<(u32, u64)>> {
+    let mut out: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for entry in fs::read_dir("/proc/self/fd")
+        .expect("listing /proc/self/fd")
+        .flatten()
+    {
+        let is_map =
+            fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let Ok(info) = fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        )) else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let id = field("map_id") as u32;
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(name) = MapInfo::from_id(id)
+            .ok()
+            .and_then(|i| i.name_as_str().map(str::to_owned))
+        else {
+            continue;
+        };
+        out.entry(name)
+            .or_default()
+            .push((id, field("max_entries")));
+    }
+    out
+}
+
+/// The biggest sizes the agent is meant to run with: 1M tracked flows, 64k pods (the most the
+/// skb mark can carry), 4M peer entries.
+fn largest_sizes() -> MapSizes {
+    MapSizes {
+        endpoints: 1 << 18,
+        policy_peers: 1 << 22,
+        policy_ports: 1 << 20,
+        pods: 1 << 16,
+        conntrack: 1 << 20,
+        fragments: 1 << 16,
+        interfaces: 1 << 16,
+    }
+}
+
+#[test]
+fn programs_load_with_the_largest_map_sizes() {
+    if !kernel_tests_enabled("programs_load_with_the_largest_map_sizes") {
+        return;
+    }
+    let sizes = largest_sizes();
+    let options = DataplaneOptions {
+        map_sizes: sizes,
+        ..DataplaneOptions::default()
+    };
+    // new() loads every enforcing program, so each one went through the verifier.
+    let mut enforcer = KernelEnforcer::new(&options).expect("loading with the largest sizes");
+    let maps = own_map_sizes();
+    let expected = [
+        (map_names::ENDPOINTS, sizes.endpoints),
+        (map_names::POLICY_PEERS, sizes.policy_peers),
+        (map_names::POLICY_PORTS, sizes.policy_ports),
+        (map_names::POD_STATE, sizes.pods),
+        (map_names::POD_COUNTERS, sizes.pods * 2),
+        (map_names::CONNTRACK, sizes.conntrack),
+        (map_names::FRAGMENTS, sizes.fragments),
+        (map_names::IFACES, sizes.interfaces),
+    ];
+    for (name, size) in expected {
+        // Map names are cut to 15 characters by the kernel.
+        let short = &name[..name.len().min(15)];
+        let found = maps.get(short).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            found.iter().any(|(_, max)| *max == u64::from(size)),
+            "{name} created with {size} entries (found {found:?})"
+        );
+    }
+    // And they run: a packet on an interface that is not ours passes untouched.
+    let packet = Craft::new(
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::V4(WEB),
+        L4::tcp(1234, 80),
+    )
+    .build();
+    for program in [program_names::FROM_POD, program_names::TO_POD] {
+        let out = enforcer
+            .dataplane()
+            .test_run(program, &packet, 1)
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(
+            out.verdict,
+            verdict::PASS,
+            "{program} on a foreign interface"
+        );
+    }
+}
+
+fn selector(key: &str, value: &str) -> Selector {
+    Selector::parse(&LabelSelector {
+        match_labels: Some([(key.to_string(), value.to_string())].into()),
+        match_expressions: None,
+    })
+    .expect("selector")
+}
+
+fn pod(name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod {
+    Pod {
+        key: ObjectKey::new("limits", name),
+        labels: [("app".to_string(), app.to_string())].into(),
+        node_name: Some(node.into()),
+        host_network: false,
+        ips: vec![IpAddr::V4(ip)],
+        named_ports: Vec::new(),
+    }
+}
+
+#[test]
+fn a_full_peer_map_never_opens_a_door() {
+    if !kernel_tests_enabled("a_full_peer_map_never_opens_a_door") {
+        return;
+    }
+    const PEER_SLOTS: u32 = 4;
+    let options = DataplaneOptions {
+        map_sizes: MapSizes {
+            policy_peers: PEER_SLOTS,
+            ..MapSizes::default()
+        },
+        ..DataplaneOptions::default()
+    };
+    let mut enforcer = KernelEnforcer::new(&options).expect("loading with a tiny peer map");
+    enforcer
+        .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
+        .expect("node addresses");
+
+    // web allows TCP 80 from eight client pods: its table needs nine entries (the node's
+    // address too), more than the map holds.
+    let clients: Vec<Ipv4Addr> = (1..=8).map(|i| Ipv4Addr::new(10, 0, 5, i)).collect();
+    let mut snap = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
+    snap.upsert_namespace(Namespace::new("limits", BTreeMap::new()));
+    snap.upsert_pod(pod("web", NODE, "web", WEB));
+    for (i, ip) in clients.iter().enumerate() {
+        snap.upsert_pod(pod(&format!("client-{i}"), "elsewhere", "client", *ip));
+    }
+    snap.upsert_policy(Policy {
+        key: ObjectKey::new("limits", "web"),
+        pod_selector: Some(selector("app", "web")),
+        isolates_ingress: true,
+        isolates_egress: false,
+        ingress: vec![Rule {
+            peers: Some(vec![Peer::Pods {
+                namespaces: None,
+                pods: selector("app", "client"),
+            }]),
+            ports: Some(vec![PortSpec {
+                protocol: ip_proto::TCP,
+                port: PortMatch::Range { start: 80, end: 80 },
+            }]),
+        }],
+        egress: Vec::new(),
+        errors: Vec::new(),
+    });
+    let compiler = Compiler::new(snap);
+    let web = compiler
+        .pod(&ObjectKey::new("limits", "web"))
+        .expect("web is local")
+        .pod_id;
+    assert!(
+        compiler.map_entries().peers.len() > PEER_SLOTS as usize,
+        "the compiled table must not fit"
+    );
+    let stats = enforcer
+        .reconcile(compiler.map_entries())
+        .expect("applying (failed writes are reported, not errors)");
+    assert!(stats.failed > 0, "the full map is reported: {stats:?}");
+    assert!(enforcer.maps().failed_total() > 0, "and counted");
+
+    // What the kernel actually holds.
+    let peer_map_id = own_map_sizes()[map_names::POLICY_PEERS]
+        .iter()
+        .find(|(_, max)| *max == u64::from(PEER_SLOTS))
+        .expect("this test's POLICY_PEERS")
+        .0;
+    let peers: LpmTrie<MapData, PeerKey, PeerValue> = LpmTrie::try_from(
+        Map::from_map_data(MapData::from_id(peer_map_id).expect("POLICY_PEERS by id"))
+            .expect("a map"),
+    )
+    .expect("an LPM trie");
+    let written: BTreeSet<PeerKey> = peers
+        .keys()
+        .map(|k| k.expect("reading POLICY_PEERS").data())
+        .collect();
+    assert_eq!(written.len(), PEER_SLOTS as usize, "the map is full");
+
+    let lo = if_index("lo").expect("ifindex of lo");
+    enforcer
+        .maps()
+        .set_interface(
+            lo,
+            IfaceInfo {
+                pod_id: web,
+                flags: 0,
+            },
+        )
+        .expect("IFACES");
+    let (mut passed, mut dropped) = (0, 0);
+    for (i, client) in clients.iter().enumerate() {
+        let present = written.contains(&PeerKey::new(
+            web,
+            direction::INGRESS,
+            v4_mapped(client.octets()),
+        ));
+        let packet = Craft::new(
+            IpAddr::V4(*client),
+            IpAddr::V4(WEB),
+            L4::tcp(41000 + i as u16, 80),
+        )
+        .build();
+        let got = enforcer
+            .dataplane()
+            .test_run(program_names::TO_POD, &packet, 1)
+            .expect("BPF_PROG_TEST_RUN")
+            .verdict;
+        if present {
+            assert_eq!(got, verdict::PASS, "{client}: its entry was written");
+            passed += 1;
+        } else {
+            assert_eq!(got, verdict::DROP, "{client}: its entry did not fit");
+            dropped += 1;
+        }
+    }
+    assert!(
+        dropped > 0 && passed > 0,
+        "some allowed peers found room and some did not ({passed} passed, {dropped} dropped)"
+    );
+}
