@@ -25,7 +25,7 @@ die() { printf 'create-cluster: %s\n' "$*" >&2; exit 1; }
 k() { kubectl --context "${CONTEXT}" "$@"; }
 
 for tool in docker kind kubectl; do
-  command -v "${tool}" >/dev/null || die "${tool} is required (see deploy/README.md)"
+  command -v "${tool}" >/dev/null || die "${tool} is required (see "Deploy to a cluster" in README.md)"
 done
 kind_version=$(kind version)
 log "${kind_version}"

@@ -4,7 +4,7 @@
 //! k8s-openapi ignores unknown fields, so each document is also serialized back from the typed
 //! value and every key of the original must still be there (a misspelt `hostNetwrok: true`
 //! would otherwise vanish silently and the pod would run without it). Then the invariants that
-//! `deploy/README.md` documents are asserted: read-only RBAC, no `privileged`, exactly the
+//! the top-level README.md documents are asserted: read-only RBAC, no `privileged`, exactly the
 //! documented capabilities, the bpffs mount, probes on the agent's endpoints, `NODE_NAME` from
 //! the downward API, host network, every node, and the image name the kind script builds.
 //! Finally every script in `deploy/` must pass shellcheck (skipped, loudly, when it is not
@@ -29,7 +29,7 @@ use k8s_openapi::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
-/// What the agent adds after dropping ALL, as documented in `deploy/README.md` and
+/// What the agent adds after dropping ALL, as documented in README.md ("Deploy to a cluster") and
 /// `deploy/kubernetes/daemonset.yaml`.
 const AGENT_CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
 const READ_ONLY_VERBS: [&str; 3] = ["get", "list", "watch"];
@@ -595,11 +595,11 @@ fn agent_adds_exactly_the_documented_capabilities() {
     );
 
     // The README's table explains each one.
-    let readme = read(&deploy_dir().join("README.md"));
+    let readme = read(&deploy_dir().join("../README.md"));
     for capability in AGENT_CAPABILITIES {
         assert!(
             readme.contains(&format!("`CAP_{capability}`")),
-            "deploy/README.md does not explain CAP_{capability}"
+            "README.md does not explain CAP_{capability}"
         );
     }
 
