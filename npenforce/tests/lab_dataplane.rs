@@ -1223,3 +1223,69 @@ spec:
         );
     }
 }
+
+#[test]
+fn cidr_with_except_both_directions_and_families() {
+    if !kernel_tests_enabled("cidr_with_except_both_directions_and_families") {
+        return;
+    }
+    let mut lab = web_lab("cidr");
+    lab.serve("other", "monitor", &[(81, Protocol::Tcp)]);
+    // client may reach the pod range except web's addresses; web admits the range except
+    // monitor's addresses, on port 80 only.
+    let web = lab.lab_pod("default", "web").clone();
+    let monitor = lab.lab_pod("other", "monitor").clone();
+    lab.policy(&format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-cidr, namespace: default}}
+spec:
+  podSelector: {{matchExpressions: [{{key: app, operator: DoesNotExist}}]}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {{cidr: 10.244.0.0/16, except: [{}/32]}}
+    - ipBlock: {{cidr: "fd00:10:244::/64", except: ["{}/128"]}}
+"#,
+        web.ipv4, web.ipv6
+    ));
+    lab.policy(&format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-cidr, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from:
+    - ipBlock: {{cidr: 10.244.1.0/24, except: [{}/32]}}
+    - ipBlock: {{cidr: "fd00:10:244::/64", except: ["{}/128"]}}
+    ports: [{{port: 80}}]
+"#,
+        monitor.ipv4, monitor.ipv6
+    ));
+    for v6 in [false, true] {
+        assert_eq!(lab.probe(("default", "client"), ("other", "monitor"), 80, Protocol::Tcp, v6), ALLOWED, "client -> monitor inside the CIDR");
+        assert_eq!(lab.probe(("default", "client"), ("default", "web"), 80, Protocol::Tcp, v6), BLOCKED, "client -> web: excepted from client's egress");
+        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 80, Protocol::Tcp, v6), BLOCKED, "monitor excepted from web's ingress");
+        assert_eq!(lab.probe(("default", "web"), ("default", "client"), 80, Protocol::Tcp, v6), ALLOWED, "web is not isolated for egress, client not for ingress");
+    }
+    // The union: a second policy admits monitor by pod selector although the ipBlock
+    // excepts its address.
+    lab.policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-monitor, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: operations}}}]
+"#,
+    );
+    for v6 in [false, true] {
+        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 80, Protocol::Tcp, v6), ALLOWED, "union of both policies");
+        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 81, Protocol::Tcp, v6), ALLOWED, "the namespace rule has no ports: every port");
+    }
+}

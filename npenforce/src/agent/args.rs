@@ -79,6 +79,31 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub uplinks: Vec<String>,
+
+    /// Kernel map sizes (entries).
+    #[command(flatten)]
+    pub map_sizes: MapSizeArgs,
+}
+
+/// Sizes of the kernel maps. A full map is logged and counted, and never lets traffic through
+/// (a missing entry denies); size them for the node's pods and the cluster's policies.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MapSizeArgs {
+    /// Tracked connections (LRU: the oldest are evicted and judged again when seen).
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_CONNTRACK", default_value_t = 1 << 18)]
+    pub map_size_conntrack: u32,
+    /// Peer prefixes over all local pods and both directions.
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PEERS", default_value_t = 1 << 20)]
+    pub map_size_policy_peers: u32,
+    /// Port prefixes over all rule sets.
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PORTS", default_value_t = 1 << 18)]
+    pub map_size_policy_ports: u32,
+    /// Addresses of local pods.
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_ENDPOINTS", default_value_t = 65536)]
+    pub map_size_endpoints: u32,
+    /// Largest local pod id + 1 (at most 65536: the id travels in 16 bits of the packet mark).
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_PODS", default_value_t = 65536)]
+    pub map_size_pods: u32,
 }
 
 /// Why the arguments do not make a runnable agent.

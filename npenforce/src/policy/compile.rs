@@ -480,9 +480,20 @@ impl Compiler {
             journal: Journal::default(),
         };
         for key in c.snap.pods.keys() {
-            *c.pod_namespaces.entry(key.namespace.clone()).or_default() += 1;
+            match c.pod_namespaces.get_mut(&key.namespace) {
+                Some(n) => *n += 1,
+                None => {
+                    c.pod_namespaces.insert(key.namespace.clone(), 1);
+                }
+            }
         }
-        let keys: Vec<PodKey> = c.snap.pods.keys().cloned().collect();
+        let keys: Vec<PodKey> = c
+            .snap
+            .pods
+            .values()
+            .filter(|p| !p.host_network && !p.ips.is_empty() && c.snap.node.is_local(p))
+            .map(|p| p.key.clone())
+            .collect();
         for key in keys {
             c.recompute(&key);
         }
