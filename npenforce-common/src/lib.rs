@@ -126,7 +126,7 @@ impl DataplaneConfig {
         tcp_closing_timeout_s: 10,
         udp_timeout_s: 120,
         other_timeout_s: 60,
-        drop_events_per_second: 100,
+        drop_events_per_second: 20,
         adoption_window_s: 120,
         _pad: 0,
     };

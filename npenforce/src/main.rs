@@ -11,9 +11,11 @@ use npenforce::cli;
     version,
     about = "Kubernetes NetworkPolicy enforcement with eBPF",
     long_about = "npenforce enforces Kubernetes NetworkPolicy in the kernel with TC eBPF programs.\n\n\
-                  Offline tools (`check`, `matrix`) evaluate policies from a folder of manifests \
-                  without a cluster. `demo` builds a throwaway lab of network namespaces on this \
-                  machine and shows packets dropped and passed by the loaded program."
+                  `agent` runs the enforcer on a node (following the Kubernetes API or a folder \
+                  of manifests). Offline tools (`check`, `matrix`) evaluate policies from a \
+                  folder of manifests without a cluster. `demo` builds a throwaway lab of network \
+                  namespaces on this machine, runs the agent in it and walks through every public \
+                  NetworkPolicy recipe with real packets."
 )]
 struct Args {
     #[command(subcommand)]
@@ -32,8 +34,8 @@ enum Command {
     /// Remove everything the agent attached and pinned under its bpffs folder (enforcement
     /// stops).
     Uninstall(cli::uninstall::UninstallArgs),
-    /// Run the lab demo (root): real packets between network namespaces, dropped and passed
-    /// by the loaded eBPF program.
+    /// Run the recipe demo (root): a lab of network namespaces on this machine, the agent
+    /// enforcing in it, and every public NetworkPolicy recipe probed with real packets.
     Demo(cli::demo::DemoArgs),
 }
 

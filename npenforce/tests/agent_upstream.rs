@@ -202,6 +202,11 @@ const CLIENT_SIDE_EGRESS_DENY: &str = "
 
 const CASES: &[Case] = &[
     Case {
+        name: "no policy: everything is allowed, on every port and protocol",
+        policies: &[],
+        tables: &[(Via::Tcp, 80, ALL_ALLOWED), (Via::Udp, 81, ALL_ALLOWED)],
+    },
+    Case {
         name: "should support a 'default-deny-ingress' policy",
         policies: &["
 apiVersion: networking.k8s.io/v1
@@ -298,6 +303,59 @@ spec:
             // The rule names TCP only: x/a is isolated for UDP on every port.
             (Via::Udp, 81, DENY_X_A_COLUMN),
             (Via::Udp, 80, DENY_X_A_COLUMN),
+        ],
+    },
+    Case {
+        name: "should enforce multiple, stacked policies with overlapping podSelectors",
+        policies: &[
+            "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client-a-via-ns-selector, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {ns: y}}
+    ports:
+    - {port: 81, protocol: TCP}
+",
+            "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client-a-via-ns-selector-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {ns: y}}
+    ports:
+    - {port: 80, protocol: TCP}
+",
+        ],
+        tables: &[
+            (Via::Tcp, 81, X_A_FROM_NS_Y),
+            (Via::Tcp, 80, X_A_FROM_NS_Y),
+            (Via::Udp, 80, DENY_X_A_COLUMN),
+        ],
+    },
+    Case {
+        name: "should allow ingress access on one named port",
+        policies: &["
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - port: serve-81-tcp
+"],
+        tables: &[
+            (Via::Tcp, 81, ALL_ALLOWED),
+            (Via::Tcp, 80, DEFAULT_DENY_INGRESS_X),
+            // The named port is the TCP one: UDP 81 is not it.
+            (Via::Udp, 81, DEFAULT_DENY_INGRESS_X),
         ],
     },
     Case {
@@ -438,16 +496,17 @@ fn upstream_model_truth_tables_through_the_agent_binary() {
         return;
     }
     let cluster = agent_lab::start(&model(), "aups");
-    // No policy: everything is allowed, on every port and protocol.
-    let mut checks: Vec<(&str, &[&str], &[(Via, u16, &str)])> = vec![(
-        "no policy",
-        &[],
-        &[(Via::Tcp, 80, ALL_ALLOWED), (Via::Udp, 81, ALL_ALLOWED)],
-    )];
-    checks.extend(CASES.iter().map(|c| (c.name, c.policies, c.tables)));
     let mut failures = Vec::new();
     let mut cells = 0;
-    for (n, (name, policies, tables)) in checks.iter().enumerate() {
+    for (
+        n,
+        Case {
+            name,
+            policies,
+            tables,
+        },
+    ) in CASES.iter().enumerate()
+    {
         let stem = format!("case-{n}");
         if !policies.is_empty() {
             agent_lab::apply(&cluster, &stem, policies);
@@ -491,6 +550,6 @@ fn upstream_model_truth_tables_through_the_agent_binary() {
     );
     eprintln!(
         "{} cases, {cells} cells (each over IPv4 and IPv6): all as expected",
-        checks.len()
+        CASES.len()
     );
 }

@@ -100,7 +100,7 @@ spec:
         self.enforcer.maps().apply(&diff).expect("apply");
     }
 
-    fn to_web(&mut self, packet: &[u8]) -> &'static str {
+    fn run_to_web(&mut self, packet: &[u8]) -> &'static str {
         match self
             .enforcer
             .dataplane()
@@ -150,7 +150,7 @@ fn ports_and_protocols_including_sctp() {
         ];
         for (label, src, l4, expected) in cases {
             let packet = Craft::new(ip(src), ip(web), l4).build();
-            assert_eq!(b.to_web(&packet), expected, "{label} ({src} -> {web})");
+            assert_eq!(b.run_to_web(&packet), expected, "{label} ({src} -> {web})");
         }
     }
 }
@@ -164,8 +164,8 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     // A tracked SCTP association from client; the same tuple passes again, and a reply-shaped
     // packet from web's side is part of it.
     let open = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
-    assert_eq!(b.to_web(&open), "PASS");
-    assert_eq!(b.to_web(&open), "PASS", "tracked");
+    assert_eq!(b.run_to_web(&open), "PASS");
+    assert_eq!(b.run_to_web(&open), "PASS", "tracked");
 
     // An ICMP "port unreachable" about a packet web sent to client in that association
     // (inner: web:9000 -> client:40000) is related and passes, even from monitor, whose own
@@ -191,7 +191,7 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     )
     .build();
     assert_eq!(
-        b.to_web(&related),
+        b.run_to_web(&related),
         "PASS",
         "ICMP error related to a tracked flow"
     );
@@ -207,7 +207,7 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     )
     .build();
     assert_eq!(
-        b.to_web(&unrelated),
+        b.run_to_web(&unrelated),
         "DROP",
         "ICMP error about an unknown flow"
     );
@@ -225,7 +225,7 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
             .build()
     };
     assert_eq!(
-        b.to_web(&later(CLIENT4, 77)),
+        b.run_to_web(&later(CLIENT4, 77)),
         "DROP",
         "later fragment without its first"
     );
@@ -238,13 +238,17 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
         .payload(&[1; 64])
         .build();
     assert_eq!(
-        b.to_web(&first),
+        b.run_to_web(&first),
         "PASS",
         "first fragment, allowed by policy"
     );
-    assert_eq!(b.to_web(&later(CLIENT4, 77)), "PASS", "its later fragment");
     assert_eq!(
-        b.to_web(&later(MONITOR4, 77)),
+        b.run_to_web(&later(CLIENT4, 77)),
+        "PASS",
+        "its later fragment"
+    );
+    assert_eq!(
+        b.run_to_web(&later(MONITOR4, 77)),
         "DROP",
         "same id from another source"
     );
@@ -260,7 +264,7 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
         },
     )
     .build();
-    assert_eq!(b.to_web(&nd), "PASS", "neighbour solicitation");
+    assert_eq!(b.run_to_web(&nd), "PASS", "neighbour solicitation");
 }
 
 #[test]
@@ -270,13 +274,13 @@ fn unknown_interfaces_are_not_ours_and_pending_ones_drop() {
     }
     let mut b = Bench::new();
     let from_monitor = Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(1, 80)).build();
-    assert_eq!(b.to_web(&from_monitor), "DROP");
+    assert_eq!(b.run_to_web(&from_monitor), "DROP");
     b.enforcer
         .maps()
         .remove_interface(1)
         .expect("remove IFACES[1]");
     assert_eq!(
-        b.to_web(&from_monitor),
+        b.run_to_web(&from_monitor),
         "PASS",
         "an interface we are not attached to is not ours"
     );
@@ -292,7 +296,7 @@ fn unknown_interfaces_are_not_ours_and_pending_ones_drop() {
         .expect("pending");
     let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(2, 80)).build();
     assert_eq!(
-        b.to_web(&from_client),
+        b.run_to_web(&from_client),
         "DROP",
         "pending: even allowed peers wait for the pod to be known"
     );

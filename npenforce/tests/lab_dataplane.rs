@@ -1104,7 +1104,7 @@ fn egress_to_other_nodes_is_judged_at_the_uplink_after_nat() {
         labels: &[("app", "far-web")],
         ports: &[],
     });
-    let far_db = lab.remote_pod(PodSpec {
+    lab.remote_pod(PodSpec {
         namespace: "remote",
         name: "far-db",
         labels: &[("app", "far-db")],
@@ -1266,10 +1266,50 @@ spec:
         monitor.ipv4, monitor.ipv6
     ));
     for v6 in [false, true] {
-        assert_eq!(lab.probe(("default", "client"), ("other", "monitor"), 80, Protocol::Tcp, v6), ALLOWED, "client -> monitor inside the CIDR");
-        assert_eq!(lab.probe(("default", "client"), ("default", "web"), 80, Protocol::Tcp, v6), BLOCKED, "client -> web: excepted from client's egress");
-        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 80, Protocol::Tcp, v6), BLOCKED, "monitor excepted from web's ingress");
-        assert_eq!(lab.probe(("default", "web"), ("default", "client"), 80, Protocol::Tcp, v6), ALLOWED, "web is not isolated for egress, client not for ingress");
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("other", "monitor"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "client -> monitor inside the CIDR"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "client"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "client -> web: excepted from client's egress"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            BLOCKED,
+            "monitor excepted from web's ingress"
+        );
+        assert_eq!(
+            lab.probe(
+                ("default", "web"),
+                ("default", "client"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "web is not isolated for egress, client not for ingress"
+        );
     }
     // The union: a second policy admits monitor by pod selector although the ipBlock
     // excepts its address.
@@ -1285,7 +1325,27 @@ spec:
 "#,
     );
     for v6 in [false, true] {
-        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 80, Protocol::Tcp, v6), ALLOWED, "union of both policies");
-        assert_eq!(lab.probe(("other", "monitor"), ("default", "web"), 81, Protocol::Tcp, v6), ALLOWED, "the namespace rule has no ports: every port");
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                80,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "union of both policies"
+        );
+        assert_eq!(
+            lab.probe(
+                ("other", "monitor"),
+                ("default", "web"),
+                81,
+                Protocol::Tcp,
+                v6
+            ),
+            ALLOWED,
+            "the namespace rule has no ports: every port"
+        );
     }
 }

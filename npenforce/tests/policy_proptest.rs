@@ -715,7 +715,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..8usize, pod_shape()).prop_map(|(i, s)| Op::UpsertPod(i, s)),
         1 => (0..8usize).prop_map(Op::DeletePod),
-        2 => (0..3usize, ns_label_map()).prop_map(|(i, l)| Op::UpsertNamespace(i, l)),
+        3 => (prop::sample::select(vec![0usize, 0, 1, 2]), ns_label_map())
+            .prop_map(|(i, l)| Op::UpsertNamespace(i, l)),
         1 => (0..3usize).prop_map(Op::DeleteNamespace),
         3 => (0..4usize).prop_flat_map(|i| network_policy(format!("np{i}"))).prop_map(|p| Op::UpsertPolicy(Box::new(p))),
         1 => (0..3usize, 0..4usize).prop_map(|(n, i)| Op::DeletePolicy(n, i)),
@@ -751,7 +752,7 @@ fn pod_key(i: usize) -> ObjectKey {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_equals_full_compile(w in world(), ops in prop::collection::vec(op(), 1..25)) {
@@ -784,4 +785,53 @@ proptest! {
             }
         }
     }
+}
+
+/// A namespace gains the label a policy's namespaceSelector wants, then a new pod appears
+/// in it: the pod must join the policy's peers (the per-namespace candidate index must
+/// follow namespace labels).
+#[test]
+fn relabelled_namespace_then_new_pod() {
+    let pod = |ns: &'static str, i: usize| {
+        let shape = PodShape {
+            ns,
+            labels: BTreeMap::new(),
+            kind: 0,
+            node: "n-1",
+            ports: vec![],
+        };
+        policy::Pod::from_k8s(&make_pod(i, &shape)).expect("pod")
+    };
+    let np: NetworkPolicy = policy_common::yaml(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: n1}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {team: a}}",
+    );
+    let mut c = Compiler::new(Snapshot::new(NodeScope::AllNodes, vec![]));
+    c.apply(Change::UpsertPod(pod("n1", 0)));
+    c.apply(Change::UpsertPolicy(
+        policy::Policy::from_k8s(&np).expect("policy"),
+    ));
+    c.apply(Change::UpsertPod(pod("n0", 1)));
+    c.apply(Change::UpsertNamespace(policy::Namespace::new(
+        "n0",
+        BTreeMap::from([("team".to_string(), "a".to_string())]),
+    )));
+    c.apply(Change::UpsertPod(pod("n0", 2)));
+    let full = Compiler::new(c.snapshot().clone());
+    assert_eq!(
+        c.desired_state().canonical(),
+        full.desired_state().canonical()
+    );
+    let src: IpAddr = "10.0.0.3".parse().expect("ip");
+    let dst: IpAddr = "10.0.0.1".parse().expect("ip");
+    assert!(c
+        .map_entries()
+        .verdict(src, dst, policy_common::TCP, 80)
+        .allowed());
 }

@@ -81,7 +81,10 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build_ebpf()?;
             build_agent(false)?;
-            let bin = workspace_root().join("target/debug/npenforce");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let bin = target.join("debug/npenforce");
             run_cmd(Command::new(bin).arg("demo"), "npenforce demo")
         }
     }

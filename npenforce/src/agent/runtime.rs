@@ -621,6 +621,7 @@ fn pod_statuses(compiler: &Compiler, local: &BTreeSet<PodKey>) -> Vec<PodStatus>
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 addresses: pod.ips.clone(),
+                pod_id: compiled.map(|c| c.pod_id),
                 enforced: compiled.is_some(),
                 ingress: dir(Direction::Ingress),
                 egress: dir(Direction::Egress),

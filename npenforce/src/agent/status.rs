@@ -36,6 +36,8 @@ pub struct PodStatus {
     pub namespace: String,
     pub name: String,
     pub addresses: Vec<IpAddr>,
+    /// The id the kernel knows the pod by (the `pod_id` of metrics and drop logs).
+    pub pod_id: Option<u32>,
     /// Whether the pod has kernel entries (a pod without an IP yet, or host-network, has
     /// none).
     pub enforced: bool,

@@ -126,11 +126,13 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
     let mut rows = Vec::new();
     let mut apply_times = Vec::new();
     let mut problems = 0;
+    let mut ran = 0;
     let result = (|| -> Result<()> {
         for recipe in &selected {
             if interrupted() {
                 return Ok(());
             }
+            ran += 1;
             println!("\n== {} {}", recipe.id, recipe.title);
             println!("   source: {}", recipe.source);
             let stem = format!("policy-{}", recipe.id);
@@ -151,12 +153,18 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
             } else {
                 println!("   no NetworkPolicy in the folder");
             }
+            if !recipe.policies.is_empty() {
+                let status = cluster.with_agent(|a| Ok(a.status()?))?;
+                for line in isolation_summary(&status) {
+                    println!("   {line}");
+                }
+            }
             for note in &recipe.notes {
                 println!("   note: {note}");
             }
             let observed = cluster.probe_all(&recipe.probes, PROBE_TIMEOUT);
             println!(
-                "   {:<10} {:<52} {:<9} {:<9} {:<8} card / why",
+                "   {:<10} {:<60} {:<9} {:<9} {:<8} card / why",
                 "recipe", "probe", "expected", "observed", "result"
             );
             for (probe, observed) in recipe.probes.iter().zip(observed) {
@@ -168,7 +176,7 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
                     observed,
                 };
                 println!(
-                    "   {:<10} {:<52} {:<9} {:<9} {:<8} {}",
+                    "   {:<10} {:<60} {:<9} {:<9} {:<8} {}",
                     row.recipe,
                     row.probe,
                     verdict_label(row.expected),
@@ -218,7 +226,7 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
     println!("\nsummary:");
     println!(
         "   {} recipes, {} probes (each over IPv4 and IPv6): {} as expected, {} MISMATCH",
-        selected.len(),
+        ran,
         rows.len(),
         rows.len() - mismatches,
         mismatches
@@ -248,6 +256,49 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
         return Ok(130);
     }
     Ok(if mismatches > 0 || problems > 0 { 1 } else { 0 })
+}
+
+/// Which pods the agent reports isolated, per direction and policies (from `/status`).
+fn isolation_summary(status: &serde_json::Value) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    for pod in status["pods"].as_array().into_iter().flatten() {
+        let key = format!(
+            "{}/{}",
+            pod["namespace"].as_str().unwrap_or("?"),
+            pod["name"].as_str().unwrap_or("?")
+        );
+        for direction in ["ingress", "egress"] {
+            let d = &pod[direction];
+            if d["isolated"].as_bool() == Some(true) {
+                let policies: Vec<&str> = d["policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str())
+                    .collect();
+                groups
+                    .entry((direction.to_string(), policies.join(", ")))
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((direction, policies), mut pods)| {
+            let n = pods.len();
+            let mut who = if n > 4 {
+                pods.truncate(3);
+                format!("{} and {} more", pods.join(", "), n - 3)
+            } else {
+                pods.join(", ")
+            };
+            if who.is_empty() {
+                who = "no pod".into();
+            }
+            format!("agent /status: {direction} of {who} isolated by {policies}")
+        })
+        .collect()
 }
 
 fn policy_names(recipe: &Recipe) -> Vec<String> {

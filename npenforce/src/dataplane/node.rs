@@ -270,13 +270,16 @@ impl NodeOptions {
                 bpffs: Some(args.bpffs.clone()),
                 config: Some(config),
                 map_sizes: super::MapSizes {
-                endpoints: args.map_sizes.map_size_endpoints,
-                policy_peers: args.map_sizes.map_size_policy_peers,
-                policy_ports: args.map_sizes.map_size_policy_ports,
-                pods: args.map_sizes.map_size_pods.min(npenforce_common::mark::MAX_POD_ID + 1),
-                conntrack: args.map_sizes.map_size_conntrack,
-                ..Default::default()
-            },
+                    endpoints: args.map_sizes.map_size_endpoints,
+                    policy_peers: args.map_sizes.map_size_policy_peers,
+                    policy_ports: args.map_sizes.map_size_policy_ports,
+                    pods: args
+                        .map_sizes
+                        .map_size_pods
+                        .min(npenforce_common::mark::MAX_POD_ID + 1),
+                    conntrack: args.map_sizes.map_size_conntrack,
+                    ..Default::default()
+                },
             },
             uplinks: args.uplinks.clone(),
         }

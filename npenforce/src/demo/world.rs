@@ -286,7 +286,7 @@ impl Probe {
             Source::External => "external".to_string(),
         };
         let to = match &self.to {
-            Endpoint::Pod(p) => format!("pod {p}"),
+            Endpoint::Pod(p) => format!("<{p} pod IP>"),
             Endpoint::Service(s) => s.clone(),
             Endpoint::External => "external".to_string(),
         };

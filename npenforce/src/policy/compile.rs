@@ -446,12 +446,23 @@ fn journal_diff<K: Ord + Clone, V: Clone + PartialEq>(
 /// - node addresses: every local pod.
 ///
 /// and returns the [`MapDiff`] between the previous and the new map entries.
+///
+/// Indexes that keep single changes cheap: the pods matched by each selector peer of each
+/// policy (patched in place when a pod changes, rebuilt when a namespace or the policy
+/// changes), and per namespace the policies whose peers can match its pods. Ids are stable:
+/// pod ids per pod key, rule ids per (policy, direction, rule index), rule set ids per
+/// content (reference counted); ids freed by a change are reused only by later changes.
+/// The result never depends on the order of changes: it always equals
+/// `Compiler::new(compiler.snapshot().clone())` up to id numbering (property-tested).
 #[derive(Debug)]
 pub struct Compiler {
     snap: Snapshot,
     /// Number of pods per namespace (namespaces that have pods, for namespace selectors).
     pod_namespaces: BTreeMap<String, usize>,
     peer_cache: HashMap<PolicyKey, Arc<PolicyPeers>>,
+    /// Per namespace (filled lazily): the policies whose peers can match a pod of that
+    /// namespace, so that a pod change only looks at those.
+    ns_candidates: HashMap<String, Vec<PolicyKey>>,
     pod_ids: IdPool<PodKey>,
     rule_ids: IdPool<RuleRef>,
     rulesets: RuleSets,
@@ -471,6 +482,7 @@ impl Compiler {
             snap: snapshot,
             pod_namespaces: BTreeMap::new(),
             peer_cache: HashMap::new(),
+            ns_candidates: HashMap::new(),
             pod_ids: IdPool::new(1),
             rule_ids,
             rulesets: RuleSets::new(),
@@ -563,10 +575,10 @@ impl Compiler {
         let old = self.snap.pods.get(&key).cloned();
         let new = new.map(Arc::new);
         let mut affected = BTreeSet::from([key.clone()]);
-        let referencing: Vec<Arc<Policy>> = self
-            .snap
-            .policies
-            .values()
+        let candidates = self.ns_candidates(&key.namespace);
+        let referencing: Vec<Arc<Policy>> = candidates
+            .iter()
+            .filter_map(|k| self.snap.policies.get(k))
             .filter(|p| {
                 old.as_deref().is_some_and(|o| self.references_pod(p, o))
                     || new.as_deref().is_some_and(|n| self.references_pod(p, n))
@@ -655,6 +667,7 @@ impl Compiler {
             }
         }
         let new_labels = self.snap.namespace_labels(name);
+        self.ns_candidates.remove(name);
         let mut affected = BTreeSet::new();
         if old_labels == new_labels || !self.pod_namespaces.contains_key(name) {
             return affected;
@@ -697,6 +710,21 @@ impl Compiler {
             }
         }
         self.peer_cache.remove(&key);
+        let namespaces: Vec<String> = self.ns_candidates.keys().cloned().collect();
+        for ns in namespaces {
+            let joins = new
+                .as_ref()
+                .is_some_and(|p| self.may_reference_namespace(p, &ns));
+            if let Some(list) = self.ns_candidates.get_mut(&ns) {
+                match (list.binary_search(&key), joins) {
+                    (Ok(i), false) => {
+                        list.remove(i);
+                    }
+                    (Err(i), true) => list.insert(i, key.clone()),
+                    _ => {}
+                }
+            }
+        }
         match new {
             Some(p) => {
                 let p = Arc::new(p);
@@ -708,6 +736,55 @@ impl Compiler {
             }
         }
         affected
+    }
+
+    /// The policies whose peers can match pods of a namespace (cached).
+    fn ns_candidates(&mut self, ns: &str) -> Vec<PolicyKey> {
+        if let Some(c) = self.ns_candidates.get(ns) {
+            return c.clone();
+        }
+        let list: Vec<PolicyKey> = self
+            .snap
+            .policies
+            .values()
+            .filter(|p| self.may_reference_namespace(p, ns))
+            .map(|p| p.key.clone())
+            .collect();
+        self.ns_candidates.insert(ns.to_string(), list.clone());
+        list
+    }
+
+    /// Whether a policy has a peer that can match some pod of a namespace: a selector peer
+    /// whose namespace part matches it, or (egress rules with named ports) a peer that is
+    /// not a selector, since those resolve names on every destination pod.
+    fn may_reference_namespace(&self, policy: &Policy, ns: &str) -> bool {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for rule in policy.rules(dir) {
+                let named = dir == Direction::Egress && has_named_ports(rule);
+                let Some(peers) = &rule.peers else {
+                    if named {
+                        return true;
+                    }
+                    continue;
+                };
+                for peer in peers {
+                    let hit = match peer {
+                        Peer::IpBlock(_) => named,
+                        Peer::Pods {
+                            namespaces: None, ..
+                        } => policy.key.namespace == ns,
+                        Peer::Pods {
+                            namespaces: Some(s),
+                            ..
+                        } => self.namespace_matches(s, ns),
+                    };
+                    if hit {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// Local pods a policy selects.
@@ -758,9 +835,13 @@ impl Compiler {
             Peer::IpBlock(_) => false,
             Peer::Pods { namespaces, pods } => {
                 pod.is_selectable_peer()
-                    && pods.matches(&pod.labels)
                     && match namespaces {
                         None => pod.key.namespace == policy.key.namespace,
+                        Some(_) => true,
+                    }
+                    && pods.matches(&pod.labels)
+                    && match namespaces {
+                        None => true,
                         Some(s) => self.namespace_matches(s, &pod.key.namespace),
                     }
             }

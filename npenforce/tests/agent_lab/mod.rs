@@ -163,3 +163,10 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Tests of one binary that build a lab take turns: each runs an agent and probes with
+/// timeouts, and two cores shared by several labs make those timeouts flaky.
+pub fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LAB.lock().unwrap_or_else(|p| p.into_inner())
+}
