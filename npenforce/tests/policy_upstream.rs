@@ -7,7 +7,10 @@
 //! Cases with updates apply the change through the incremental compiler and check the
 //! table again.
 //!
-//! Generated tables were written from the upstream expectations, then reviewed by hand.
+//! The tables were produced once from each upstream case's expectations (its default and
+//! `ExpectPeer`/`ExpectAllIngress`-style rules) by a throwaway script, checked, and are kept
+//! here literally; a few cases (port ranges, several protocols, named ports with ipBlocks)
+//! extend the upstream list in the same model.
 
 mod policy_common;
 
