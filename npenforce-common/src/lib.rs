@@ -383,14 +383,21 @@ impl PeerKey {
     /// Prefix bits taken by the fields before `addr`.
     pub const FIXED_PREFIX_BITS: u32 = 64;
 
+    /// Built from whole words: a literal with a zero pad array compiles to a byte-loop
+    /// `memset` call in BPF, on the per-packet path.
     #[inline(always)]
     pub const fn new(pod_id: u32, direction: u8, addr: Addr) -> Self {
-        Self {
-            pod_id: pod_id.to_be_bytes(),
-            direction,
-            _pad: [0; 3],
-            addr,
-        }
+        let head = u32::from_ne_bytes(pod_id.to_be_bytes()) as u64;
+        #[cfg(target_endian = "little")]
+        let head = head | ((direction as u64) << 32);
+        #[cfg(target_endian = "big")]
+        let head = (head << 32) | ((direction as u64) << 24);
+        let addr = u128::from_ne_bytes(addr);
+        let halves: [u64; 2] = unsafe { core::mem::transmute::<u128, [u64; 2]>(addr) };
+        let raw: [u64; 3] = [head, halves[0], halves[1]];
+        // SAFETY: PeerKey is repr(C), 24 bytes without implicit padding, any bytes are valid;
+        // `head` lays out pod_id (big endian), direction and three zero bytes in memory order.
+        unsafe { core::mem::transmute::<[u64; 3], PeerKey>(raw) }
     }
 }
 
@@ -511,8 +518,12 @@ mod tests {
 
     #[test]
     fn keys_are_big_endian() {
-        let k = PeerKey::new(0x0102_0304, direction::EGRESS, [0; 16]);
+        let addr = v4_mapped([10, 244, 1, 7]);
+        let k = PeerKey::new(0x0102_0304, direction::EGRESS, addr);
         assert_eq!(k.pod_id, [1, 2, 3, 4]);
+        assert_eq!(k.direction, direction::EGRESS);
+        assert_eq!(k._pad, [0; 3]);
+        assert_eq!(k.addr, addr);
         let p = PortKey::new(7, ip_proto::TCP, 8080);
         assert_eq!(p.ruleset, [0, 0, 0, 7]);
         assert_eq!(p.port, [0x1f, 0x90]);

@@ -9,7 +9,7 @@
 //! established flows), and a full table evicts the oldest flows, which are then judged again
 //! (never passed unjudged).
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use npenforce_common::{
     ct_state, ip_proto, Addr, CtEntry, CtKey, DataplaneConfig, FragEntry, FragKey,
 };
@@ -29,10 +29,13 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+/// The conntrack clock: CLOCK_MONOTONIC at jiffy resolution (`bpf_ktime_get_coarse_ns`),
+/// cheaper than the precise clock and plenty for timeouts counted in seconds. The agent's
+/// adoption deadline is written on the same monotonic base.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -69,30 +72,29 @@ fn first_is_lower(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
 #[inline(always)]
 pub fn key_of(src: &Addr, dst: &Addr, protocol: u8, src_port: u16, dst_port: u16) -> (CtKey, bool) {
     if first_is_lower(src, src_port, dst, dst_port) {
-        (
-            CtKey {
-                a: *src,
-                b: *dst,
-                a_port: src_port,
-                b_port: dst_port,
-                protocol,
-                _pad: [0; 3],
-            },
-            true,
-        )
+        (ct_key(src, dst, src_port, dst_port, protocol), true)
     } else {
-        (
-            CtKey {
-                a: *dst,
-                b: *src,
-                a_port: dst_port,
-                b_port: src_port,
-                protocol,
-                _pad: [0; 3],
-            },
-            false,
-        )
+        (ct_key(dst, src, dst_port, src_port, protocol), false)
     }
+}
+
+/// Builds a key from whole words: a struct literal with a zero pad array compiles to a
+/// `memset` call in BPF (see `v4_mapped`).
+#[inline(always)]
+fn ct_key(a: &Addr, b: &Addr, a_port: u16, b_port: u16, protocol: u8) -> CtKey {
+    let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
+    let words: [u128; 2] = [u128::from_ne_bytes(*a), u128::from_ne_bytes(*b)];
+    let raw: [u64; 5] = [
+        words[0] as u64,
+        (words[0] >> 64) as u64,
+        words[1] as u64,
+        (words[1] >> 64) as u64,
+        tail.to_le(),
+    ];
+    // SAFETY: CtKey is repr(C), 40 bytes without implicit padding; every byte pattern is a
+    // valid CtKey, and the tail word lays out a_port, b_port, protocol and a zero pad in
+    // little-endian order, the byte order of the bpfel target.
+    unsafe { core::mem::transmute::<[u64; 5], CtKey>(raw) }
 }
 
 #[inline(always)]
@@ -269,13 +271,20 @@ pub fn is_tcp_mid_flow(packet: &Packet) -> bool {
 
 #[inline(always)]
 fn frag_key(packet: &Packet) -> FragKey {
-    FragKey {
-        src: packet.src,
-        dst: packet.dst,
-        id: packet.fragment_id,
-        protocol: packet.protocol,
-        _pad: [0; 3],
-    }
+    let src = u128::from_ne_bytes(packet.src);
+    let dst = u128::from_ne_bytes(packet.dst);
+    let tail = (packet.fragment_id as u64) | ((packet.protocol as u64) << 32);
+    let raw: [u64; 5] = [
+        src as u64,
+        (src >> 64) as u64,
+        dst as u64,
+        (dst >> 64) as u64,
+        tail,
+    ];
+    // SAFETY: FragKey is repr(C), 40 bytes, any bytes are valid; the words lay out src, dst,
+    // id, protocol and a zero pad in little-endian (bpfel) memory order. Built from words to
+    // avoid a memset call for the pad (see `ct_key`).
+    unsafe { core::mem::transmute::<[u64; 5], FragKey>(raw) }
 }
 
 /// Remembers that the first fragment of this datagram passed.

@@ -282,15 +282,14 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
     }
     let pod_id = iface.pod_id;
     let m = skb_mark(&ctx);
-    let sender = sender_pod(m, packet);
-    match exit_verdict(&ctx, packet, &cfg, m, sender, pod_id) {
+    match exit_verdict(&ctx, packet, &cfg, m, pod_id) {
         Ok(()) => {
             count_pod(pod_id, direction::INGRESS, true, ctx.len());
             verdict::PASS
         }
         Err(reason) => {
             let (pod, dir) = if reason == drop_reason::EGRESS_DENIED {
-                (sender, direction::EGRESS)
+                (sender_pod(m, packet), direction::EGRESS)
             } else {
                 (pod_id, direction::INGRESS)
             };
@@ -345,8 +344,8 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
         Err(_) => return verdict::DROP,
     }
     let packet: &Packet = packet;
-    let sender = sender_pod(m, packet);
-    match exit_verdict(&ctx, packet, &cfg, m, sender, 0) {
+    let sender = m >> mark::POD_SHIFT;
+    match exit_verdict(&ctx, packet, &cfg, m, 0) {
         Ok(()) => {
             count_pod(sender, direction::EGRESS, true, ctx.len());
             verdict::PASS
@@ -385,13 +384,22 @@ fn exit_verdict(
     packet: &Packet,
     cfg: &DataplaneConfig,
     m: u32,
-    sender: u32,
     receiver: u32,
 ) -> Result<(), u8> {
     if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
         return Ok(());
     }
     let now = conntrack::now_ns();
+    if packet.fragment != Fragment::Later {
+        match conntrack::lookup(packet, cfg, now) {
+            Tracked::Allowed => return finish(packet, now, Ok(())),
+            Tracked::Denied(reason) => return Err(reason),
+            Tracked::Unknown => {}
+        }
+    }
+    // Only packets that are not part of a tracked flow need the sending pod (an address
+    // lookup when the packet was not classified on entry).
+    let sender = sender_pod(m, packet);
     if packet.fragment == Fragment::Later {
         if conntrack::fragment_known(packet, now) {
             return Ok(());
@@ -402,11 +410,6 @@ fn exit_verdict(
         } else {
             Ok(())
         };
-    }
-    match conntrack::lookup(packet, cfg, now) {
-        Tracked::Allowed => return finish(packet, now, Ok(())),
-        Tracked::Denied(reason) => return Err(reason),
-        Tracked::Unknown => {}
     }
     if let Some(flow) = &packet.related {
         if conntrack::related_is_tracked(flow) {

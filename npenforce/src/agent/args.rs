@@ -101,8 +101,9 @@ pub struct MapSizeArgs {
     /// Addresses of local pods.
     #[arg(long, env = "NPENFORCE_MAP_SIZE_ENDPOINTS", default_value_t = 65536)]
     pub map_size_endpoints: u32,
-    /// Largest local pod id + 1 (at most 65536: the id travels in 16 bits of the packet mark).
-    #[arg(long, env = "NPENFORCE_MAP_SIZE_PODS", default_value_t = 65536)]
+    /// Largest local pod id + 1: ids go to this node's pods and are reused (at most 65536:
+    /// the id travels in 16 bits of the packet mark). Per-CPU counters scale with it.
+    #[arg(long, env = "NPENFORCE_MAP_SIZE_PODS", default_value_t = 4096)]
     pub map_size_pods: u32,
 }
 

@@ -325,11 +325,12 @@ fn open_adoption_window(
     typed(deadline.set(0, until, 0), name)
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of `bpf_ktime_get_coarse_ns`, which the programs'
+/// conntrack uses.
 fn monotonic_ns() -> u64 {
     // SAFETY: timespec is plain data; clock_gettime writes it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

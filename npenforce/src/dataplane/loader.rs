@@ -57,8 +57,11 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    #[error("map {name} is full ({capacity} entries): raise its size (--map-size-* flags)")]
-    MapFull { name: &'static str, capacity: u32 },
+    #[error(
+        "{failed} map writes failed (full maps: see the log for which; the affected traffic is \
+         denied until there is room): raise the sizes (--map-size-* flags)"
+    )]
+    WritesFailed { failed: usize },
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -106,7 +109,7 @@ pub struct MapSizes {
     pub endpoints: u32,
     pub policy_peers: u32,
     pub policy_ports: u32,
-    /// Largest pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
+    /// Largest local pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
     pub pods: u32,
     pub conntrack: u32,
     pub fragments: u32,
@@ -119,7 +122,9 @@ impl Default for MapSizes {
             endpoints: 65536,
             policy_peers: 1 << 20,
             policy_ports: 1 << 18,
-            pods: 65536,
+            // Ids go to local pods only and are reused; POD_COUNTERS is per CPU, so this size
+            // is multiplied by the CPU count (65536 would cost 4.5 MiB per CPU).
+            pods: 4096,
             conntrack: 1 << 18,
             fragments: 8192,
             interfaces: 4096,

@@ -108,21 +108,28 @@ impl NodeDataplane {
         lock(&self.enforcer)
     }
 
+    /// Applies a diff. If some writes failed (a full map), the affected traffic is denied and
+    /// an error is returned, so the agent falls back to reconciling, which rewrites whatever
+    /// is missing once there is room.
     pub fn apply(&self, diff: &MapDiff) -> Result<(), DataplaneError> {
         let stats = lock(&self.enforcer).apply(diff)?;
         if stats.failed > 0 {
-            tracing::error!(
-                failed = stats.failed,
-                "some map writes failed; the affected traffic is denied"
-            );
+            return Err(DataplaneError::WritesFailed {
+                failed: stats.failed,
+            });
         }
         Ok(())
     }
 
     pub fn reconcile(&self, desired: &MapEntries) -> Result<(), DataplaneError> {
-        lock(&self.enforcer).reconcile(desired)?;
+        let stats = lock(&self.enforcer).reconcile(desired)?;
         if !self.attaching.swap(true, Ordering::SeqCst) {
             self.attach_all()?;
+        }
+        if stats.failed > 0 {
+            return Err(DataplaneError::WritesFailed {
+                failed: stats.failed,
+            });
         }
         Ok(())
     }
