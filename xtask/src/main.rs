@@ -261,12 +261,21 @@ fn check_nothing_left_behind() -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    if !leftover_ns.is_empty() || !leftover_pins.is_empty() {
+    // Tests pin into private bpffs mounts named npe-bpffs-* (lab::BpffsMount).
+    let leftover_mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.contains("/npe-"))
+        .map(str::to_owned)
+        .collect();
+    if !leftover_ns.is_empty() || !leftover_pins.is_empty() || !leftover_mounts.is_empty() {
         bail!(
-            "tests left things behind: network namespaces {leftover_ns:?}, bpffs pins {leftover_pins:?}"
+            "tests left things behind: network namespaces {leftover_ns:?}, bpffs pins \
+             {leftover_pins:?}, mounts {leftover_mounts:?}"
         );
     }
-    println!("xtask: nothing left behind (no npe-* network namespaces or bpffs pins)");
+    println!("xtask: nothing left behind (no npe-* network namespaces, bpffs pins or mounts)");
     Ok(())
 }
 
