@@ -460,11 +460,12 @@ const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 
 /// Return codes of the TC programs.
 ///
-/// `PASS` is `TC_ACT_PIPE`, not `TC_ACT_OK`: it hands the packet to the next program (TCX maps
-/// unknown codes to `TCX_NEXT`, cls_bpf to the next filter), so another program attached after
-/// ours (a CNI's own) still runs, and the packet goes on when there is none.
+/// `PASS` is `TC_ACT_UNSPEC` (-1), not `TC_ACT_OK`: it hands the packet to the next program
+/// (it is `TCX_NEXT` under TCX, and "continue with the next filter" under cls_bpf in
+/// direct-action mode, where any code >= 0 would end classification), so another program
+/// attached after ours (a CNI's own) still runs, and the packet goes on when there is none.
 pub mod verdict {
-    pub const PASS: i32 = 3;
+    pub const PASS: i32 = -1;
     pub const DROP: i32 = 2;
 }
 

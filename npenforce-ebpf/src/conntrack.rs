@@ -146,6 +146,15 @@ pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
     // SAFETY: the pointer comes from a successful lookup; LRU values stay valid for the
     // program's run. Races with other CPUs only affect timestamps and state bits.
     let entry = unsafe { &mut *entry };
+    if packet.protocol == ip_proto::TCP
+        && packet.tcp_flags & TCP_SYN != 0
+        && packet.tcp_flags & TCP_ACK == 0
+        && src_is_a != (entry.state & ct_state::A_INITIATED != 0)
+    {
+        // A connection opening from the side that answered this flow is a new connection,
+        // not part of it (a flow adopted mid-flow must not let the peer open new ones).
+        return Tracked::Unknown;
+    }
     if now.saturating_sub(entry.last_seen_ns) > timeout_ns(entry, key.protocol, cfg) {
         let _ = CONNTRACK.remove(&key);
         return Tracked::Unknown;
@@ -224,9 +233,15 @@ fn rejudge(key: &CtKey, entry: &CtEntry) -> Result<(), u8> {
     }
 }
 
-/// Whether the flow an ICMP error is about is tracked (the error then passes as related).
+/// Whether an ICMP error is about a tracked, allowed flow and goes where such an error must
+/// go: back to the sender of the quoted packet. Anything else (an error about a flow that
+/// was cut, or a forged error carrying a tracked flow's header toward another address) gets
+/// no related-flow pass and is judged by policy.
 #[inline(always)]
-pub fn related_is_tracked(flow: &Flow) -> bool {
+pub fn related_is_tracked(flow: &Flow, error: &Packet) -> bool {
+    if flow.src != error.dst {
+        return false;
+    }
     let (key, _) = key_of(
         &flow.src,
         &flow.dst,
@@ -234,7 +249,11 @@ pub fn related_is_tracked(flow: &Flow) -> bool {
         flow.src_port,
         flow.dst_port,
     );
-    CONNTRACK.get_ptr(&key).is_some()
+    match CONNTRACK.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup.
+        Some(entry) => (unsafe { (*entry).state } & ct_state::DENIED) == 0,
+        None => false,
+    }
 }
 
 /// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating.

@@ -20,8 +20,8 @@ use aya_ebpf::{
     Global,
 };
 use npenforce_common::{
-    direction, drop_reason, iface_flags, ip_proto, mark, node_counter, verdict, AddrKey,
-    DataplaneConfig, DenyValue, IfaceInfo,
+    direction, drop_reason, endpoint_flags, iface_flags, ip_proto, mark, node_counter, verdict,
+    AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
 };
 use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
@@ -219,7 +219,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
             Tracked::Unknown => {}
         }
         if let Some(flow) = &packet.related {
-            if conntrack::related_is_tracked(flow) {
+            if conntrack::related_is_tracked(flow, packet) {
                 set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
                 return verdict::PASS;
             }
@@ -314,7 +314,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
             let known = match conntrack::lookup(packet, &cfg, now) {
                 Tracked::Allowed => true,
                 Tracked::Denied(_) | Tracked::Unknown => match &packet.related {
-                    Some(flow) => conntrack::related_is_tracked(flow),
+                    Some(flow) => conntrack::related_is_tracked(flow, packet),
                     None => false,
                 },
             };
@@ -386,10 +386,12 @@ fn exit_verdict(
     m: u32,
     receiver: u32,
 ) -> Result<(), u8> {
-    if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
-        return Ok(());
-    }
     let now = conntrack::now_ns();
+    if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
+        // Judged where it entered; a first fragment still has to be remembered here, where
+        // its later fragments are judged.
+        return finish(packet, now, Ok(()));
+    }
     if packet.fragment != Fragment::Later {
         match conntrack::lookup(packet, cfg, now) {
             Tracked::Allowed => return finish(packet, now, Ok(())),
@@ -404,7 +406,8 @@ fn exit_verdict(
         if conntrack::fragment_known(packet, now) {
             return Ok(());
         }
-        let isolated = pod_state(sender).flags != 0 || pod_state(receiver).flags != 0;
+        let isolated = pod_state(sender).flags & endpoint_flags::EGRESS_ISOLATED != 0
+            || pod_state(receiver).flags & endpoint_flags::INGRESS_ISOLATED != 0;
         return if isolated {
             Err(drop_reason::UNKNOWN_FRAGMENT)
         } else {
@@ -412,19 +415,22 @@ fn exit_verdict(
         };
     }
     if let Some(flow) = &packet.related {
-        if conntrack::related_is_tracked(flow) {
+        if conntrack::related_is_tracked(flow, packet) {
             return Ok(());
         }
     }
     // The sending pod's own egress check when it was classified on entry but is not
     // isolated: still track the flow (its replies may enter an isolated pod).
-    let egress_pod = sender;
     let ingress_pod = receiver;
     let sender_any = if m & mark::CLASSIFIED != 0 {
         m >> mark::POD_SHIFT
     } else {
         sender
     };
+    // The entry records the sending pod even when it is not egress-isolated now, so that an
+    // egress policy it gets later applies when the flow is judged again (side_allows passes
+    // pods that are not isolated).
+    let egress_pod = sender_any;
     let forward = judge(
         &packet.src,
         &packet.dst,

@@ -265,7 +265,9 @@ fn parse_ipv6(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
                 fragment_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 offset += 8;
                 if frag_offset != 0 {
+                    // What follows is payload, not headers: stop walking.
                     fragment = Fragment::Later;
+                    break;
                 } else if more_fragments {
                     fragment = Fragment::First;
                 }

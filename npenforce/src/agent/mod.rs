@@ -48,6 +48,12 @@ pub trait Enforcer: Send + 'static {
     fn metrics_source(&self) -> Option<MetricsSource> {
         None
     }
+
+    /// Pod ids by address as the maps already hold them (pinned by a previous agent), so the
+    /// first compile keeps them.
+    fn adopted_pod_ids(&self) -> Vec<(std::net::IpAddr, u32)> {
+        Vec::new()
+    }
 }
 
 /// Renders Prometheus text lines on demand.

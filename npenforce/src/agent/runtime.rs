@@ -426,7 +426,20 @@ impl<E: Enforcer> Loop<E> {
         };
         let snap = std::mem::replace(snap, Snapshot::new(NodeScope::AllNodes, Vec::new()));
         let started = std::time::Instant::now();
-        let compiler = Compiler::new(snap);
+        // Keep the ids the kernel maps already use for these pods (a restarted agent).
+        let adopted: HashMap<std::net::IpAddr, u32> =
+            self.enforcer.adopted_pod_ids().into_iter().collect();
+        let seeds: Vec<(PodKey, u32)> = snap
+            .pods
+            .values()
+            .filter_map(|p| {
+                p.ips
+                    .iter()
+                    .find_map(|ip| adopted.get(ip))
+                    .map(|id| (p.key.clone(), *id))
+            })
+            .collect();
+        let compiler = Compiler::with_pod_ids(snap, seeds);
         tracing::info!(
             pods = compiler.snapshot().pods.len(),
             policies = compiler.snapshot().policies.len(),

@@ -151,6 +151,11 @@ impl KernelEnforcer {
         &self.maps
     }
 
+    /// Pod ids by address as the kernel's ENDPOINTS map holds them (adopted pins included).
+    pub fn adopted_pod_ids(&self) -> Vec<(IpAddr, u32)> {
+        self.maps.kernel_endpoints()
+    }
+
     /// Ids of the pods this node enforces.
     pub fn pod_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.maps.entries().endpoints.values().map(|e| e.pod_id)

@@ -85,22 +85,10 @@ impl NodeDataplane {
     }
 
     /// Attaches to the uplinks and to every veth present (pods not known yet are pending).
-    fn attach_all(&self) -> Result<(), DataplaneError> {
-        let mut enforcer = lock(&self.enforcer);
-        let attached: BTreeSet<u32> = enforcer.attached_interfaces().map(|(i, _, _)| i).collect();
-        let all = links::links().map_err(netlink_err)?;
-        for link in &all {
-            if attached.contains(&link.ifindex) {
-                continue;
-            }
-            if self.uplinks.contains(&link.name) {
-                enforcer.attach_uplink(&link.name)?;
-                tracing::info!(interface = %link.name, "attached to uplink");
-            } else if link.is_veth() {
-                attach_pod(&mut enforcer, link);
-            }
-        }
-        Ok(())
+    /// An interface that cannot be attached is logged and skipped; the link follower's
+    /// periodic rescan tries it again.
+    fn attach_all(&self) {
+        attach_missing(&mut lock(&self.enforcer), &self.uplinks);
     }
 
     /// The enforcer, for reads (counters, events) and tests.
@@ -123,8 +111,9 @@ impl NodeDataplane {
 
     pub fn reconcile(&self, desired: &MapEntries) -> Result<(), DataplaneError> {
         let stats = lock(&self.enforcer).reconcile(desired)?;
-        if !self.attaching.swap(true, Ordering::SeqCst) {
-            self.attach_all()?;
+        if !self.attaching.load(Ordering::SeqCst) {
+            self.attach_all();
+            self.attaching.store(true, Ordering::SeqCst);
         }
         if stats.failed > 0 {
             return Err(DataplaneError::WritesFailed {
@@ -167,6 +156,33 @@ fn uplink_names(configured: &[String], all: &[Link]) -> Result<Vec<String>, Data
     Ok(names)
 }
 
+/// Attaches to every uplink and veth that is not attached yet.
+fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) {
+    let attached: BTreeSet<u32> = enforcer.attached_interfaces().map(|(i, _, _)| i).collect();
+    let all = match links::links() {
+        Ok(all) => all,
+        Err(err) => {
+            tracing::error!(error = %err, "listing links failed");
+            return;
+        }
+    };
+    for link in &all {
+        if attached.contains(&link.ifindex) {
+            continue;
+        }
+        if uplinks.contains(&link.name) {
+            match enforcer.attach_uplink(&link.name) {
+                Ok(_) => tracing::info!(interface = %link.name, "attached to uplink"),
+                Err(err) => {
+                    tracing::error!(interface = %link.name, error = %err, "could not attach to the uplink")
+                }
+            }
+        } else if link.is_veth() {
+            attach_pod(enforcer, link);
+        }
+    }
+}
+
 fn attach_pod(enforcer: &mut KernelEnforcer, link: &Link) {
     match enforcer.attach_pod_interface(&link.name) {
         Ok(_) => {
@@ -197,15 +213,27 @@ fn follow_links(
     attaching: &AtomicBool,
     uplinks: &[String],
 ) {
+    // A full rescan now and then catches what notifications missed (a socket overflow under
+    // pod churn, an attach that failed, an uplink that was re-created).
+    let mut last_rescan = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let mut rescan = last_rescan.elapsed() >= Duration::from_secs(10);
         let batch = match events.next(Duration::from_millis(200)) {
             Ok(batch) => batch,
             Err(err) => {
-                tracing::error!(error = %err, "reading link events failed");
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
+                tracing::warn!(error = %err, "reading link events failed; rescanning the links");
+                rescan = true;
+                Vec::new()
             }
         };
+        if rescan && attaching.load(Ordering::SeqCst) {
+            last_rescan = std::time::Instant::now();
+            let mut guard = lock(enforcer);
+            attach_missing(&mut guard, uplinks);
+            if let Err(err) = guard.sync_interfaces() {
+                tracing::error!(error = %err, "syncing pod interfaces failed");
+            }
+        }
         log_drop_events(&mut lock(enforcer));
         // Before the first reconcile nothing is attached; `attach_all` then scans every link.
         if batch.is_empty() || !attaching.load(Ordering::SeqCst) {
@@ -258,6 +286,10 @@ impl crate::agent::Enforcer for NodeDataplane {
 
     fn reconcile(&mut self, desired: &MapEntries) -> Result<(), DataplaneError> {
         NodeDataplane::reconcile(self, desired)
+    }
+
+    fn adopted_pod_ids(&self) -> Vec<(std::net::IpAddr, u32)> {
+        lock(&self.enforcer).adopted_pod_ids()
     }
 
     fn metrics_source(&self) -> Option<crate::agent::MetricsSource> {

@@ -96,9 +96,28 @@ impl PolicyMaps {
     /// maps left by an earlier agent), with the same safe ordering as [`PolicyMaps::apply`].
     pub fn reconcile(&mut self, desired: &MapEntries) -> Result<ApplyStats, DataplaneError> {
         self.mirror = self.read_kernel()?;
-        self.pod_flags = pod_flags_of(&self.mirror);
+        // What POD_STATE really holds for the adopted pods (it may have been re-created
+        // empty, for example after a size change), so that every difference gets written.
+        self.pod_flags = self.read_pod_flags();
         let diff = MapDiff::between(&self.mirror, desired);
         self.apply(&diff)
+    }
+
+    /// (address, pod id) of every ENDPOINTS entry in the kernel.
+    pub fn kernel_endpoints(&self) -> Vec<(std::net::IpAddr, u32)> {
+        self.endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (crate::addr::from_kernel_addr(k.addr), v.pod_id))
+            .collect()
+    }
+
+    fn read_pod_flags(&self) -> BTreeMap<u32, u32> {
+        let ids: BTreeSet<u32> = self.mirror.endpoints.values().map(|e| e.pod_id).collect();
+        ids.into_iter()
+            .map(|id| (id, self.pod_state.get(&id, 0).map(|s| s.flags).unwrap_or(0)))
+            .filter(|(_, flags)| *flags != 0)
+            .collect()
     }
 
     fn read_kernel(&self) -> Result<MapEntries, DataplaneError> {
@@ -282,8 +301,4 @@ fn pod_flags_from<'a>(infos: impl Iterator<Item = &'a EndpointInfo>) -> BTreeMap
             )
         })
         .collect()
-}
-
-fn pod_flags_of(entries: &MapEntries) -> BTreeMap<u32, u32> {
-    pod_flags_from(entries.endpoints.values())
 }

@@ -260,6 +260,7 @@ pub enum Change {
 struct IdPool<K> {
     by_key: HashMap<K, u32>,
     by_id: BTreeMap<u32, K>,
+    first: u32,
     next: u32,
     free: BTreeSet<u32>,
     pending: Vec<u32>,
@@ -270,6 +271,7 @@ impl<K: Clone + Eq + Hash> IdPool<K> {
         IdPool {
             by_key: HashMap::new(),
             by_id: BTreeMap::new(),
+            first,
             next: first,
             free: BTreeSet::new(),
             pending: Vec::new(),
@@ -287,6 +289,25 @@ impl<K: Clone + Eq + Hash> IdPool<K> {
         self.by_key.insert(key.clone(), id);
         self.by_id.insert(id, key.clone());
         id
+    }
+
+    /// Gives `key` the id `id` before any allocation (ids adopted from a previous run).
+    /// Refused (false) when the key or the id is taken already.
+    fn reserve(&mut self, key: &K, id: u32) -> bool {
+        if id < self.first || self.by_key.contains_key(key) || self.by_id.contains_key(&id) {
+            return false;
+        }
+        // Ids skipped on the way up to `id` become free ones.
+        while self.next <= id {
+            if self.next != id {
+                self.free.insert(self.next);
+            }
+            self.next += 1;
+        }
+        self.free.remove(&id);
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, key.clone());
+        true
     }
 
     fn release(&mut self, key: &K) {
@@ -475,6 +496,16 @@ pub struct Compiler {
 impl Compiler {
     /// Compiles a snapshot from scratch.
     pub fn new(snapshot: Snapshot) -> Compiler {
+        Compiler::with_pod_ids(snapshot, std::iter::empty())
+    }
+
+    /// Compiles a snapshot from scratch, keeping the pod ids a previous run gave (the agent
+    /// adopts pinned maps and conntrack entries that name pods by id: renumbering would point
+    /// them at other pods). Seeds whose key or id is already taken are ignored.
+    pub fn with_pod_ids(
+        snapshot: Snapshot,
+        pod_ids: impl IntoIterator<Item = (PodKey, u32)>,
+    ) -> Compiler {
         let mut rule_ids = IdPool::new(FIRST_POLICY_RULE);
         rule_ids.by_key.insert(RuleRef::Node, RULE_NODE);
         rule_ids.by_id.insert(RULE_NODE, RuleRef::Node);
@@ -498,6 +529,9 @@ impl Compiler {
                     c.pod_namespaces.insert(key.namespace.clone(), 1);
                 }
             }
+        }
+        for (key, id) in pod_ids {
+            c.pod_ids.reserve(&key, id);
         }
         let keys: Vec<PodKey> = c
             .snap
