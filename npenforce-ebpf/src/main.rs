@@ -137,6 +137,49 @@ fn is_neighbour_discovery(packet: &Packet) -> bool {
     link_local || unspecified
 }
 
+/// The common start of both pod programs: the interface's entry, the parsed packet, and the
+/// verdicts that do not depend on policy (not ours, not IP, malformed, neighbour discovery,
+/// pending pod). `Err` carries the return code. `dir` is the pod's direction: for egress the
+/// node address that lets a pending pod through is the destination, for ingress the source.
+#[inline(always)]
+fn pod_packet(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    dir: u8,
+) -> Result<(IfaceInfo, &'static Packet), i32> {
+    let Some(iface) = iface(ctx) else {
+        return Err(verdict::PASS);
+    };
+    let Some(packet) = scratch() else {
+        return Err(verdict::DROP);
+    };
+    match parse_into(ctx, packet) {
+        Ok(false) => return Err(verdict::PASS),
+        Ok(true) => {}
+        Err(_) => {
+            report_drop(ctx, None, iface.pod_id, dir, drop_reason::MALFORMED, cfg);
+            return Err(verdict::DROP);
+        }
+    }
+    let packet: &'static Packet = packet;
+    if is_neighbour_discovery(packet) {
+        return Err(verdict::PASS);
+    }
+    if iface.flags & iface_flags::PENDING != 0 {
+        let node_side = if dir == direction::EGRESS {
+            &packet.dst
+        } else {
+            &packet.src
+        };
+        if cfg.pending_allows != 0 || is_node_addr(node_side) {
+            return Err(verdict::PASS);
+        }
+        report_drop(ctx, Some(packet), 0, dir, drop_reason::POD_PENDING, cfg);
+        return Err(verdict::DROP);
+    }
+    Ok((iface, packet))
+}
+
 /// What a pod sends: host veth TC ingress (the pod's egress side).
 ///
 /// Egress policy is not decided here: kube-proxy may still DNAT the packet to a Service
@@ -146,46 +189,11 @@ fn is_neighbour_discovery(packet: &Packet) -> bool {
 /// the destination pod's veth, `npe_to_uplink` on the uplink) judges it after NAT.
 #[classifier]
 pub fn npe_from_pod(ctx: TcContext) -> i32 {
-    let Some(iface) = iface(&ctx) else {
-        return verdict::PASS;
-    };
     let cfg = NPE_CONFIG.load();
-    let Some(packet) = scratch() else {
-        return verdict::DROP;
+    let (iface, packet) = match pod_packet(&ctx, &cfg, direction::EGRESS) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    match parse_into(&ctx, packet) {
-        Ok(false) => return verdict::PASS,
-        Ok(true) => {}
-        Err(_) => {
-            report_drop(
-                &ctx,
-                None,
-                iface.pod_id,
-                direction::EGRESS,
-                drop_reason::MALFORMED,
-                &cfg,
-            );
-            return verdict::DROP;
-        }
-    }
-    let packet: &Packet = packet;
-    if is_neighbour_discovery(packet) {
-        return verdict::PASS;
-    }
-    if iface.flags & iface_flags::PENDING != 0 {
-        if cfg.pending_allows != 0 || is_node_addr(&packet.dst) {
-            return verdict::PASS;
-        }
-        report_drop(
-            &ctx,
-            Some(packet),
-            0,
-            direction::EGRESS,
-            drop_reason::POD_PENDING,
-            &cfg,
-        );
-        return verdict::DROP;
-    }
     let pod_id = iface.pod_id;
     // Anti-spoofing: the source must be one of this pod's own addresses.
     let owner = ENDPOINTS
@@ -240,46 +248,11 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
 /// policy.
 #[classifier]
 pub fn npe_to_pod(ctx: TcContext) -> i32 {
-    let Some(iface) = iface(&ctx) else {
-        return verdict::PASS;
-    };
     let cfg = NPE_CONFIG.load();
-    let Some(packet) = scratch() else {
-        return verdict::DROP;
+    let (iface, packet) = match pod_packet(&ctx, &cfg, direction::INGRESS) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    match parse_into(&ctx, packet) {
-        Ok(false) => return verdict::PASS,
-        Ok(true) => {}
-        Err(_) => {
-            report_drop(
-                &ctx,
-                None,
-                iface.pod_id,
-                direction::INGRESS,
-                drop_reason::MALFORMED,
-                &cfg,
-            );
-            return verdict::DROP;
-        }
-    }
-    let packet: &Packet = packet;
-    if is_neighbour_discovery(packet) {
-        return verdict::PASS;
-    }
-    if iface.flags & iface_flags::PENDING != 0 {
-        if cfg.pending_allows != 0 || is_node_addr(&packet.src) {
-            return verdict::PASS;
-        }
-        report_drop(
-            &ctx,
-            Some(packet),
-            0,
-            direction::INGRESS,
-            drop_reason::POD_PENDING,
-            &cfg,
-        );
-        return verdict::DROP;
-    }
     let pod_id = iface.pod_id;
     let m = skb_mark(&ctx);
     match exit_verdict(&ctx, packet, &cfg, m, pod_id) {

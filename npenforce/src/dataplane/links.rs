@@ -64,7 +64,8 @@ pub enum LinkEvent {
     RoutesChanged,
 }
 
-fn socket(groups: u32) -> io::Result<OwnedFd> {
+/// A NETLINK_ROUTE socket, subscribed to `groups` (0: requests only).
+pub(super) fn socket(groups: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); checked below.
     let raw = unsafe {
         libc::socket(
@@ -98,7 +99,8 @@ fn socket(groups: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
+/// Sends a request to the kernel.
+pub(super) fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     // SAFETY: zeroed sockaddr_nl (pid 0: the kernel) is valid; msg outlives the call.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -118,7 +120,8 @@ fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Receives one datagram of replies or notifications.
+pub(super) fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is writable for its length.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {

@@ -4,13 +4,9 @@
 //! IP through it, so the routing table, not the interface name, tells which veth is a pod's.
 //! All calls work in the calling thread's network namespace.
 
-use std::{
-    ffi::CStr,
-    io,
-    mem::size_of,
-    net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{ffi::CStr, io, net::IpAddr};
+
+use super::links;
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
@@ -42,16 +38,16 @@ pub struct Route {
 /// Asks the kernel's routing table which interface routes `dst`. `Ok(None)` when the address
 /// is unreachable (no route).
 pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
-    let sock = open_socket()?;
-    send_to_kernel(&sock, &route_request(dst))?;
+    let sock = links::socket(0)?;
+    links::send(&sock, &route_request(dst))?;
     let mut buf = vec![0u8; 16 * 1024];
-    let len = receive(&sock, &mut buf)?;
+    let len = links::recv(&sock, &mut buf)?;
     parse_reply(&buf[..len])
 }
 
 /// Every address configured on this namespace's interfaces (the node's own addresses).
 pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
-    let sock = open_socket()?;
+    let sock = links::socket(0)?;
     let mut request = Vec::with_capacity(NLMSG_HDRLEN + IFADDRMSG_LEN);
     request.extend_from_slice(&((NLMSG_HDRLEN + IFADDRMSG_LEN) as u32).to_ne_bytes());
     request.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
@@ -59,12 +55,12 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
     request.extend_from_slice(&2u32.to_ne_bytes());
     request.extend_from_slice(&0u32.to_ne_bytes());
     request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0]);
-    send_to_kernel(&sock, &request)?;
+    links::send(&sock, &request)?;
 
     let mut addresses = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let len = receive(&sock, &mut buf)?;
+        let len = links::recv(&sock, &mut buf)?;
         let mut at = 0;
         while at + NLMSG_HDRLEN <= len {
             let msg_len = read_u32(&buf, at).ok_or_else(|| malformed("short header"))? as usize;
@@ -124,52 +120,6 @@ fn parse_address(msg: &[u8]) -> io::Result<Option<IpAddr>> {
         at += (attr_len + 3) & !3;
     }
     Ok(local.or(address))
-}
-
-fn open_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-fn send_to_kernel(sock: &OwnedFd, request: &[u8]) -> io::Result<()> {
-    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value (pid 0 = the kernel).
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: request and kernel outlive the call; lengths match the buffers.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn receive(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its whole length.
-    let len = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(len as usize)
 }
 
 fn route_request(dst: IpAddr) -> Vec<u8> {
