@@ -11,8 +11,9 @@ use npenforce::{
 const ALLOWED: Outcome = Outcome::Allowed;
 const BLOCKED: Outcome = Outcome::Blocked;
 
-fn web_lab(tag: &str) -> NodeLab {
-    let mut lab = NodeLab::new(tag, DataplaneOptions::default());
+/// The seed cards' cast (web, client, monitor) on a node loaded with `options`.
+fn web_lab_with(tag: &str, options: DataplaneOptions) -> NodeLab {
+    let mut lab = NodeLab::new(tag, options);
     lab.namespace("default", &[]);
     lab.namespace("other", &[("team", "operations")]);
     lab.pod(PodSpec {
@@ -686,33 +687,8 @@ fn keep_established_flag_keeps_connections() {
 
 const PROBE: std::time::Duration = std::time::Duration::from_millis(800);
 
-fn web_lab_with(tag: &str, options: DataplaneOptions) -> NodeLab {
-    let mut lab = NodeLab::new(tag, options);
-    lab.namespace("default", &[]);
-    lab.namespace("other", &[("team", "operations")]);
-    for (ns, name, labels, ports) in [
-        (
-            "default",
-            "web",
-            &[("app", "web")][..],
-            &[("http", 80u16, "TCP")][..],
-        ),
-        ("default", "client", &[][..], &[][..]),
-        ("other", "monitor", &[("type", "monitoring")][..], &[][..]),
-    ] {
-        lab.pod(PodSpec {
-            namespace: ns,
-            name,
-            labels,
-            ports,
-        });
-    }
-    lab.serve(
-        "default",
-        "web",
-        &[(80, Protocol::Tcp), (53, Protocol::Udp)],
-    );
-    lab
+fn web_lab(tag: &str) -> NodeLab {
+    web_lab_with(tag, DataplaneOptions::default())
 }
 
 #[test]
