@@ -41,10 +41,18 @@ pub mod map_names {
     pub const POD_STATE: &str = "POD_STATE";
     /// Interfaces we attached to, by ifindex: which pod is behind a host veth.
     pub const IFACES: &str = "IFACES";
+    /// Direct-mapped cache of `IFACES` (array, see `iface_slot`).
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    /// The full-length (single address) entries of the peer table, in a hash: looked up
+    /// before `POLICY_PEERS`, which then only holds shorter prefixes.
+    pub const POLICY_PEER_HOSTS: &str = "POLICY_PEER_HOSTS";
     /// This node's own addresses: traffic from and to them is always allowed.
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
-    /// Tracked connections (LRU).
-    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Tracked IPv6 connections (LRU, keyed by `CtKey`).
+    pub const CONNTRACK_V6: &str = "CONNTRACK_V6";
+    /// Tracked IPv4 connections (LRU, keyed by the 16-byte `CtKeyV4`: a smaller key hashes
+    /// and compares in about half the time).
+    pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
     /// Verdicts of fragmented datagrams, for their later fragments (LRU).
     pub const FRAGMENTS: &str = "FRAGMENTS";
     /// The policy generation (array of one): bumped after each applied change so tracked
@@ -69,8 +77,11 @@ pub mod map_names {
         POLICY_PORTS,
         POD_STATE,
         IFACES,
+        IFACE_SLOTS,
+        POLICY_PEER_HOSTS,
         NODE_ADDRS,
-        CONNTRACK,
+        CONNTRACK_V4,
+        CONNTRACK_V6,
         FRAGMENTS,
         POLICY_GENERATION,
         ADOPTION_DEADLINE,
@@ -113,7 +124,9 @@ pub struct DataplaneConfig {
     pub drop_events_per_second: u32,
     /// How long after a fresh start TCP connections opened before are adopted mid-flow.
     pub adoption_window_s: u32,
-    pub _pad: u32,
+    /// Ticks per second of the kernel's `jiffies` (its `CONFIG_HZ`), the programs' clock.
+    /// The loader measures it (0 in [`DataplaneConfig::DEFAULT`] means "measure").
+    pub jiffies_per_second: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
 
@@ -128,7 +141,7 @@ impl DataplaneConfig {
         other_timeout_s: 60,
         drop_events_per_second: 20,
         adoption_window_s: 120,
-        _pad: 0,
+        jiffies_per_second: 0,
     };
 }
 
@@ -166,6 +179,45 @@ pub struct IfaceInfo {
 }
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 
+/// `IFACE_SLOTS`: a direct-mapped cache of `IFACES` that the programs read without a hash
+/// lookup (array lookups are inlined by the verifier; hash lookups are calls).
+///
+/// Slot `ifindex % COUNT` holds one `u64`: the ifindex in the low 32 bits, the pod id in the
+/// next 16 and the interface flags in the top 16. The map is per-CPU, whose values the kernel
+/// writes word by word, and the program reads the word with one load, so it never sees half
+/// of an update. A slot that holds another ifindex (two
+/// live interfaces whose indexes collide) sends the program to the `IFACES` hash.
+pub mod iface_slot {
+    use super::IfaceInfo;
+
+    pub const COUNT: u32 = 4096;
+
+    #[inline(always)]
+    pub const fn index(ifindex: u32) -> u32 {
+        ifindex & (COUNT - 1)
+    }
+
+    /// The slot word for `ifindex`, or `None` when the pod id or the flags do not fit.
+    pub const fn pack(ifindex: u32, info: IfaceInfo) -> Option<u64> {
+        if ifindex == 0 || info.pod_id > 0xffff || info.flags > 0xffff {
+            return None;
+        }
+        Some(ifindex as u64 | (info.pod_id as u64) << 32 | (info.flags as u64) << 48)
+    }
+
+    /// The entry of `ifindex` if `slot` holds it.
+    #[inline(always)]
+    pub const fn unpack(slot: u64, ifindex: u32) -> Option<IfaceInfo> {
+        if slot as u32 != ifindex || ifindex == 0 {
+            return None;
+        }
+        Some(IfaceInfo {
+            pod_id: (slot >> 32) as u32 & 0xffff,
+            flags: (slot >> 48) as u32,
+        })
+    }
+}
+
 /// `skb->mark` bits npenforce uses to carry what it learned where a packet entered the node
 /// to where it leaves (after kube-proxy's NAT). kube-proxy's 0x4000 and 0x8000 are untouched;
 /// the pod id sits in the high 16 bits.
@@ -183,7 +235,7 @@ pub mod mark {
     pub const MAX_POD_ID: u32 = 0xffff;
 }
 
-/// Key of `CONNTRACK`: a flow in canonical order, `(a, a_port) <= (b, b_port)`, so both
+/// Key of `CONNTRACK_V6`: a flow in canonical order, `(a, a_port) <= (b, b_port)`, so both
 /// directions of a flow find the same entry with one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -197,6 +249,107 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+impl CtKey {
+    /// Whether the end `(a, a_port)` comes before `(b, b_port)` in the canonical order of a
+    /// flow's two ends. Any total order works as long as both sides use this one; comparing
+    /// the address as two little-endian words (what an aligned load gives on the bpfel
+    /// target) and then the port keeps it to a few instructions per packet.
+    #[inline(always)]
+    pub const fn end_is_first(a: [u64; 2], a_port: u16, b: [u64; 2], b_port: u16) -> bool {
+        if a[0] != b[0] {
+            return a[0] < b[0];
+        }
+        if a[1] != b[1] {
+            return a[1] < b[1];
+        }
+        a_port <= b_port
+    }
+
+    /// The words [`CtKey::end_is_first`] compares.
+    pub const fn addr_words(addr: &Addr) -> [u64; 2] {
+        let w = u128::from_le_bytes(*addr);
+        [w as u64, (w >> 64) as u64]
+    }
+
+    /// The key of the flow `src:src_port -> dst:dst_port`, and whether `src` became `a`.
+    pub const fn for_flow(
+        src: Addr,
+        src_port: u16,
+        dst: Addr,
+        dst_port: u16,
+        protocol: u8,
+    ) -> (CtKey, bool) {
+        let src_first = Self::end_is_first(
+            Self::addr_words(&src),
+            src_port,
+            Self::addr_words(&dst),
+            dst_port,
+        );
+        let (a, a_port, b, b_port) = if src_first {
+            (src, src_port, dst, dst_port)
+        } else {
+            (dst, dst_port, src, src_port)
+        };
+        let key = CtKey {
+            a,
+            b,
+            a_port,
+            b_port,
+            protocol,
+            _pad: [0; 3],
+        };
+        (key, src_first)
+    }
+}
+
+/// Key of `CONNTRACK_V4`: an IPv4 flow in the canonical order of [`CtKey`] (the same
+/// order the IPv4-mapped addresses give), with the four-byte addresses as they appear in
+/// the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKeyV4 {
+    pub a: [u8; 4],
+    pub b: [u8; 4],
+    /// Host byte order, like [`CtKey`]'s ports.
+    pub a_port: u16,
+    pub b_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 16);
+
+impl CtKeyV4 {
+    /// The key of the IPv4 flow `src:src_port -> dst:dst_port`, and whether `src` became `a`.
+    pub const fn for_flow(
+        src: [u8; 4],
+        src_port: u16,
+        dst: [u8; 4],
+        dst_port: u16,
+        protocol: u8,
+    ) -> (CtKeyV4, bool) {
+        let src_first = CtKey::end_is_first(
+            CtKey::addr_words(&v4_mapped(src)),
+            src_port,
+            CtKey::addr_words(&v4_mapped(dst)),
+            dst_port,
+        );
+        let (a, a_port, b, b_port) = if src_first {
+            (src, src_port, dst, dst_port)
+        } else {
+            (dst, dst_port, src, src_port)
+        };
+        let key = CtKeyV4 {
+            a,
+            b,
+            a_port,
+            b_port,
+            protocol,
+            _pad: [0; 3],
+        };
+        (key, src_first)
+    }
+}
 
 /// `CtEntry::state` bits.
 pub mod ct_state {
@@ -213,11 +366,13 @@ pub mod ct_state {
     pub const DENIED: u8 = 1 << 5;
 }
 
-/// Value of `CONNTRACK`.
+/// Value of `CONNTRACK_V4` and `CONNTRACK_V6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
-    pub last_seen_ns: u64,
+    /// When a packet of the flow was last seen, in `jiffies` (refreshed at most once a
+    /// second).
+    pub last_seen: u64,
     /// Policy generation the flow was last judged under.
     pub generation: u32,
     /// Local pod whose egress policy admitted the flow (0: none).
@@ -243,11 +398,11 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 
-/// Value of `FRAGMENTS`: the first fragment passed at `seen_ns`.
+/// Value of `FRAGMENTS`: the first fragment passed at `seen` (`jiffies`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FragEntry {
-    pub seen_ns: u64,
+    pub seen: u64,
 }
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 
@@ -317,7 +472,8 @@ const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventBudget {
-    pub window_start_ns: u64,
+    /// Start of the current one-second window, in `jiffies`.
+    pub window_start: u64,
     pub sent: u32,
     pub _pad: u32,
 }
@@ -387,14 +543,21 @@ impl PeerKey {
     /// `memset` call in BPF, on the per-packet path.
     #[inline(always)]
     pub const fn new(pod_id: u32, direction: u8, addr: Addr) -> Self {
+        let addr = u128::from_ne_bytes(addr);
+        // SAFETY: same size; any bits are valid u64s.
+        let halves: [u64; 2] = unsafe { core::mem::transmute::<u128, [u64; 2]>(addr) };
+        Self::from_words(pod_id, direction, halves)
+    }
+
+    /// Like [`PeerKey::new`], from the address as two words in memory order.
+    #[inline(always)]
+    pub const fn from_words(pod_id: u32, direction: u8, addr: [u64; 2]) -> Self {
         let head = u32::from_ne_bytes(pod_id.to_be_bytes()) as u64;
         #[cfg(target_endian = "little")]
         let head = head | ((direction as u64) << 32);
         #[cfg(target_endian = "big")]
         let head = (head << 32) | ((direction as u64) << 24);
-        let addr = u128::from_ne_bytes(addr);
-        let halves: [u64; 2] = unsafe { core::mem::transmute::<u128, [u64; 2]>(addr) };
-        let raw: [u64; 3] = [head, halves[0], halves[1]];
+        let raw: [u64; 3] = [head, addr[0], addr[1]];
         // SAFETY: PeerKey is repr(C), 24 bytes without implicit padding, any bytes are valid;
         // `head` lays out pod_id (big endian), direction and three zero bytes in memory order.
         unsafe { core::mem::transmute::<[u64; 3], PeerKey>(raw) }
@@ -497,6 +660,7 @@ mod user {
     unsafe impl aya::Pod for PodState {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtKeyV4 {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
@@ -528,5 +692,64 @@ mod tests {
         let p = PortKey::new(7, ip_proto::TCP, 8080);
         assert_eq!(p.ruleset, [0, 0, 0, 7]);
         assert_eq!(p.port, [0x1f, 0x90]);
+    }
+
+    #[test]
+    fn ipv4_flows_order_their_ends_like_their_mapped_form() {
+        let addrs = [
+            [10, 244, 1, 7],
+            [10, 244, 1, 8],
+            [10, 245, 0, 1],
+            [192, 168, 0, 1],
+            [1, 2, 3, 4],
+            [255, 255, 255, 255],
+            [0, 0, 0, 1],
+        ];
+        for a in addrs {
+            for b in addrs {
+                for (pa, pb) in [(1, 2), (2, 1), (80, 80)] {
+                    let (k4, first4) = CtKeyV4::for_flow(a, pa, b, pb, ip_proto::TCP);
+                    let (k6, first6) =
+                        CtKey::for_flow(v4_mapped(a), pa, v4_mapped(b), pb, ip_proto::TCP);
+                    assert_eq!(first4, first6, "{a:?}:{pa} {b:?}:{pb}");
+                    assert_eq!(v4_mapped(k4.a), k6.a);
+                    assert_eq!((k4.a_port, k4.b_port), (k6.a_port, k6.b_port));
+                    // Both directions of a flow build the same key.
+                    let (back, _) = CtKeyV4::for_flow(b, pb, a, pa, ip_proto::TCP);
+                    assert_eq!(back, k4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iface_slots_hold_only_what_fits_and_name_their_interface() {
+        let info = IfaceInfo {
+            pod_id: 0xfffe,
+            flags: iface_flags::PENDING | iface_flags::UPLINK,
+        };
+        let word = iface_slot::pack(4097, info).expect("fits");
+        assert_eq!(iface_slot::unpack(word, 4097), Some(info));
+        assert_eq!(
+            iface_slot::unpack(word, 1),
+            None,
+            "another interface's slot"
+        );
+        assert_eq!(iface_slot::index(4097), iface_slot::index(1));
+        assert_eq!(
+            iface_slot::unpack(0, 0),
+            None,
+            "an empty slot names nothing"
+        );
+        let big = IfaceInfo {
+            pod_id: 0x1_0000,
+            flags: 0,
+        };
+        assert_eq!(
+            iface_slot::pack(7, big),
+            None,
+            "pod ids past 16 bits use the hash"
+        );
+        assert_eq!(iface_slot::pack(0, info), None);
     }
 }

@@ -9,33 +9,57 @@
 //! established flows), and a full table evicts the oldest flows, which are then judged again
 //! (never passed unjudged).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    maps::LruHashMap,
+};
 use npenforce_common::{
-    ct_state, ip_proto, Addr, CtEntry, CtKey, DataplaneConfig, FragEntry, FragKey,
+    ct_state, ip_proto, v4_mapped, CtEntry, CtKey, CtKeyV4, DataplaneConfig, FragEntry, FragKey,
 };
 
 use crate::{
-    maps::{ADOPTION_DEADLINE, CONNTRACK, FRAGMENTS, POLICY_GENERATION},
+    addr::WordAddr,
+    maps::{ADOPTION_DEADLINE, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS, POLICY_GENERATION},
     parse::{Flow, Packet},
     policy::judge,
 };
 
-const NS_PER_S: u64 = 1_000_000_000;
-/// `last_seen_ns` is refreshed at most this often, to keep writes off the per-packet path.
-const REFRESH_NS: u64 = NS_PER_S;
+/// How long the first fragment of a datagram vouches for its later fragments.
+const FRAGMENT_TIMEOUT_S: u64 = 30;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// The conntrack clock: CLOCK_MONOTONIC at jiffy resolution (`bpf_ktime_get_coarse_ns`),
-/// cheaper than the precise clock and plenty for timeouts counted in seconds. The agent's
-/// adoption deadline is written on the same monotonic base.
+/// The conntrack clock: `jiffies`. The verifier inlines `bpf_jiffies64` into a single load
+/// (every other clock is a helper call, 20 to 30 ns on machines with return-thunk
+/// mitigations), and a tick of 1 to 10 ms is plenty for timeouts counted in seconds. The
+/// loader measures the tick rate into `DataplaneConfig::jiffies_per_second`.
 #[inline(always)]
-pub fn now_ns() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    unsafe { bpf_jiffies64() }
+}
+
+/// `seconds` in clock ticks.
+#[inline(always)]
+pub fn ticks(seconds: u64, cfg: &DataplaneConfig) -> u64 {
+    seconds * cfg.jiffies_per_second as u64
+}
+
+/// Ticks from `then` to `now`. A `then` slightly ahead is another CPU's newer timestamp (0
+/// elapsed); one far ahead was not written in ticks at all (an entry left by an older agent
+/// that kept time in ns) and counts as long expired.
+#[inline(always)]
+pub fn elapsed(now: u64, then: u64, cfg: &DataplaneConfig) -> u64 {
+    if then <= now {
+        now - then
+    } else if then - now < ticks(60, cfg) {
+        0
+    } else {
+        u64::MAX
+    }
 }
 
 #[inline(always)]
@@ -46,59 +70,112 @@ pub fn generation() -> u32 {
     }
 }
 
-/// Until when (`bpf_ktime_get_ns`) TCP connections seen mid-flow may be adopted.
+/// Whether TCP connections seen mid-flow may still be adopted: the agent writes the deadline
+/// in CLOCK_MONOTONIC ns, the base of `bpf_ktime_get_coarse_ns`. Only packets of untracked
+/// flows that policy denies get here, so the clock call is off the hot paths.
 #[inline(always)]
-pub fn adoption_deadline() -> u64 {
-    match ADOPTION_DEADLINE.get(0) {
+pub fn in_adoption_window() -> bool {
+    let deadline = match ADOPTION_DEADLINE.get(0) {
         Some(t) => *t,
         None => 0,
+    };
+    // SAFETY: helper without preconditions.
+    deadline != 0 && unsafe { bpf_ktime_get_coarse_ns() } < deadline
+}
+
+/// A conntrack key type and the map it lives in: IPv4 flows in `CONNTRACK_V4` (16-byte keys),
+/// IPv6 flows in `CONNTRACK_V6` (40-byte keys). Hashing and comparing the key is most of a
+/// lookup's cost, so IPv4 traffic gets the small one.
+pub trait FlowKey: Sized + 'static {
+    fn map() -> &'static LruHashMap<Self, CtEntry>;
+    /// The key of `a:a_port <-> b:b_port` with `a` first (already in canonical order).
+    fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self;
+    /// Both ends, as IPv6 or IPv4-mapped addresses, and the ports.
+    fn ends(&self) -> (WordAddr, WordAddr, u16, u16);
+    fn protocol(&self) -> u8;
+}
+
+impl FlowKey for CtKey {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtEntry> {
+        &CONNTRACK_V6
+    }
+
+    /// Built from whole words: a struct literal with a zero pad array compiles to a `memset`
+    /// call in BPF.
+    #[inline(always)]
+    fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self {
+        let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
+        let raw: [u64; 5] = [a[0], a[1], b[0], b[1], tail.to_le()];
+        // SAFETY: CtKey is repr(C), 40 bytes without implicit padding; every byte pattern is
+        // a valid CtKey, and the tail word lays out a_port, b_port, protocol and a zero pad
+        // in little-endian order, the byte order of the bpfel target.
+        unsafe { core::mem::transmute::<[u64; 5], CtKey>(raw) }
+    }
+
+    #[inline(always)]
+    fn ends(&self) -> (WordAddr, WordAddr, u16, u16) {
+        (WordAddr(self.a), WordAddr(self.b), self.a_port, self.b_port)
+    }
+
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
     }
 }
 
-/// Orders `(addr, port)` pairs so both directions of a flow build the same key.
-#[inline(always)]
-fn first_is_lower(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-        i += 1;
+impl FlowKey for CtKeyV4 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtEntry> {
+        &CONNTRACK_V4
     }
-    a_port <= b_port
+
+    /// `a` and `b` are IPv4-mapped: the IPv4 address is the high half of their second word.
+    #[inline(always)]
+    fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self {
+        let addrs = (a[1] >> 32) | (b[1] & 0xffff_ffff_0000_0000);
+        let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
+        let raw: [u64; 2] = [addrs, tail.to_le()];
+        // SAFETY: CtKeyV4 is repr(C), 16 bytes without implicit padding, any bytes valid;
+        // the words lay out a, b, a_port, b_port, protocol and a zero pad in memory order.
+        unsafe { core::mem::transmute::<[u64; 2], CtKeyV4>(raw) }
+    }
+
+    #[inline(always)]
+    fn ends(&self) -> (WordAddr, WordAddr, u16, u16) {
+        (
+            WordAddr(v4_mapped(self.a)),
+            WordAddr(v4_mapped(self.b)),
+            self.a_port,
+            self.b_port,
+        )
+    }
+
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
 }
 
 /// The canonical key of a flow, and whether `src` became `a`.
 #[inline(always)]
-pub fn key_of(src: &Addr, dst: &Addr, protocol: u8, src_port: u16, dst_port: u16) -> (CtKey, bool) {
-    if first_is_lower(src, src_port, dst, dst_port) {
-        (ct_key(src, dst, src_port, dst_port, protocol), true)
+fn key_of<K: FlowKey>(
+    src: &WordAddr,
+    dst: &WordAddr,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+) -> (K, bool) {
+    let (s, d) = (src.words(), dst.words());
+    if CtKey::end_is_first(s, src_port, d, dst_port) {
+        (K::build(s, d, src_port, dst_port, protocol), true)
     } else {
-        (ct_key(dst, src, dst_port, src_port, protocol), false)
+        (K::build(d, s, dst_port, src_port, protocol), false)
     }
 }
 
-/// Builds a key from whole words: a struct literal with a zero pad array compiles to a
-/// `memset` call in BPF (see `v4_mapped`).
 #[inline(always)]
-fn ct_key(a: &Addr, b: &Addr, a_port: u16, b_port: u16, protocol: u8) -> CtKey {
-    let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
-    let words: [u128; 2] = [u128::from_ne_bytes(*a), u128::from_ne_bytes(*b)];
-    let raw: [u64; 5] = [
-        words[0] as u64,
-        (words[0] >> 64) as u64,
-        words[1] as u64,
-        (words[1] >> 64) as u64,
-        tail.to_le(),
-    ];
-    // SAFETY: CtKey is repr(C), 40 bytes without implicit padding; every byte pattern is a
-    // valid CtKey, and the tail word lays out a_port, b_port, protocol and a zero pad in
-    // little-endian order, the byte order of the bpfel target.
-    unsafe { core::mem::transmute::<[u64; 5], CtKey>(raw) }
-}
-
-#[inline(always)]
-fn timeout_ns(entry: &CtEntry, protocol: u8, cfg: &DataplaneConfig) -> u64 {
+fn timeout(entry: &CtEntry, protocol: u8, cfg: &DataplaneConfig) -> u64 {
     let seconds = if protocol == ip_proto::TCP {
         let s = entry.state;
         if s & ct_state::RST != 0
@@ -115,7 +192,7 @@ fn timeout_ns(entry: &CtEntry, protocol: u8, cfg: &DataplaneConfig) -> u64 {
     } else {
         cfg.other_timeout_s
     };
-    seconds as u64 * NS_PER_S
+    ticks(seconds as u64, cfg)
 }
 
 /// What conntrack says about a packet.
@@ -132,14 +209,23 @@ pub enum Tracked {
 /// again when the policy generation moved since it was last judged.
 #[inline(always)]
 pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
-    let (key, src_is_a) = key_of(
+    if packet.is_ipv6 {
+        lookup_in::<CtKey>(packet, cfg, now)
+    } else {
+        lookup_in::<CtKeyV4>(packet, cfg, now)
+    }
+}
+
+#[inline(always)]
+fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
+    let (key, src_is_a) = key_of::<K>(
         &packet.src,
         &packet.dst,
         packet.protocol,
         packet.src_port,
         packet.dst_port,
     );
-    let entry = match CONNTRACK.get_ptr_mut(&key) {
+    let entry = match K::map().get_ptr_mut(&key) {
         Some(entry) => entry,
         None => return Tracked::Unknown,
     };
@@ -155,8 +241,9 @@ pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
         // not part of it (a flow adopted mid-flow must not let the peer open new ones).
         return Tracked::Unknown;
     }
-    if now.saturating_sub(entry.last_seen_ns) > timeout_ns(entry, key.protocol, cfg) {
-        let _ = CONNTRACK.remove(&key);
+    let protocol = key.protocol();
+    if elapsed(now, entry.last_seen, cfg) > timeout(entry, protocol, cfg) {
+        let _ = K::map().remove(&key);
         return Tracked::Unknown;
     }
     let current = generation();
@@ -181,7 +268,7 @@ pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
             return Tracked::Denied(reason);
         }
     }
-    if key.protocol == ip_proto::TCP {
+    if protocol == ip_proto::TCP {
         let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
         let mut state = entry.state;
         if !from_initiator {
@@ -203,30 +290,33 @@ pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
     } else if src_is_a != (entry.state & ct_state::A_INITIATED != 0) {
         entry.state |= ct_state::REPLIED;
     }
-    if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
-        entry.last_seen_ns = now;
+    // Refreshed at most once a second, to keep writes (and cache-line bouncing between
+    // CPUs) off the per-packet path.
+    if elapsed(now, entry.last_seen, cfg) > ticks(1, cfg) {
+        entry.last_seen = now;
     }
     Tracked::Allowed
 }
 
 /// Judges a tracked flow again in its original orientation with the pods that admitted it.
 #[inline(always)]
-fn rejudge(key: &CtKey, entry: &CtEntry) -> Result<(), u8> {
+fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
+    let (a, b, a_port, b_port) = key.ends();
     if entry.state & ct_state::A_INITIATED != 0 {
         judge(
-            &key.a,
-            &key.b,
-            key.protocol,
-            key.b_port,
+            &a,
+            &b,
+            key.protocol(),
+            b_port,
             entry.egress_pod,
             entry.ingress_pod,
         )
     } else {
         judge(
-            &key.b,
-            &key.a,
-            key.protocol,
-            key.a_port,
+            &b,
+            &a,
+            key.protocol(),
+            a_port,
             entry.egress_pod,
             entry.ingress_pod,
         )
@@ -239,17 +329,26 @@ fn rejudge(key: &CtKey, entry: &CtEntry) -> Result<(), u8> {
 /// no related-flow pass and is judged by policy.
 #[inline(always)]
 pub fn related_is_tracked(flow: &Flow, error: &Packet) -> bool {
-    if flow.src != error.dst {
+    if !flow.src.same_as(&error.dst) {
         return false;
     }
-    let (key, _) = key_of(
+    if error.is_ipv6 {
+        related_in::<CtKey>(flow)
+    } else {
+        related_in::<CtKeyV4>(flow)
+    }
+}
+
+#[inline(always)]
+fn related_in<K: FlowKey>(flow: &Flow) -> bool {
+    let (key, _) = key_of::<K>(
         &flow.src,
         &flow.dst,
         flow.protocol,
         flow.src_port,
         flow.dst_port,
     );
-    match CONNTRACK.get_ptr(&key) {
+    match K::map().get_ptr(&key) {
         // SAFETY: pointer from a successful lookup.
         Some(entry) => (unsafe { (*entry).state } & ct_state::DENIED) == 0,
         None => false,
@@ -259,8 +358,46 @@ pub fn related_is_tracked(flow: &Flow, error: &Packet) -> bool {
 /// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating.
 #[inline(always)]
 pub fn create(
-    src: &Addr,
-    dst: &Addr,
+    src: &WordAddr,
+    dst: &WordAddr,
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    egress_pod: u32,
+    ingress_pod: u32,
+    now: u64,
+    is_ipv6: bool,
+) -> bool {
+    if is_ipv6 {
+        create_in::<CtKey>(
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+            egress_pod,
+            ingress_pod,
+            now,
+        )
+    } else {
+        create_in::<CtKeyV4>(
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+            egress_pod,
+            ingress_pod,
+            now,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn create_in<K: FlowKey>(
+    src: &WordAddr,
+    dst: &WordAddr,
     protocol: u8,
     src_port: u16,
     dst_port: u16,
@@ -268,9 +405,9 @@ pub fn create(
     ingress_pod: u32,
     now: u64,
 ) -> bool {
-    let (key, src_is_a) = key_of(src, dst, protocol, src_port, dst_port);
+    let (key, src_is_a) = key_of::<K>(src, dst, protocol, src_port, dst_port);
     let entry = CtEntry {
-        last_seen_ns: now,
+        last_seen: now,
         generation: generation(),
         egress_pod,
         ingress_pod,
@@ -278,7 +415,7 @@ pub fn create(
         reason: 0,
         _pad: [0; 2],
     };
-    CONNTRACK.insert(&key, &entry, 0).is_ok()
+    K::map().insert(&key, &entry, 0).is_ok()
 }
 
 /// A TCP packet that does not open a connection (no SYN, or SYN+ACK).
@@ -290,16 +427,9 @@ pub fn is_tcp_mid_flow(packet: &Packet) -> bool {
 
 #[inline(always)]
 fn frag_key(packet: &Packet) -> FragKey {
-    let src = u128::from_ne_bytes(packet.src);
-    let dst = u128::from_ne_bytes(packet.dst);
+    let (src, dst) = (packet.src.words(), packet.dst.words());
     let tail = (packet.fragment_id as u64) | ((packet.protocol as u64) << 32);
-    let raw: [u64; 5] = [
-        src as u64,
-        (src >> 64) as u64,
-        dst as u64,
-        (dst >> 64) as u64,
-        tail,
-    ];
+    let raw: [u64; 5] = [src[0], src[1], dst[0], dst[1], tail];
     // SAFETY: FragKey is repr(C), 40 bytes, any bytes are valid; the words lay out src, dst,
     // id, protocol and a zero pad in little-endian (bpfel) memory order. Built from words to
     // avoid a memset call for the pad (see `ct_key`).
@@ -310,16 +440,16 @@ fn frag_key(packet: &Packet) -> FragKey {
 #[inline(always)]
 pub fn remember_fragment(packet: &Packet, now: u64) -> bool {
     FRAGMENTS
-        .insert(&frag_key(packet), &FragEntry { seen_ns: now }, 0)
+        .insert(&frag_key(packet), &FragEntry { seen: now }, 0)
         .is_ok()
 }
 
 /// Whether the first fragment of this (later) fragment's datagram passed recently.
 #[inline(always)]
-pub fn fragment_known(packet: &Packet, now: u64) -> bool {
+pub fn fragment_known(packet: &Packet, now: u64, cfg: &DataplaneConfig) -> bool {
     match FRAGMENTS.get_ptr(&frag_key(packet)) {
         // SAFETY: pointer from a successful lookup.
-        Some(entry) => now.saturating_sub(unsafe { (*entry).seen_ns }) < 30 * NS_PER_S,
+        Some(entry) => elapsed(now, unsafe { (*entry).seen }, cfg) < ticks(FRAGMENT_TIMEOUT_S, cfg),
         None => false,
     }
 }

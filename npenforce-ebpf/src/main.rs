@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod addr;
 mod conntrack;
 mod maps;
 mod observe;
@@ -20,16 +21,16 @@ use aya_ebpf::{
     Global,
 };
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, iface_flags, ip_proto, mark, node_counter, verdict,
-    AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
+    direction, drop_reason, endpoint_flags, iface_flags, iface_slot, ip_proto, mark, node_counter,
+    verdict, AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
 };
 use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
 use crate::{
     conntrack::Tracked,
-    maps::{ENDPOINTS, IFACES, SCRATCH},
+    maps::{ENDPOINTS, IFACES, IFACE_SLOTS, SCRATCH},
     observe::{count_node, count_pod, report_drop},
-    policy::{is_node_addr, judge, pod_state},
+    policy::{egress_allows, ingress_allows, is_node_addr, judge, pod_state},
 };
 
 /// Load-time configuration (`EbpfLoader::override_global`).
@@ -50,7 +51,7 @@ pub fn npenforce_source_filter(ctx: TcContext) -> i32 {
     match parse(&ctx) {
         Ok(Parsed::NotIp) => verdict::PASS,
         Ok(Parsed::Ip(packet)) => {
-            let key = AddrKey { addr: packet.src };
+            let key = AddrKey { addr: packet.src.0 };
             if SOURCE_DENYLIST.get_ptr(&key).is_some() {
                 verdict::DROP
             } else {
@@ -69,7 +70,7 @@ pub fn npenforce_parse_only(ctx: TcContext) -> i32 {
     match parse(&ctx) {
         Ok(Parsed::NotIp) => verdict::PASS,
         Ok(Parsed::Ip(p)) => {
-            let mix = (p.src[15] ^ p.dst[15] ^ p.protocol ^ p.tcp_flags) as u32
+            let mix = (p.src.last_byte() ^ p.dst.last_byte() ^ p.protocol ^ p.tcp_flags) as u32
                 ^ p.src_port as u32
                 ^ p.dst_port as u32
                 ^ p.fragment_id
@@ -110,9 +111,17 @@ fn set_our_mark(ctx: &TcContext, ours: u32) {
     ctx.set_mark((skb_mark(ctx) & !mark::MASK) | ours);
 }
 
+/// The interface's entry: its slot in `IFACE_SLOTS` (an inlined array load), or the
+/// `IFACES` hash when the slot holds another interface.
 #[inline(always)]
 fn iface(ctx: &TcContext) -> Option<IfaceInfo> {
-    IFACES.get_ptr(&ifindex(ctx)).map(|p| {
+    let ifindex = ifindex(ctx);
+    if let Some(slot) = IFACE_SLOTS.get(iface_slot::index(ifindex)) {
+        if let Some(info) = iface_slot::unpack(*slot, ifindex) {
+            return Some(info);
+        }
+    }
+    IFACES.get_ptr(&ifindex).map(|p| {
         // SAFETY: pointer from a successful lookup.
         unsafe { *p }
     })
@@ -132,9 +141,8 @@ fn is_neighbour_discovery(packet: &Packet) -> bool {
     {
         return true;
     }
-    let link_local = packet.src[0] == 0xfe && packet.src[1] & 0xc0 == 0x80;
-    let unspecified = packet.src == [0u8; 16];
-    link_local || unspecified
+    let link_local = packet.src.first_byte() == 0xfe && packet.src.second_byte() & 0xc0 == 0x80;
+    link_local || packet.src.is_unspecified()
 }
 
 /// The common start of both pod programs: the interface's entry, the parsed packet, and the
@@ -197,7 +205,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     let pod_id = iface.pod_id;
     // Anti-spoofing: the source must be one of this pod's own addresses.
     let owner = ENDPOINTS
-        .get_ptr(&AddrKey { addr: packet.src })
+        .get_ptr(&AddrKey { addr: packet.src.0 })
         // SAFETY: pointer from a successful lookup.
         .map(|e| unsafe { (*e).pod_id });
     if owner != Some(pod_id) {
@@ -213,7 +221,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     }
     let pod_mark = mark::CLASSIFIED | (pod_id << mark::POD_SHIFT);
     if packet.fragment != Fragment::Later {
-        let now = conntrack::now_ns();
+        let now = conntrack::now();
         match conntrack::lookup(packet, &cfg, now) {
             Tracked::Allowed => {
                 set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
@@ -255,7 +263,7 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
     };
     let pod_id = iface.pod_id;
     let m = skb_mark(&ctx);
-    match exit_verdict(&ctx, packet, &cfg, m, pod_id) {
+    match exit_verdict(packet, &cfg, m, pod_id) {
         Ok(()) => {
             count_pod(pod_id, direction::INGRESS, true, ctx.len());
             verdict::PASS
@@ -283,7 +291,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
     if let Ok(true) = parse_into(&ctx, packet) {
         let packet: &Packet = packet;
         if packet.fragment != Fragment::Later {
-            let now = conntrack::now_ns();
+            let now = conntrack::now();
             let known = match conntrack::lookup(packet, &cfg, now) {
                 Tracked::Allowed => true,
                 Tracked::Denied(_) | Tracked::Unknown => match &packet.related {
@@ -318,7 +326,7 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     }
     let packet: &Packet = packet;
     let sender = m >> mark::POD_SHIFT;
-    match exit_verdict(&ctx, packet, &cfg, m, 0) {
+    match exit_verdict(packet, &cfg, m, 0) {
         Ok(()) => {
             count_pod(sender, direction::EGRESS, true, ctx.len());
             verdict::PASS
@@ -343,7 +351,7 @@ fn sender_pod(m: u32, packet: &Packet) -> u32 {
     }
     // Not classified on entry (a pod veth we are not attached to yet): trust the address map.
     ENDPOINTS
-        .get_ptr(&AddrKey { addr: packet.src })
+        .get_ptr(&AddrKey { addr: packet.src.0 })
         // SAFETY: pointer from a successful lookup.
         .map(|e| unsafe { (*e).pod_id })
         .unwrap_or(0)
@@ -352,34 +360,19 @@ fn sender_pod(m: u32, packet: &Packet) -> u32 {
 /// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
 /// toward the network): tracked flows pass, new flows are judged and tracked.
 #[inline(always)]
-fn exit_verdict(
-    ctx: &TcContext,
-    packet: &Packet,
-    cfg: &DataplaneConfig,
-    m: u32,
-    receiver: u32,
-) -> Result<(), u8> {
-    let now = conntrack::now_ns();
+fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -> Result<(), u8> {
+    let now = conntrack::now();
     if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
         // Judged where it entered; a first fragment still has to be remembered here, where
         // its later fragments are judged.
         return finish(packet, now, Ok(()));
     }
-    if packet.fragment != Fragment::Later {
-        match conntrack::lookup(packet, cfg, now) {
-            Tracked::Allowed => return finish(packet, now, Ok(())),
-            Tracked::Denied(reason) => return Err(reason),
-            Tracked::Unknown => {}
-        }
-    }
-    // Only packets that are not part of a tracked flow need the sending pod (an address
-    // lookup when the packet was not classified on entry).
-    let sender = sender_pod(m, packet);
     if packet.fragment == Fragment::Later {
-        if conntrack::fragment_known(packet, now) {
+        if conntrack::fragment_known(packet, now, cfg) {
             return Ok(());
         }
-        let isolated = pod_state(sender).flags & endpoint_flags::EGRESS_ISOLATED != 0
+        let isolated = pod_state(sender_pod(m, packet)).flags & endpoint_flags::EGRESS_ISOLATED
+            != 0
             || pod_state(receiver).flags & endpoint_flags::INGRESS_ISOLATED != 0;
         return if isolated {
             Err(drop_reason::UNKNOWN_FRAGMENT)
@@ -387,46 +380,49 @@ fn exit_verdict(
             Ok(())
         };
     }
+    match conntrack::lookup(packet, cfg, now) {
+        Tracked::Allowed => return finish(packet, now, Ok(())),
+        Tracked::Denied(reason) => return Err(reason),
+        Tracked::Unknown => {}
+    }
     if let Some(flow) = &packet.related {
         if conntrack::related_is_tracked(flow, packet) {
             return Ok(());
         }
     }
-    // The sending pod's own egress check when it was classified on entry but is not
-    // isolated: still track the flow (its replies may enter an isolated pod).
-    let ingress_pod = receiver;
-    let sender_any = if m & mark::CLASSIFIED != 0 {
+    // A new flow. The receiver's ingress policy first: it needs no lookup of the sender,
+    // which only a packet the receiver admits pays for.
+    let ingress = ingress_allows(&packet.src, packet.protocol, packet.dst_port, receiver);
+    // The tracked flow records the sending pod whenever it was classified on entry, even
+    // when it is not egress-isolated now (its egress check passes then), so that an egress
+    // policy it gets later applies when the flow is judged again.
+    let sender = if m & mark::CLASSIFIED != 0 {
         m >> mark::POD_SHIFT
     } else {
-        sender
+        // Not classified on entry (a pod veth we are not attached to yet): the address map.
+        sender_pod(m, packet)
     };
-    // The entry records the sending pod even when it is not egress-isolated now, so that an
-    // egress policy it gets later applies when the flow is judged again (side_allows passes
-    // pods that are not isolated).
-    let egress_pod = sender_any;
-    let forward = judge(
-        &packet.src,
-        &packet.dst,
-        packet.protocol,
-        packet.dst_port,
-        egress_pod,
-        ingress_pod,
-    );
+    let forward = match ingress {
+        Ok(()) => egress_allows(&packet.dst, packet.protocol, packet.dst_port, sender),
+        Err(reason) => Err(reason),
+    };
     if forward.is_ok() {
-        if !conntrack::create(
+        let created = conntrack::create(
             &packet.src,
             &packet.dst,
             packet.protocol,
             packet.src_port,
             packet.dst_port,
-            egress_pod,
-            ingress_pod,
+            sender,
+            receiver,
             now,
-        ) {
-            count_node(node_counter::CT_CREATE_FAILED);
+            packet.is_ipv6,
+        );
+        count_node(if created {
+            node_counter::CT_CREATED
         } else {
-            count_node(node_counter::CT_CREATED);
-        }
+            node_counter::CT_CREATE_FAILED
+        });
         return finish(packet, now, Ok(()));
     }
     // A TCP segment of a connection opened before we were attached (agent start on a busy
@@ -434,9 +430,8 @@ fn exit_verdict(
     // opened in, the other way round. Only TCP (a non-SYN segment cannot open anything), and
     // only in the adoption window after the agent first attached: later, every flow was seen
     // from its first packet, and a segment of an untracked flow is one that was cut.
-    if conntrack::is_tcp_mid_flow(packet) && now < conntrack::adoption_deadline() {
-        let reverse_egress = receiver;
-        let reverse_ingress = sender_any;
+    if conntrack::is_tcp_mid_flow(packet) && conntrack::in_adoption_window() {
+        let (reverse_egress, reverse_ingress) = (receiver, sender);
         if judge(
             &packet.dst,
             &packet.src,
@@ -457,11 +452,11 @@ fn exit_verdict(
                 reverse_egress,
                 reverse_ingress,
                 now,
+                packet.is_ipv6,
             );
             return finish(packet, now, Ok(()));
         }
     }
-    let _ = ctx;
     forward
 }
 

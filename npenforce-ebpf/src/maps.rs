@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    AddrKey, CtEntry, CtKey, DropEvent, EndpointInfo, EventBudget, FragEntry, FragKey, IfaceInfo,
-    PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
+    iface_slot, AddrKey, CtEntry, CtKey, CtKeyV4, DropEvent, EndpointInfo, EventBudget, FragEntry,
+    FragKey, IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
@@ -22,6 +22,11 @@ pub static ENDPOINTS: HashMap<AddrKey, EndpointInfo> =
 pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
     LpmTrie::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
+/// The `/128` entries of `POLICY_PEERS` (pod IPs and other single addresses).
+#[map(name = "POLICY_PEER_HOSTS")]
+pub static POLICY_PEER_HOSTS: HashMap<PeerKey, PeerValue> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
 #[map(name = "POLICY_PORTS")]
 pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
     LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
@@ -33,11 +38,21 @@ pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);
 #[map(name = "IFACES")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
+/// Direct-mapped cache of `IFACES` (see `npenforce_common::iface_slot`). Per-CPU because the
+/// kernel writes per-CPU values from userspace word by word (`bpf_long_memcpy`), so a
+/// program's single 8-byte load never sees half of an update; a plain array is written with
+/// `memcpy`, which promises no such thing.
+#[map(name = "IFACE_SLOTS")]
+pub static IFACE_SLOTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(iface_slot::COUNT, 0);
+
 #[map(name = "NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-#[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+#[map(name = "CONNTRACK_V4")]
+pub static CONNTRACK_V4: LruHashMap<CtKeyV4, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+
+#[map(name = "CONNTRACK_V6")]
+pub static CONNTRACK_V6: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
 
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(8192, 0);

@@ -3,8 +3,10 @@
 use aya_ebpf::programs::TcContext;
 use npenforce_common::{node_counter, DataplaneConfig, DropEvent};
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+
 use crate::{
-    conntrack::now_ns,
+    conntrack::{now, ticks},
     maps::{DROP_EVENTS, DROP_EVENT_BUDGET, NODE_COUNTERS, POD_COUNTERS},
     parse::Packet,
 };
@@ -54,9 +56,9 @@ pub fn report_drop(
     };
     // SAFETY: per-CPU slot, only this CPU writes it.
     let budget = unsafe { &mut *budget };
-    let now = now_ns();
-    if now.saturating_sub(budget.window_start_ns) >= 1_000_000_000 {
-        budget.window_start_ns = now;
+    let now = now();
+    if now.saturating_sub(budget.window_start) >= ticks(1, cfg) {
+        budget.window_start = now;
         budget.sent = 0;
     }
     if budget.sent >= cfg.drop_events_per_second {
@@ -65,7 +67,9 @@ pub fn report_drop(
     }
     budget.sent += 1;
     let mut event = DropEvent {
-        timestamp_ns: now,
+        // SAFETY: helper without preconditions. Events are rate-limited, so the clock call
+        // is off the per-packet path.
+        timestamp_ns: unsafe { bpf_ktime_get_coarse_ns() },
         src: [0; 16],
         dst: [0; 16],
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
@@ -78,8 +82,8 @@ pub fn report_drop(
         _pad: 0,
     };
     if let Some(p) = packet {
-        event.src = p.src;
-        event.dst = p.dst;
+        event.src = p.src.0;
+        event.dst = p.dst.0;
         event.src_port = p.src_port;
         event.dst_port = p.dst_port;
         event.protocol = p.protocol;

@@ -8,6 +8,8 @@
 use aya_ebpf::programs::TcContext;
 use npenforce_common::{ip_proto, v4_mapped, Addr};
 
+use crate::addr::WordAddr;
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -54,11 +56,13 @@ pub enum Fragment {
     Later,
 }
 
-/// The fields of an IP packet that policy decisions use.
+/// The fields of an IP packet that policy decisions use. The addresses come first, on 8-byte
+/// boundaries (see [`WordAddr`]).
+#[repr(C, align(8))]
 pub struct Packet {
+    pub src: WordAddr,
+    pub dst: WordAddr,
     pub is_ipv6: bool,
-    pub src: Addr,
-    pub dst: Addr,
     /// L4 protocol after IPv6 extension headers.
     pub protocol: u8,
     /// Host byte order. ICMP echo requests carry their identifier as `src_port` and echo
@@ -78,10 +82,11 @@ pub struct Packet {
 }
 
 /// The addresses, ports and protocol of a flow embedded in an ICMP error.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Flow {
-    pub src: Addr,
-    pub dst: Addr,
+    pub src: WordAddr,
+    pub dst: WordAddr,
     pub protocol: u8,
     pub src_port: u16,
     pub dst_port: u16,
@@ -89,9 +94,9 @@ pub struct Flow {
 
 impl Packet {
     pub const EMPTY: Packet = Packet {
+        src: WordAddr::ZERO,
+        dst: WordAddr::ZERO,
         is_ipv6: false,
-        src: [0; 16],
-        dst: [0; 16],
         protocol: 0,
         src_port: 0,
         dst_port: 0,
@@ -283,8 +288,8 @@ fn parse_ipv6(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     }
 
     packet.is_ipv6 = true;
-    packet.src = src;
-    packet.dst = dst;
+    packet.src = WordAddr(src);
+    packet.dst = WordAddr(dst);
     packet.protocol = next;
     packet.src_port = 0;
     packet.dst_port = 0;
@@ -353,18 +358,18 @@ fn parse_l4(cur: &Cursor, offset: usize, packet: &mut Packet) -> Result<(), Pars
 }
 
 /// Writes the IPv4-mapped form of `raw` (the address's 4 bytes as loaded from the packet)
-/// with three word stores. `v4_mapped`'s array literal would compile to a byte-loop `memset`
-/// call here, on every IPv4 packet; building the words by shifting loaded values instead
-/// makes LLVM shift the packet pointer, which the verifier rejects.
+/// with three aligned word stores. `v4_mapped`'s array literal would compile to a byte-loop
+/// `memset` call here, on every IPv4 packet; building the words by shifting loaded values
+/// instead makes LLVM shift the packet pointer, which the verifier rejects.
 #[inline(always)]
-fn write_v4_mapped(dst: &mut Addr, raw: u32) {
-    let p = dst.as_mut_ptr();
-    // SAFETY: dst is 16 writable bytes; unaligned stores of 8, 4 and 4 bytes at offsets 0,
-    // 8 and 12 stay inside it.
+fn write_v4_mapped(dst: &mut WordAddr, raw: u32) {
+    let p = dst as *mut WordAddr as *mut u8;
+    // SAFETY: dst is 16 writable bytes aligned to 8; stores of 8, 4 and 4 bytes at offsets
+    // 0, 8 and 12 stay inside it and are aligned to their size.
     unsafe {
-        (p as *mut u64).write_unaligned(0);
-        (p.add(8) as *mut u32).write_unaligned(u32::from_ne_bytes([0, 0, 0xff, 0xff]));
-        (p.add(12) as *mut u32).write_unaligned(raw);
+        (p as *mut u64).write(0);
+        (p.add(8) as *mut u32).write(u32::from_ne_bytes([0, 0, 0xff, 0xff]));
+        (p.add(12) as *mut u32).write(raw);
     }
 }
 
@@ -382,8 +387,8 @@ fn parse_embedded_v4(cur: &Cursor, offset: usize) -> Option<Flow> {
     }
     let ihl = (hdr[0] & 0x0f) as usize;
     let mut flow = Flow {
-        src: v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]),
-        dst: v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        src: WordAddr(v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]])),
+        dst: WordAddr(v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]])),
         protocol: hdr[9],
         src_port: 0,
         dst_port: 0,
@@ -403,8 +408,8 @@ fn parse_embedded_v6(cur: &Cursor, offset: usize) -> Option<Flow> {
     let src: Addr = cur.read(offset + 8).ok()?;
     let dst: Addr = cur.read(offset + 24).ok()?;
     let mut flow = Flow {
-        src,
-        dst,
+        src: WordAddr(src),
+        dst: WordAddr(dst),
         protocol: next,
         src_port: 0,
         dst_port: 0,

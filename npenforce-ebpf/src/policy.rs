@@ -2,10 +2,13 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, Addr, AddrKey, PeerKey, PodState, PortKey, RULESET_NONE,
+    direction, drop_reason, endpoint_flags, AddrKey, PeerKey, PodState, PortKey, RULESET_NONE,
 };
 
-use crate::maps::{NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PORTS};
+use crate::{
+    addr::WordAddr,
+    maps::{NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS},
+};
 
 /// The pod's flags (isolation and presence); empty for id 0 or an unknown id.
 #[inline(always)]
@@ -20,8 +23,8 @@ pub fn pod_state(pod_id: u32) -> PodState {
 }
 
 #[inline(always)]
-pub fn is_node_addr(addr: &Addr) -> bool {
-    NODE_ADDRS.get_ptr(&AddrKey { addr: *addr }).is_some()
+pub fn is_node_addr(addr: &WordAddr) -> bool {
+    NODE_ADDRS.get_ptr(&AddrKey { addr: addr.0 }).is_some()
 }
 
 #[inline(always)]
@@ -33,39 +36,42 @@ fn isolation_flag(dir: u8) -> u32 {
     }
 }
 
-/// One pod's verdict for one direction: not isolated, or a rule allows `peer` on
-/// `protocol`/`port` (one longest-prefix lookup for the peer's rule set, one for the port).
+/// The rule set of `peer` in the pod's table for `dir`: the single-address entries first
+/// (a hash lookup; such an entry is always the longest match), then the shorter prefixes.
 #[inline(always)]
-pub fn side_allows(pod_id: u32, dir: u8, peer: &Addr, protocol: u8, port: u16) -> bool {
+fn peer_ruleset(pod_id: u32, dir: u8, peer: &WordAddr) -> Option<u32> {
+    let key = PeerKey::from_words(pod_id, dir, peer.words());
+    if let Some(value) = POLICY_PEER_HOSTS.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup.
+        return Some(unsafe { (*value).ruleset });
+    }
+    let key = Key::new(PeerKey::FIXED_PREFIX_BITS + 128, key);
+    POLICY_PEERS.get(&key).map(|value| value.ruleset)
+}
+
+/// One pod's verdict for one direction: not isolated, or a rule allows `peer` on
+/// `protocol`/`port` (a peer lookup for the rule set, one longest-prefix lookup for the port).
+#[inline(always)]
+pub fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u16) -> bool {
     if pod_id == 0 || pod_state(pod_id).flags & isolation_flag(dir) == 0 {
         return true;
     }
-    let peer_key = Key::new(
-        PeerKey::FIXED_PREFIX_BITS + 128,
-        PeerKey::new(pod_id, dir, *peer),
-    );
-    let ruleset = match POLICY_PEERS.get(&peer_key) {
-        Some(value) => value.ruleset,
-        None => return false,
+    let ruleset = match peer_ruleset(pod_id, dir, peer) {
+        Some(ruleset) if ruleset != RULESET_NONE => ruleset,
+        _ => return false,
     };
-    if ruleset == RULESET_NONE {
-        return false;
-    }
     let port_key = Key::new(PortKey::FULL_BITS, PortKey::new(ruleset, protocol, port));
     POLICY_PORTS.get(&port_key).is_some()
 }
 
-/// Judges a new flow from `src` to `dst`: the egress policy of `egress_pod` (the sender, if it
-/// is one of this node's pods) and the ingress policy of `ingress_pod` (the receiver, likewise).
-/// Traffic from and to this node's own addresses is always allowed.
+/// The egress policy of `egress_pod` (the sender, if it is one of this node's pods) for a
+/// new flow to `dst`. Traffic to this node's own addresses is always allowed.
 #[inline(always)]
-pub fn judge(
-    src: &Addr,
-    dst: &Addr,
+pub fn egress_allows(
+    dst: &WordAddr,
     protocol: u8,
     dst_port: u16,
     egress_pod: u32,
-    ingress_pod: u32,
 ) -> Result<(), u8> {
     if egress_pod != 0
         && !side_allows(egress_pod, direction::EGRESS, dst, protocol, dst_port)
@@ -73,6 +79,18 @@ pub fn judge(
     {
         return Err(drop_reason::EGRESS_DENIED);
     }
+    Ok(())
+}
+
+/// The ingress policy of `ingress_pod` (the receiver, if it is one of this node's pods) for
+/// a new flow from `src`. Traffic from this node's own addresses is always allowed.
+#[inline(always)]
+pub fn ingress_allows(
+    src: &WordAddr,
+    protocol: u8,
+    dst_port: u16,
+    ingress_pod: u32,
+) -> Result<(), u8> {
     if ingress_pod != 0
         && !side_allows(ingress_pod, direction::INGRESS, src, protocol, dst_port)
         && !is_node_addr(src)
@@ -80,4 +98,18 @@ pub fn judge(
         return Err(drop_reason::INGRESS_DENIED);
     }
     Ok(())
+}
+
+/// Judges a flow from `src` to `dst`: both sides' policies.
+#[inline(always)]
+pub fn judge(
+    src: &WordAddr,
+    dst: &WordAddr,
+    protocol: u8,
+    dst_port: u16,
+    egress_pod: u32,
+    ingress_pod: u32,
+) -> Result<(), u8> {
+    egress_allows(dst, protocol, dst_port, egress_pod)?;
+    ingress_allows(src, protocol, dst_port, ingress_pod)
 }

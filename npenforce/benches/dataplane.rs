@@ -6,8 +6,9 @@
 //! Run as root, after building the eBPF object:
 //! `cargo xtask build-ebpf && cargo bench -p npenforce --bench dataplane`.
 //! Environment: `NPENFORCE_BENCH_ONLY=dataplane|memory` runs one part,
-//! `NPENFORCE_BENCH_SCALES=10,10000` picks the fill sizes, `NPENFORCE_BENCH_QUICK=1` runs fewer
-//! rounds and shorter loops (a smoke run, not numbers to publish).
+//! `NPENFORCE_BENCH_SCALES=10,10000` picks the fill sizes, `NPENFORCE_BENCH_CASES=established,denied`
+//! the cases (words of their labels), `NPENFORCE_BENCH_QUICK=1` runs fewer rounds and shorter
+//! loops (a smoke run, not numbers to publish).
 //!
 //! # Method (see BENCHMARKS.md for the numbers)
 //! - Every figure is the difference to `npenforce_parse_only` (parses Ethernet, IP and L4 and
@@ -56,7 +57,7 @@ use npenforce::{
 };
 use npenforce_common::{
     ct_state, direction, ip_proto, map_names, program_names, v4_mapped, verdict, AddrKey, CtEntry,
-    CtKey, EndpointInfo, IfaceInfo, PeerKey,
+    CtKeyV4, EndpointInfo, IfaceInfo, PeerKey,
 };
 
 const NODE: &str = "bench-node";
@@ -312,7 +313,7 @@ fn pod(namespace: &str, name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod 
 /// The pod under test and its fixtures, loaded with `fill` unrelated entries in each map.
 struct Node {
     enforcer: KernelEnforcer,
-    conntrack: BpfHashMap<MapData, CtKey, CtEntry>,
+    conntrack: BpfHashMap<MapData, CtKeyV4, CtEntry>,
     lo: u32,
     web: u32,
     open: u32,
@@ -434,19 +435,18 @@ impl Node {
     }
 
     fn fill_conntrack(&mut self, fill: u32) {
-        let now = monotonic_ns();
         for i in 0..fill {
             let h = i.wrapping_mul(2_654_435_761);
-            let key = CtKey {
-                a: v4_mapped((0x0a80_0000 | (h & 0x003f_ffff)).to_be_bytes()),
-                b: v4_mapped((0x0ac0_0000 | (i & 0x003f_ffff)).to_be_bytes()),
-                a_port: 30000 + (i % 20000) as u16,
-                b_port: 443,
-                protocol: ip_proto::TCP,
-                _pad: [0; 3],
-            };
+            let (key, _) = CtKeyV4::for_flow(
+                (0x0a80_0000 | (h & 0x003f_ffff)).to_be_bytes(),
+                30000 + (i % 20000) as u16,
+                (0x0ac0_0000 | (i & 0x003f_ffff)).to_be_bytes(),
+                443,
+                ip_proto::TCP,
+            );
             let entry = CtEntry {
-                last_seen_ns: now,
+                // Never looked up by a measured packet; only the table's size matters.
+                last_seen: 0,
                 generation: 0,
                 egress_pod: 0,
                 ingress_pod: 1000 + i % FILL_PODS,
@@ -478,51 +478,38 @@ impl Node {
     }
 
     /// Deletes a conntrack entry; true if it was there.
-    fn forget(&mut self, key: &CtKey) -> bool {
+    fn forget(&mut self, key: &CtKeyV4) -> bool {
         self.conntrack.remove(key).is_ok()
     }
 }
 
-/// The CONNTRACK map of the enforcer this process loaded, through a second file descriptor
-/// (the enforcer keeps its own handle private).
-fn conntrack_map() -> BpfHashMap<MapData, CtKey, CtEntry> {
+/// The CONNTRACK_V4 map of the enforcer this process loaded (the measured packets are IPv4),
+/// through a second file descriptor (the enforcer keeps its own handle private).
+fn conntrack_map() -> BpfHashMap<MapData, CtKeyV4, CtEntry> {
     let maps = own_maps();
-    let found: Vec<&OwnMap> = maps
-        .values()
-        .filter(|m| m.name == map_names::CONNTRACK)
-        .collect();
-    assert_eq!(found.len(), 1, "exactly one CONNTRACK map in this process");
-    let data = MapData::from_id(found[0].id).expect("opening CONNTRACK by id");
-    let map = Map::from_map_data(data).expect("CONNTRACK map");
-    BpfHashMap::try_from(map).expect("CONNTRACK is an LRU hash")
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // The kernel keeps the first 15 characters of a map name.
+    let name = &map_names::CONNTRACK_V4[..map_names::CONNTRACK_V4.len().min(15)];
+    let found: Vec<&OwnMap> = maps.values().filter(|m| m.name == name).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one CONNTRACK_V4 map in this process"
+    );
+    let data = MapData::from_id(found[0].id).expect("opening CONNTRACK_V4 by id");
+    let map = Map::from_map_data(data).expect("CONNTRACK_V4 map");
+    BpfHashMap::try_from(map).expect("CONNTRACK_V4 is an LRU hash")
 }
 
 /// The canonical conntrack key of a TCP flow (as `conntrack::key_of` builds it).
-fn ct_key(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> CtKey {
-    let (a, b) = (v4_mapped(src.octets()), v4_mapped(dst.octets()));
-    let (a, a_port, b, b_port) = if (a, src_port) <= (b, dst_port) {
-        (a, src_port, b, dst_port)
-    } else {
-        (b, dst_port, a, src_port)
-    };
-    CtKey {
-        a,
-        b,
-        a_port,
-        b_port,
-        protocol: ip_proto::TCP,
-        _pad: [0; 3],
-    }
+fn ct_key(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> CtKeyV4 {
+    CtKeyV4::for_flow(
+        src.octets(),
+        src_port,
+        dst.octets(),
+        dst_port,
+        ip_proto::TCP,
+    )
+    .0
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -638,7 +625,7 @@ fn measure_single(
     node: &mut Node,
     packet: &[u8],
     expect: i32,
-    ct: &CtKey,
+    ct: &CtKeyV4,
     effort: Effort,
 ) -> (Figure, usize) {
     let mut rounds = Vec::new();
@@ -668,6 +655,19 @@ fn measure_single(
     }
     created += usize::from(node.forget(ct));
     (median_of(&rounds), created)
+}
+
+/// Whether `NPENFORCE_BENCH_CASES` (comma-separated words) names a word of the case's label;
+/// every case when it is unset.
+fn case_selected(case: Case) -> bool {
+    match std::env::var("NPENFORCE_BENCH_CASES") {
+        Ok(wanted) => wanted
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .any(|w| case.label().split(' ').any(|word| word == w)),
+        Err(_) => true,
+    }
 }
 
 /// (case, method) -> figure, for one fill.
@@ -709,6 +709,9 @@ fn dataplane(effort: Effort) {
         );
         let mut results = Results::new();
         for (index, case) in Case::ALL.into_iter().enumerate() {
+            if !case_selected(case) {
+                continue;
+            }
             let (src, sport, dst, flags, expect) = case.packet();
             let packet = Craft::new(
                 IpAddr::V4(src),
@@ -802,7 +805,17 @@ fn decompose(node: &mut Node, effort: Effort) {
     let parse = time(node, program_names::PARSE_ONLY);
     // Parse plus one miss in a 16-byte-key hash map (SOURCE_DENYLIST, empty).
     let source_filter = time(node, program_names::SOURCE_FILTER);
-    // One miss in IFACES (u32 key), then PASS: the interface is not ours.
+    // Parse plus one hit: the packet's source in SOURCE_DENYLIST (the program then drops).
+    node.enforcer
+        .dataplane()
+        .deny_source(IpAddr::V4(CLIENT), 1)
+        .expect("SOURCE_DENYLIST");
+    let source_hit = time(node, program_names::SOURCE_FILTER);
+    node.enforcer
+        .dataplane()
+        .allow_source(IpAddr::V4(CLIENT))
+        .expect("SOURCE_DENYLIST");
+    // The IFACES entry missing from its slot and from the hash, then PASS: not ours.
     let lo = node.lo;
     node.enforcer
         .maps()
@@ -823,7 +836,11 @@ fn decompose(node: &mut Node, effort: Effort) {
         source_filter - parse
     );
     println!(
-        "     npe_to_pod, IFACES miss (u32 key), nothing parsed    {iface_miss:>7.1}  (+{:.1} over the empty program)",
+        "     parse + one hash hit, 16-byte key (source filter)    {source_hit:>7.1}  (+{:.1} over the floor)",
+        source_hit - parse
+    );
+    println!(
+        "     npe_to_pod, interface unknown (slot, hash), no parse {iface_miss:>7.1}  (+{:.1} over the empty program)",
         iface_miss - empty
     );
     println!(

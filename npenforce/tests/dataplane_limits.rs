@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use aya::maps::{lpm_trie::LpmTrie, Map, MapData, MapInfo};
+use aya::maps::{HashMap, Map, MapData, MapInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use npenforce::{
     dataplane::{loader::if_index, DataplaneOptions, KernelEnforcer, MapSizes},
@@ -107,7 +107,9 @@ fn programs_load_with_the_largest_map_sizes() {
         (map_names::POLICY_PORTS, sizes.policy_ports),
         (map_names::POD_STATE, sizes.pods),
         (map_names::POD_COUNTERS, sizes.pods * 2),
-        (map_names::CONNTRACK, sizes.conntrack),
+        (map_names::CONNTRACK_V4, sizes.conntrack),
+        (map_names::CONNTRACK_V6, sizes.conntrack),
+        (map_names::POLICY_PEER_HOSTS, sizes.policy_peers),
         (map_names::FRAGMENTS, sizes.fragments),
         (map_names::IFACES, sizes.interfaces),
     ];
@@ -219,20 +221,22 @@ fn a_full_peer_map_never_opens_a_door() {
     assert!(stats.failed > 0, "the full map is reported: {stats:?}");
     assert!(enforcer.maps().failed_total() > 0, "and counted");
 
-    // What the kernel actually holds.
-    let peer_map_id = own_map_sizes()[map_names::POLICY_PEERS]
+    // What the kernel actually holds: pod addresses are single-address entries, which live
+    // in POLICY_PEER_HOSTS (the kernel keeps 15 characters of a map's name).
+    let short_name = &map_names::POLICY_PEER_HOSTS[..15];
+    let peer_map_id = own_map_sizes()[short_name]
         .iter()
         .find(|(_, max)| *max == u64::from(PEER_SLOTS))
-        .expect("this test's POLICY_PEERS")
+        .expect("this test's POLICY_PEER_HOSTS")
         .0;
-    let peers: LpmTrie<MapData, PeerKey, PeerValue> = LpmTrie::try_from(
-        Map::from_map_data(MapData::from_id(peer_map_id).expect("POLICY_PEERS by id"))
+    let peers: HashMap<MapData, PeerKey, PeerValue> = HashMap::try_from(
+        Map::from_map_data(MapData::from_id(peer_map_id).expect("POLICY_PEER_HOSTS by id"))
             .expect("a map"),
     )
-    .expect("an LPM trie");
+    .expect("a hash map");
     let written: BTreeSet<PeerKey> = peers
         .keys()
-        .map(|k| k.expect("reading POLICY_PEERS").data())
+        .map(|k| k.expect("reading POLICY_PEER_HOSTS"))
         .collect();
     assert_eq!(written.len(), PEER_SLOTS as usize, "the map is full");
 

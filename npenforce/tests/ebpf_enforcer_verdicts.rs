@@ -301,3 +301,135 @@ fn unknown_interfaces_are_not_ours_and_pending_ones_drop() {
         "pending: even allowed peers wait for the pod to be known"
     );
 }
+
+/// `IFACE_SLOTS` is a direct-mapped cache of `IFACES`: interfaces whose indexes collide in it
+/// (here 1 and 1 + COUNT) must each get their own entry, whichever of them holds the slot.
+#[test]
+fn interfaces_colliding_in_the_slot_cache_keep_their_own_entries() {
+    if !kernel_tests_enabled("interfaces_colliding_in_the_slot_cache_keep_their_own_entries") {
+        return;
+    }
+    let mut b = Bench::new();
+    let web = b
+        .compiler
+        .pod(&PodKey::new("default", "web"))
+        .expect("web")
+        .pod_id;
+    let pending = IfaceInfo {
+        pod_id: 0,
+        flags: npenforce_common::iface_flags::PENDING,
+    };
+    let web_iface = IfaceInfo {
+        pod_id: web,
+        flags: 0,
+    };
+    let other = 1 + npenforce_common::iface_slot::COUNT;
+    let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(3, 80)).build();
+    let from_monitor = Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(4, 80)).build();
+
+    // The other interface (pending) takes the slot first; lo (web) lives in the hash only.
+    b.enforcer.maps().remove_interface(1).expect("remove lo");
+    b.enforcer
+        .maps()
+        .set_interface(other, pending)
+        .expect("other");
+    b.enforcer.maps().set_interface(1, web_iface).expect("lo");
+    assert_eq!(b.run_to_web(&from_client), "PASS", "lo is web (hash)");
+    assert_eq!(b.run_to_web(&from_monitor), "DROP", "web's policy applies");
+
+    // lo turns pending: its hash entry changes, the slot still holds the other interface.
+    b.enforcer
+        .maps()
+        .set_interface(1, pending)
+        .expect("lo pending");
+    let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(5, 80)).build();
+    assert_eq!(b.run_to_web(&from_client), "DROP", "lo is pending now");
+
+    // The other interface goes away; lo becomes web again and takes the free slot.
+    b.enforcer
+        .maps()
+        .remove_interface(other)
+        .expect("remove other");
+    b.enforcer
+        .maps()
+        .set_interface(1, web_iface)
+        .expect("lo web");
+    let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(6, 80)).build();
+    assert_eq!(b.run_to_web(&from_client), "PASS", "lo is web (slot)");
+    let kernel = b.enforcer.maps().interfaces().expect("IFACES");
+    assert_eq!(kernel.get(&1), Some(&web_iface));
+    assert!(!kernel.contains_key(&other));
+
+    // An interface whose slot owner disappeared without being removed (its entry deleted
+    // behind our back) may take the slot over.
+    b.enforcer.maps().remove_interface(1).expect("remove lo");
+    let from_monitor = Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(7, 80)).build();
+    assert_eq!(
+        b.run_to_web(&from_monitor),
+        "PASS",
+        "removed from slot and hash: not ours"
+    );
+}
+
+/// Conntrack keeps time in `jiffies`; timeouts are configured in seconds, so the loader's
+/// measured tick rate must be right: a reply passes within its flow's timeout and is judged
+/// as a new flow (and denied) once the timeout has passed.
+#[test]
+fn tracked_flows_expire_after_their_timeout() {
+    if !kernel_tests_enabled("tracked_flows_expire_after_their_timeout") {
+        return;
+    }
+    let rate = npenforce::dataplane::clock::jiffies_per_second().expect("tick rate");
+    assert!(
+        [100, 250, 300, 1000, 1024].contains(&rate),
+        "a kernel tick rate: {rate}"
+    );
+    let mut config = npenforce_common::DataplaneConfig::DEFAULT;
+    // SCTP flows use the "other protocols" timeout (and no TCP mid-flow adoption applies).
+    config.other_timeout_s = 2;
+    let options = DataplaneOptions {
+        config: Some(config),
+        ..DataplaneOptions::default()
+    };
+    let mut b = Bench::new();
+    b.enforcer = KernelEnforcer::new(&options).expect("loading with a 2 s timeout");
+    let web = b
+        .compiler
+        .pod(&PodKey::new("default", "web"))
+        .expect("web")
+        .pod_id;
+    b.enforcer
+        .reconcile(b.compiler.map_entries())
+        .expect("reconcile");
+    b.enforcer
+        .maps()
+        .set_interface(
+            1,
+            IfaceInfo {
+                pod_id: web,
+                flags: 0,
+            },
+        )
+        .expect("IFACES[1] = web");
+    // client -> web SCTP 9000 is allowed and opens the flow. The other direction passes only
+    // as part of that flow: web's ingress policy does not allow web's own address.
+    let request = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
+    let reply = Craft::new(
+        ip(WEB4),
+        ip(CLIENT4),
+        L4::Sctp {
+            src_port: 9000,
+            dst_port: 40000,
+        },
+    )
+    .build();
+    assert_eq!(b.run_to_web(&reply), "DROP", "no flow yet: denied");
+    assert_eq!(b.run_to_web(&request), "PASS", "allowed: opens the flow");
+    assert_eq!(b.run_to_web(&reply), "PASS", "part of the tracked flow");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert_eq!(
+        b.run_to_web(&reply),
+        "DROP",
+        "after the 2 s timeout it is a new flow again ({rate} ticks per second)"
+    );
+}

@@ -1022,7 +1022,7 @@ fn pinned_state_keeps_enforcing_across_an_agent_restart() {
         .expect("find");
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     assert!(
-        pin_dir.join("maps/CONNTRACK").exists() && pin_dir.join("progs").is_dir(),
+        pin_dir.join("maps/CONNTRACK_V4").exists() && pin_dir.join("progs").is_dir(),
         "maps and programs are pinned: {listing}"
     );
     let links = std::fs::read_dir(pin_dir.join("links"))

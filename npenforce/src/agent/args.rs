@@ -89,10 +89,12 @@ pub struct AgentArgs {
 /// (a missing entry denies); size them for the node's pods and the cluster's policies.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MapSizeArgs {
-    /// Tracked connections (LRU: the oldest are evicted and judged again when seen).
+    /// Tracked connections per address family (IPv4 and IPv6 each have a table; LRU: the
+    /// oldest are evicted and judged again when seen).
     #[arg(long, env = "NPENFORCE_MAP_SIZE_CONNTRACK", default_value_t = 1 << 18)]
     pub map_size_conntrack: u32,
-    /// Peer prefixes over all local pods and both directions.
+    /// Peer entries over all local pods and both directions (single addresses and shorter
+    /// prefixes are kept in two tables, each of this size).
     #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PEERS", default_value_t = 1 << 20)]
     pub map_size_policy_peers: u32,
     /// Port prefixes over all rule sets.

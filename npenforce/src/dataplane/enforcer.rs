@@ -309,17 +309,20 @@ impl KernelEnforcer {
     }
 }
 
-/// On a fresh start (no pinned state: the deadline is still 0), lets the programs adopt TCP
-/// connections that were open before they were attached, for the configured window. A
-/// restarted agent that adopted pinned maps has tracked every flow since the first start.
+/// When the conntrack tables start empty (a fresh start, or an upgrade or size change that
+/// re-created them), lets the programs adopt TCP connections that were open before, for the
+/// configured window. A restarted agent that adopted both tables has every flow tracked
+/// since they were created, and opens no window (an open one keeps running out).
 fn open_adoption_window(
     dataplane: &mut Dataplane,
     options: &DataplaneOptions,
 ) -> Result<(), DataplaneError> {
+    let tracked_since_creation =
+        dataplane.adopted(map_names::CONNTRACK_V4) && dataplane.adopted(map_names::CONNTRACK_V6);
     let name = map_names::ADOPTION_DEADLINE;
     let mut deadline: aya::maps::Array<&mut MapData, u64> =
         typed(aya::maps::Array::try_from(dataplane.map_mut(name)?), name)?;
-    if typed(deadline.get(&0, 0), name)? != 0 {
+    if tracked_since_creation && typed(deadline.get(&0, 0), name)? != 0 {
         return Ok(());
     }
     let window = options

@@ -2,6 +2,7 @@
 //! the links), and hands out its maps. Nothing else calls aya program APIs.
 
 use std::{
+    collections::BTreeSet,
     io,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -62,6 +63,10 @@ pub enum DataplaneError {
          denied until there is room): raise the sizes (--map-size-* flags)"
     )]
     WritesFailed { failed: usize },
+    #[error("measuring the kernel's tick rate (jiffies per second) failed: {0}")]
+    Clock(#[source] io::Error),
+    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    PossibleCpus(#[source] io::Error),
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -107,10 +112,12 @@ impl From<Hook> for TcAttachType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub endpoints: u32,
+    /// Peer entries: the `POLICY_PEERS` trie and the `POLICY_PEER_HOSTS` hash each.
     pub policy_peers: u32,
     pub policy_ports: u32,
     /// Largest local pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
     pub pods: u32,
+    /// Tracked flows per address family (`CONNTRACK_V4` and `CONNTRACK_V6` each).
     pub conntrack: u32,
     pub fragments: u32,
     pub interfaces: u32,
@@ -156,6 +163,8 @@ pub struct TestRunOutcome {
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
     bpffs: Option<PathBuf>,
+    /// Pinned maps whose earlier pins this load adopted (the rest were created empty).
+    adopted: BTreeSet<&'static str>,
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
@@ -178,20 +187,27 @@ impl Dataplane {
         if !object_embedded() {
             return Err(DataplaneError::ObjectNotBuilt);
         }
-        let config = options.config.unwrap_or(DataplaneConfig::DEFAULT);
+        let mut config = options.config.unwrap_or(DataplaneConfig::DEFAULT);
+        if config.jiffies_per_second == 0 {
+            config.jiffies_per_second =
+                super::clock::jiffies_per_second().map_err(DataplaneError::Clock)?;
+        }
         let sizes = options.map_sizes;
         let mut loader = EbpfLoader::new();
         loader
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(map_names::ENDPOINTS, sizes.endpoints)
             .map_max_entries(map_names::POLICY_PEERS, sizes.policy_peers)
+            .map_max_entries(map_names::POLICY_PEER_HOSTS, sizes.policy_peers)
             .map_max_entries(map_names::POLICY_PORTS, sizes.policy_ports)
             .map_max_entries(map_names::POD_STATE, sizes.pods)
             .map_max_entries(map_names::POD_COUNTERS, sizes.pods.saturating_mul(2))
-            .map_max_entries(map_names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(map_names::CONNTRACK_V4, sizes.conntrack)
+            .map_max_entries(map_names::CONNTRACK_V6, sizes.conntrack)
             .map_max_entries(map_names::FRAGMENTS, sizes.fragments)
             .map_max_entries(map_names::IFACES, sizes.interfaces);
         let map_dir = options.bpffs.as_ref().map(|d| d.join("maps"));
+        let mut adopted = BTreeSet::new();
         if let Some(dir) = &options.bpffs {
             super::pins::check_pin_dir(dir).map_err(pin_err(dir))?;
         }
@@ -199,14 +215,24 @@ impl Dataplane {
             std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
             drop_incompatible_pins(dir, &sizes);
             for name in map_names::PINNED {
-                loader.map_pin_path(name, dir.join(name));
+                let pin = dir.join(name);
+                if pin.exists() {
+                    adopted.insert(*name);
+                }
+                loader.map_pin_path(name, pin);
             }
         }
         let ebpf = loader.load(EBPF_OBJECT)?;
         Ok(Self {
             ebpf,
             bpffs: options.bpffs.clone(),
+            adopted,
         })
+    }
+
+    /// Whether map `name` was adopted from an earlier agent's pin rather than created empty.
+    pub fn adopted(&self, name: &str) -> bool {
+        self.adopted.contains(name)
     }
 
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, DataplaneError> {
@@ -470,8 +496,19 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
         ),
         map_names::POD_STATE => (4, s(size_of::<PodState>()), sizes.pods),
         map_names::IFACES => (4, s(size_of::<IfaceInfo>()), sizes.interfaces),
+        map_names::IFACE_SLOTS => (4, 8, iface_slot::COUNT),
+        map_names::POLICY_PEER_HOSTS => (
+            s(size_of::<PeerKey>()),
+            s(size_of::<PeerValue>()),
+            sizes.policy_peers,
+        ),
         map_names::NODE_ADDRS => (s(size_of::<AddrKey>()), 4, 1024),
-        map_names::CONNTRACK => (
+        map_names::CONNTRACK_V4 => (
+            s(size_of::<CtKeyV4>()),
+            s(size_of::<CtEntry>()),
+            sizes.conntrack,
+        ),
+        map_names::CONNTRACK_V6 => (
             s(size_of::<CtKey>()),
             s(size_of::<CtEntry>()),
             sizes.conntrack,
@@ -492,6 +529,19 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
 /// Their state is rebuilt (policy maps by the first reconcile; tracked flows are judged anew).
 /// The old programs keep running on the old maps until the new ones replace them.
 fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
+    // Pins of maps this build no longer has (renamed or split by an upgrade).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let known = name
+                .to_str()
+                .is_some_and(|name| map_names::PINNED.contains(&name));
+            if !known {
+                tracing::warn!(pin = %entry.path().display(), "removing the pin of a map this build does not have");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     for name in map_names::PINNED {
         let path = dir.join(name);
         if !path.exists() {

@@ -4,6 +4,7 @@
 //! program APIs. [`policy_maps::PolicyMaps`] writes the compiler's entries in a safe order.
 //! [`netlink`] asks the kernel which interface routes an address.
 
+pub mod clock;
 pub mod enforcer;
 pub mod links;
 pub mod loader;

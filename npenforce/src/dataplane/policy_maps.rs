@@ -20,16 +20,32 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError};
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray,
+    PerCpuValues,
+};
 use npenforce_common::{
-    endpoint_flags, map_names, pod_state_flags, AddrKey, EndpointInfo, IfaceInfo, PeerKey,
-    PeerValue, PodState, PortKey, PortValue,
+    endpoint_flags, iface_slot, map_names, pod_state_flags, AddrKey, EndpointInfo, IfaceInfo,
+    PeerKey, PeerValue, PodState, PortKey, PortValue,
 };
 
 use super::loader::{is_full, is_not_found, Dataplane, DataplaneError};
 use crate::policy::{MapDiff, MapEntries};
 
 const ISOLATION: u32 = endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED;
+
+/// Prefix length of a peer entry for a single address: such entries live in the
+/// `POLICY_PEER_HOSTS` hash, which the programs look up before the `POLICY_PEERS` trie (a
+/// full-length entry is always the longest match, so the order gives the same answer).
+const HOST_PREFIX_BITS: u32 = PeerKey::FIXED_PREFIX_BITS + 128;
+
+fn peer_map_name(prefix_len: u32) -> &'static str {
+    if prefix_len == HOST_PREFIX_BITS {
+        map_names::POLICY_PEER_HOSTS
+    } else {
+        map_names::POLICY_PEERS
+    }
+}
 
 /// What one apply did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,9 +60,15 @@ pub struct ApplyStats {
 pub struct PolicyMaps {
     endpoints: BpfHashMap<MapData, AddrKey, EndpointInfo>,
     peers: LpmTrie<MapData, PeerKey, PeerValue>,
+    peer_hosts: BpfHashMap<MapData, PeerKey, PeerValue>,
     ports: LpmTrie<MapData, PortKey, PortValue>,
     pod_state: Array<MapData, PodState>,
     ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
+    iface_slots: PerCpuArray<MapData, u64>,
+    /// Which ifindex each `IFACE_SLOTS` slot holds, as this process wrote or found it.
+    slot_owners: BTreeMap<u32, u32>,
+    /// Possible CPUs: how many values a per-CPU map write takes.
+    cpus: usize,
     node_addrs: BpfHashMap<MapData, AddrKey, u32>,
     generation: Array<MapData, u32>,
     mirror: MapEntries,
@@ -68,18 +90,24 @@ impl PolicyMaps {
     /// Takes the policy maps out of the loaded object. The mirror starts empty: call
     /// [`PolicyMaps::reconcile`] to adopt what pinned maps already hold.
     pub fn take_from(dp: &mut Dataplane) -> Result<Self, DataplaneError> {
-        Ok(Self {
+        let mut maps = Self {
             endpoints: typed_map!(dp, BpfHashMap, map_names::ENDPOINTS),
             peers: typed_map!(dp, LpmTrie, map_names::POLICY_PEERS),
+            peer_hosts: typed_map!(dp, BpfHashMap, map_names::POLICY_PEER_HOSTS),
             ports: typed_map!(dp, LpmTrie, map_names::POLICY_PORTS),
             pod_state: typed_map!(dp, Array, map_names::POD_STATE),
             ifaces: typed_map!(dp, BpfHashMap, map_names::IFACES),
+            iface_slots: typed_map!(dp, PerCpuArray, map_names::IFACE_SLOTS),
+            slot_owners: BTreeMap::new(),
+            cpus: aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::PossibleCpus(err))?,
             node_addrs: typed_map!(dp, BpfHashMap, map_names::NODE_ADDRS),
             generation: typed_map!(dp, Array, map_names::POLICY_GENERATION),
             mirror: MapEntries::default(),
             pod_flags: BTreeMap::new(),
             failed_total: 0,
-        })
+        };
+        maps.sync_iface_slots()?;
+        Ok(maps)
     }
 
     /// What this process believes the kernel holds.
@@ -130,6 +158,10 @@ impl PolicyMaps {
             let (k, v) = item.map_err(map_err(map_names::POLICY_PEERS))?;
             entries.peers.insert((k.prefix_len(), k.data()), v);
         }
+        for item in self.peer_hosts.iter() {
+            let (k, v) = item.map_err(map_err(map_names::POLICY_PEER_HOSTS))?;
+            entries.peers.insert((HOST_PREFIX_BITS, k), v);
+        }
         for item in self.ports.iter() {
             let (k, v) = item.map_err(map_err(map_names::POLICY_PORTS))?;
             entries.ports.insert((k.prefix_len(), k.data()), v);
@@ -145,8 +177,12 @@ impl PolicyMaps {
             self.note(&mut stats, r, map_names::POLICY_PORTS);
         }
         for ((len, key), value) in &diff.peers.upserts {
-            let r = self.peers.insert(&Key::new(*len, *key), *value, 0);
-            self.note(&mut stats, r, map_names::POLICY_PEERS);
+            let r = if *len == HOST_PREFIX_BITS {
+                self.peer_hosts.insert(key, value, 0)
+            } else {
+                self.peers.insert(&Key::new(*len, *key), *value, 0)
+            };
+            self.note(&mut stats, r, peer_map_name(*len));
         }
         for (key, value) in &diff.endpoints.upserts {
             let r = self.endpoints.insert(key, value, 0);
@@ -179,8 +215,12 @@ impl PolicyMaps {
             }
         }
         for (len, key) in &diff.peers.removals {
-            let r = self.peers.remove(&Key::new(*len, *key));
-            self.note_removal(&mut stats, r, map_names::POLICY_PEERS);
+            let r = if *len == HOST_PREFIX_BITS {
+                self.peer_hosts.remove(key)
+            } else {
+                self.peers.remove(&Key::new(*len, *key))
+            };
+            self.note_removal(&mut stats, r, peer_map_name(*len));
         }
         for (pod_id, flags) in tighten {
             self.write_pod_state(pod_id, flags, &mut stats);
@@ -247,19 +287,90 @@ impl PolicyMaps {
         Ok(next)
     }
 
-    /// Records which pod is behind interface `ifindex` (or that it is pending or an uplink).
+    /// Records which pod is behind interface `ifindex` (or that it is pending or an uplink):
+    /// the `IFACES` entry first, then its `IFACE_SLOTS` slot, so that a packet meanwhile sees
+    /// the old entry or the new one.
     pub fn set_interface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), DataplaneError> {
         self.ifaces
             .insert(ifindex, info, 0)
-            .map_err(map_err(map_names::IFACES))
+            .map_err(map_err(map_names::IFACES))?;
+        let slot = iface_slot::index(ifindex);
+        let claimable = match self.slot_owners.get(&slot) {
+            None => true,
+            Some(owner) if *owner == ifindex => true,
+            // Another interface's slot: take it over only if that interface is gone.
+            Some(owner) => self.ifaces.get(owner, 0).is_err(),
+        };
+        if !claimable {
+            // Both interfaces live: this one is found through the hash.
+            return Ok(());
+        }
+        match iface_slot::pack(ifindex, info) {
+            Some(word) => {
+                self.write_slot(slot, word)?;
+                self.slot_owners.insert(slot, ifindex);
+            }
+            None => self.clear_slot_of(ifindex)?,
+        }
+        Ok(())
     }
 
+    /// Forgets interface `ifindex`: its slot first, then its `IFACES` entry.
     pub fn remove_interface(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.clear_slot_of(ifindex)?;
         match self.ifaces.remove(&ifindex) {
             Ok(()) => Ok(()),
             Err(err) if is_not_found(&err) => Ok(()),
             Err(err) => Err(map_err(map_names::IFACES)(err)),
         }
+    }
+
+    fn clear_slot_of(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let slot = iface_slot::index(ifindex);
+        if self.slot_owners.get(&slot) == Some(&ifindex) {
+            self.write_slot(slot, 0)?;
+            self.slot_owners.remove(&slot);
+        }
+        Ok(())
+    }
+
+    fn write_slot(&mut self, slot: u32, word: u64) -> Result<(), DataplaneError> {
+        let name = map_names::IFACE_SLOTS;
+        // `cpus` is at least one (read from the kernel), so the vector is never empty.
+        let values =
+            PerCpuValues::try_from(vec![word; self.cpus]).map_err(DataplaneError::PossibleCpus)?;
+        self.iface_slots.set(slot, values, 0).map_err(map_err(name))
+    }
+
+    /// Makes `IFACE_SLOTS` agree with `IFACES` (pinned slots left by an earlier agent, or a
+    /// fresh empty map next to an adopted `IFACES`).
+    fn sync_iface_slots(&mut self) -> Result<(), DataplaneError> {
+        let interfaces = self.interfaces()?;
+        let mut wanted: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+        for (ifindex, info) in &interfaces {
+            if let Some(word) = iface_slot::pack(*ifindex, *info) {
+                wanted
+                    .entry(iface_slot::index(*ifindex))
+                    .or_insert((*ifindex, word));
+            }
+        }
+        for slot in 0..iface_slot::COUNT {
+            let found = self
+                .iface_slots
+                .get(&slot, 0)
+                .ok()
+                .and_then(|values| values.iter().next().copied())
+                .unwrap_or(0);
+            let word = wanted.get(&slot).map(|(_, word)| *word).unwrap_or(0);
+            if found != word {
+                self.write_slot(slot, word)?;
+            }
+        }
+        self.slot_owners = wanted
+            .into_iter()
+            .map(|(slot, (ifindex, _))| (slot, ifindex))
+            .collect();
+        Ok(())
     }
 
     /// The interfaces table as the kernel holds it.
