@@ -149,6 +149,25 @@ impl DataplaneConfig {
 pub mod pod_state_flags {
     /// The slot holds a pod of this node.
     pub const PRESENT: u32 = 1 << 8;
+    /// The pod's ingress table has single-address entries (`POLICY_PEER_HOSTS`).
+    pub const INGRESS_HOSTS: u32 = 1 << 9;
+    /// The pod's ingress table has shorter prefixes (`POLICY_PEERS`).
+    pub const INGRESS_PREFIXES: u32 = 1 << 10;
+    pub const EGRESS_HOSTS: u32 = 1 << 11;
+    pub const EGRESS_PREFIXES: u32 = 1 << 12;
+    /// Which of the pod's peer maps a lookup has to consult: the programs skip a map in which
+    /// the pod has no entries (a lookup is a kernel call; skipping one is the cheapest).
+    pub const TABLES: u32 = INGRESS_HOSTS | INGRESS_PREFIXES | EGRESS_HOSTS | EGRESS_PREFIXES;
+
+    /// The flags of the table kinds for `direction`: (hosts, prefixes).
+    #[inline(always)]
+    pub const fn tables_of(direction: u8) -> (u32, u32) {
+        if direction == super::direction::INGRESS {
+            (INGRESS_HOSTS, INGRESS_PREFIXES)
+        } else {
+            (EGRESS_HOSTS, EGRESS_PREFIXES)
+        }
+    }
 }
 
 /// Value of `POD_STATE`, indexed by pod id.

@@ -2,7 +2,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, AddrKey, PeerKey, PodState, PortKey, RULESET_NONE,
+    direction, drop_reason, endpoint_flags, pod_state_flags, AddrKey, PeerKey, PodState, PortKey,
+    RULESET_NONE,
 };
 
 use crate::{
@@ -38,12 +39,19 @@ fn isolation_flag(dir: u8) -> u32 {
 
 /// The rule set of `peer` in the pod's table for `dir`: the single-address entries first
 /// (a hash lookup; such an entry is always the longest match), then the shorter prefixes.
+/// `state` says which of the two the pod has entries in; the others are not looked up.
 #[inline(always)]
-fn peer_ruleset(pod_id: u32, dir: u8, peer: &WordAddr) -> Option<u32> {
+fn peer_ruleset(pod_id: u32, state: u32, dir: u8, peer: &WordAddr) -> Option<u32> {
+    let (hosts, prefixes) = pod_state_flags::tables_of(dir);
     let key = PeerKey::from_words(pod_id, dir, peer.words());
-    if let Some(value) = POLICY_PEER_HOSTS.get_ptr(&key) {
-        // SAFETY: pointer from a successful lookup.
-        return Some(unsafe { (*value).ruleset });
+    if state & hosts != 0 {
+        if let Some(value) = POLICY_PEER_HOSTS.get_ptr(&key) {
+            // SAFETY: pointer from a successful lookup.
+            return Some(unsafe { (*value).ruleset });
+        }
+    }
+    if state & prefixes == 0 {
+        return None;
     }
     let key = Key::new(PeerKey::FIXED_PREFIX_BITS + 128, key);
     POLICY_PEERS.get(&key).map(|value| value.ruleset)
@@ -53,10 +61,14 @@ fn peer_ruleset(pod_id: u32, dir: u8, peer: &WordAddr) -> Option<u32> {
 /// `protocol`/`port` (a peer lookup for the rule set, one longest-prefix lookup for the port).
 #[inline(always)]
 pub fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u16) -> bool {
-    if pod_id == 0 || pod_state(pod_id).flags & isolation_flag(dir) == 0 {
+    if pod_id == 0 {
         return true;
     }
-    let ruleset = match peer_ruleset(pod_id, dir, peer) {
+    let state = pod_state(pod_id).flags;
+    if state & isolation_flag(dir) == 0 {
+        return true;
+    }
+    let ruleset = match peer_ruleset(pod_id, state, dir, peer) {
         Some(ruleset) if ruleset != RULESET_NONE => ruleset,
         _ => return false,
     };

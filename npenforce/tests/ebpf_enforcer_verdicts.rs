@@ -433,3 +433,104 @@ fn tracked_flows_expire_after_their_timeout() {
         "after the 2 s timeout it is a new flow again ({rate} ticks per second)"
     );
 }
+
+/// A pod's peer entries live in two maps (single addresses in a hash, shorter prefixes in a
+/// trie) and `POD_STATE` says which of them hold entries of the pod, so the programs skip
+/// the other. Changing a policy between pod selectors and ipBlocks must move those flags
+/// along with the entries, and the verdicts with them.
+#[test]
+fn peer_tables_consulted_follow_the_policy() {
+    if !kernel_tests_enabled("peer_tables_consulted_follow_the_policy") {
+        return;
+    }
+    use npenforce_common::pod_state_flags::{INGRESS_HOSTS, INGRESS_PREFIXES, TABLES};
+    let mut b = Bench::new();
+    let web = b
+        .compiler
+        .pod(&PodKey::new("default", "web"))
+        .expect("web")
+        .pod_id;
+    let tables =
+        |b: &mut Bench| b.enforcer.maps().kernel_pod_flags(web).expect("POD_STATE") & TABLES;
+    let mut port = 100;
+    let mut verdict_from = |b: &mut Bench, src: &str, dst: &str| {
+        port += 1;
+        b.run_to_web(&Craft::new(ip(src), ip(dst), L4::tcp(port, 80)).build())
+    };
+    assert_eq!(tables(&mut b), INGRESS_HOSTS, "pod selector: hosts only");
+    assert_eq!(verdict_from(&mut b, CLIENT4, WEB4), "PASS");
+    assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "DROP");
+
+    let policy = |yaml: &str| {
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_yaml::from_str(yaml).expect("policy");
+        Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy"))
+    };
+    // The same peers by ipBlock: 10.244.1.10/31 holds client (and web), not monitor (.12).
+    b.change(policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.244.1.10/31}}, {ipBlock: {cidr: "fd00:10:244::a/127"}}]
+    ports: [{port: 80}]
+"#,
+    ));
+    assert_eq!(tables(&mut b), INGRESS_PREFIXES, "ipBlocks: prefixes only");
+    assert_eq!(verdict_from(&mut b, CLIENT4, WEB4), "PASS");
+    assert_eq!(verdict_from(&mut b, CLIENT6, WEB6), "PASS");
+    assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "DROP");
+
+    // Both kinds: the client pods by selector, monitor by a /31 around it.
+    b.change(policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}, {ipBlock: {cidr: 10.244.1.12/31}}]
+    ports: [{port: 80}]
+"#,
+    ));
+    assert_eq!(
+        tables(&mut b),
+        INGRESS_HOSTS | INGRESS_PREFIXES,
+        "both kinds"
+    );
+    assert_eq!(verdict_from(&mut b, CLIENT4, WEB4), "PASS");
+    assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "PASS");
+    assert_eq!(
+        verdict_from(&mut b, MONITOR6, WEB6),
+        "DROP",
+        "no IPv6 block for monitor"
+    );
+
+    // Back to pod selectors only: the prefix flag goes with the last prefix.
+    b.change(policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 80}]
+"#,
+    ));
+    assert_eq!(tables(&mut b), INGRESS_HOSTS);
+    assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "DROP");
+    assert_eq!(verdict_from(&mut b, CLIENT6, WEB6), "PASS");
+
+    // No policy: no tables, not isolated.
+    b.change(Change::DeletePolicy(npenforce::policy::PolicyKey::new(
+        "default", "web-in",
+    )));
+    assert_eq!(tables(&mut b), 0);
+    assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "PASS");
+}

@@ -16,10 +16,12 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_FUNC_JIFFIES64: i32 = 118;
 
-/// Tick rates kernels are built with; a measurement close to one of them is taken as it.
+/// Tick rates kernels are built with; a measurement window that holds one of them is taken
+/// as it.
 const KNOWN_RATES: [u32; 5] = [100, 250, 300, 1000, 1024];
 /// Time between the two tick edges the rate is measured over.
 const SPAN: Duration = Duration::from_millis(40);
+const ATTEMPTS: usize = 10;
 
 /// Ticks per second of `jiffies`, measured once per process.
 pub fn jiffies_per_second() -> io::Result<u32> {
@@ -34,41 +36,97 @@ pub fn jiffies_per_second() -> io::Result<u32> {
 fn measure() -> io::Result<u32> {
     let program = load_jiffies_program()?;
     let read = || run(&program);
-    let (first, start) = next_edge(read()?, &read)?;
-    std::thread::sleep(SPAN);
-    let (last, end) = next_edge(read()?, &read)?;
-    let ticks = last.wrapping_sub(first) as f64;
-    let seconds = end.duration_since(start).as_secs_f64();
-    if ticks < 1.0 || seconds <= 0.0 {
-        return Err(io::Error::other(format!(
-            "jiffies did not advance ({ticks} ticks in {seconds:.3} s)"
-        )));
-    }
-    Ok(nearest_rate(ticks / seconds))
-}
-
-/// Waits for `jiffies` to move past `current`: the new value and when it was seen.
-fn next_edge(current: u32, read: &impl Fn() -> io::Result<u32>) -> io::Result<(u32, Instant)> {
-    // A tick is at most 10 ms; a second without one means the clock is not running.
-    let give_up = Instant::now() + Duration::from_secs(1);
-    loop {
-        let now = read()?;
-        if now != current {
-            return Ok((now, Instant::now()));
+    // A busy machine can deschedule us between reads, which widens the window in which an
+    // edge is known to have happened; such a measurement is repeated.
+    let mut narrowest: Option<(f64, f64)> = None;
+    for _ in 0..ATTEMPTS {
+        let first = next_edge(&read)?;
+        std::thread::sleep(SPAN);
+        let last = next_edge(&read)?;
+        let ticks = last.value.wrapping_sub(first.value) as f64;
+        let longest = last.after.duration_since(first.before).as_secs_f64();
+        let shortest = last
+            .before
+            .saturating_duration_since(first.after)
+            .as_secs_f64();
+        if ticks < 1.0 || shortest <= 0.0 {
+            continue;
         }
-        if Instant::now() > give_up {
-            return Err(io::Error::other("jiffies did not advance within a second"));
+        let (low, high) = (ticks / longest, ticks / shortest);
+        if let Some(rate) = rate_between(low, high) {
+            return Ok(rate);
+        }
+        if narrowest.is_none_or(|(l, h)| high / low < h / l) {
+            narrowest = Some((low, high));
         }
     }
-}
-
-/// The known rate within 5% of `measured`, else `measured` rounded.
-fn nearest_rate(measured: f64) -> u32 {
-    KNOWN_RATES
+    // Timeouts a few percent off are harmless; not starting is not.
+    let (low, high) = narrowest.ok_or_else(|| io::Error::other("jiffies did not advance"))?;
+    let middle = (low + high) / 2.0;
+    let rate = KNOWN_RATES
         .iter()
         .copied()
-        .find(|rate| (measured - *rate as f64).abs() <= *rate as f64 * 0.05)
-        .unwrap_or(measured.round() as u32)
+        .min_by(|a, b| {
+            (*a as f64 - middle)
+                .abs()
+                .total_cmp(&(*b as f64 - middle).abs())
+        })
+        .filter(|rate| (*rate as f64 - middle).abs() <= middle * 0.1)
+        .unwrap_or(middle.round() as u32);
+    tracing::warn!(
+        low,
+        high,
+        rate,
+        "the kernel's tick rate could not be measured precisely (busy machine); conntrack \
+         timeouts may be a few percent off"
+    );
+    Ok(rate)
+}
+
+/// An edge of `jiffies`: its new value, and the instants between which it happened.
+struct Edge {
+    value: u32,
+    before: Instant,
+    after: Instant,
+}
+
+/// Waits for `jiffies` to change.
+fn next_edge(read: &impl Fn() -> io::Result<u32>) -> io::Result<Edge> {
+    let mut before = Instant::now();
+    let old = read()?;
+    // A tick is at most 10 ms; a second without one means the clock is not running.
+    let give_up = before + Duration::from_secs(1);
+    loop {
+        let start = Instant::now();
+        let now = read()?;
+        let after = Instant::now();
+        if now != old {
+            return Ok(Edge {
+                value: now,
+                before,
+                after,
+            });
+        }
+        if after > give_up {
+            return Err(io::Error::other("jiffies did not advance within a second"));
+        }
+        before = start;
+    }
+}
+
+/// The tick rate, given that it lies between `low` and `high`: the one known rate in that
+/// range, or the middle of a range narrow enough (1%) to read a rate from directly.
+fn rate_between(low: f64, high: f64) -> Option<u32> {
+    let fits: Vec<u32> = KNOWN_RATES
+        .iter()
+        .copied()
+        .filter(|rate| (low * 0.995..=high * 1.005).contains(&(*rate as f64)))
+        .collect();
+    match fits.as_slice() {
+        [rate] => Some(*rate),
+        [] if high - low <= low * 0.01 => Some(((low + high) / 2.0).round() as u32),
+        _ => None,
+    }
 }
 
 /// One instruction as the kernel reads it: opcode, registers (dst low nibble, src high),
@@ -175,12 +233,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn measured_rates_snap_to_known_ones() {
-        assert_eq!(nearest_rate(247.9), 250);
-        assert_eq!(nearest_rate(1003.0), 1000);
-        assert_eq!(nearest_rate(99.0), 100);
-        assert_eq!(nearest_rate(302.0), 300);
-        assert_eq!(nearest_rate(500.4), 500);
+    fn a_rate_is_read_only_from_a_narrow_enough_window() {
+        assert_eq!(rate_between(249.9, 250.2), Some(250));
+        assert_eq!(rate_between(995.0, 1001.0), Some(1000));
+        assert_eq!(rate_between(99.8, 100.1), Some(100));
+        assert_eq!(
+            rate_between(500.1, 500.7),
+            Some(500),
+            "an unusual rate, read directly"
+        );
+        assert_eq!(
+            rate_between(240.0, 310.0),
+            None,
+            "250 or 300: measure again"
+        );
+        assert_eq!(rate_between(400.0, 700.0), None, "too wide");
     }
 
     #[test]

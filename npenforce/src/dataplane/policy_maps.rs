@@ -25,8 +25,8 @@ use aya::maps::{
     PerCpuValues,
 };
 use npenforce_common::{
-    endpoint_flags, iface_slot, map_names, pod_state_flags, AddrKey, EndpointInfo, IfaceInfo,
-    PeerKey, PeerValue, PodState, PortKey, PortValue,
+    direction, endpoint_flags, iface_slot, map_names, pod_state_flags, AddrKey, EndpointInfo,
+    IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue,
 };
 
 use super::loader::{is_full, is_not_found, Dataplane, DataplaneError};
@@ -72,6 +72,8 @@ pub struct PolicyMaps {
     node_addrs: BpfHashMap<MapData, AddrKey, u32>,
     generation: Array<MapData, u32>,
     mirror: MapEntries,
+    /// How many peer entries each pod's tables have in the mirror, by kind.
+    table_entries: TableEntries,
     pod_flags: BTreeMap<u32, u32>,
     failed_total: u64,
 }
@@ -103,6 +105,7 @@ impl PolicyMaps {
             node_addrs: typed_map!(dp, BpfHashMap, map_names::NODE_ADDRS),
             generation: typed_map!(dp, Array, map_names::POLICY_GENERATION),
             mirror: MapEntries::default(),
+            table_entries: TableEntries::default(),
             pod_flags: BTreeMap::new(),
             failed_total: 0,
         };
@@ -124,6 +127,7 @@ impl PolicyMaps {
     /// maps left by an earlier agent), with the same safe ordering as [`PolicyMaps::apply`].
     pub fn reconcile(&mut self, desired: &MapEntries) -> Result<ApplyStats, DataplaneError> {
         self.mirror = self.read_kernel()?;
+        self.table_entries = TableEntries::count(self.mirror.peers.keys());
         // What POD_STATE really holds for the adopted pods (it may have been re-created
         // empty, for example after a size change), so that every difference gets written.
         self.pod_flags = self.read_pod_flags();
@@ -138,6 +142,14 @@ impl PolicyMaps {
             .filter_map(Result::ok)
             .map(|(k, v)| (crate::addr::from_kernel_addr(k.addr), v.pod_id))
             .collect()
+    }
+
+    /// `POD_STATE` flags of `pod_id` as the kernel holds them.
+    pub fn kernel_pod_flags(&self, pod_id: u32) -> Result<u32, DataplaneError> {
+        self.pod_state
+            .get(&pod_id, 0)
+            .map(|state| state.flags)
+            .map_err(map_err(map_names::POD_STATE))
     }
 
     fn read_pod_flags(&self) -> BTreeMap<u32, u32> {
@@ -188,10 +200,12 @@ impl PolicyMaps {
             let r = self.endpoints.insert(key, value, 0);
             self.note(&mut stats, r, map_names::ENDPOINTS);
         }
-        // What POD_STATE becomes, from the endpoints after the diff.
+        // What POD_STATE becomes, from the endpoints and peer tables after the diff.
         let mut after = self.mirror.endpoints.clone();
         diff.endpoints.apply_to(&mut after);
-        let new_flags = pod_flags_from(after.values());
+        let mut tables_after = self.table_entries.clone();
+        tables_after.apply(&self.mirror.peers, &diff.peers);
+        let new_flags = pod_flags_from(after.values(), &tables_after);
         let touched: BTreeSet<u32> = self
             .pod_flags
             .keys()
@@ -205,8 +219,11 @@ impl PolicyMaps {
             if old == new {
                 continue;
             }
-            // Relax first: the bits both have, plus presence of new pods.
-            let relaxed = (old & new & ISOLATION) | (new & !ISOLATION);
+            // Relax first: the isolation both have, the peer tables either has (consulting
+            // a table without entries of the pod changes nothing), presence from the new.
+            let relaxed = (old & new & ISOLATION)
+                | ((old | new) & pod_state_flags::TABLES)
+                | (new & !ISOLATION & !pod_state_flags::TABLES);
             if relaxed != old {
                 self.write_pod_state(*pod_id, relaxed, &mut stats);
             }
@@ -236,6 +253,7 @@ impl PolicyMaps {
         diff.endpoints.apply_to(&mut self.mirror.endpoints);
         diff.peers.apply_to(&mut self.mirror.peers);
         diff.ports.apply_to(&mut self.mirror.ports);
+        self.table_entries = tables_after;
         self.pod_flags = new_flags;
         self.bump_generation()?;
         Ok(stats)
@@ -403,13 +421,76 @@ impl PolicyMaps {
     }
 }
 
-fn pod_flags_from<'a>(infos: impl Iterator<Item = &'a EndpointInfo>) -> BTreeMap<u32, u32> {
+fn pod_flags_from<'a>(
+    infos: impl Iterator<Item = &'a EndpointInfo>,
+    tables: &TableEntries,
+) -> BTreeMap<u32, u32> {
     infos
         .map(|info| {
-            (
-                info.pod_id,
-                (info.flags & ISOLATION) | pod_state_flags::PRESENT,
-            )
+            let flags =
+                (info.flags & ISOLATION) | pod_state_flags::PRESENT | tables.flags(info.pod_id);
+            (info.pod_id, flags)
         })
         .collect()
+}
+
+/// Peer entries per (pod, direction, single address or not): which of the two peer maps a
+/// pod's lookups have to consult (`pod_state_flags::TABLES`).
+#[derive(Clone, Debug, Default)]
+struct TableEntries(BTreeMap<(u32, u8, bool), usize>);
+
+impl TableEntries {
+    fn kind(len: u32, key: &PeerKey) -> (u32, u8, bool) {
+        (
+            u32::from_be_bytes(key.pod_id),
+            key.direction,
+            len == HOST_PREFIX_BITS,
+        )
+    }
+
+    fn count<'a>(keys: impl Iterator<Item = &'a (u32, PeerKey)>) -> Self {
+        let mut counts = TableEntries::default();
+        for (len, key) in keys {
+            *counts.0.entry(Self::kind(*len, key)).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Follows `diff` applied to `before` (the peer entries these counts describe).
+    fn apply(
+        &mut self,
+        before: &BTreeMap<(u32, PeerKey), PeerValue>,
+        diff: &crate::policy::EntryDiff<(u32, PeerKey), PeerValue>,
+    ) {
+        for key in diff.upserts.keys() {
+            if !before.contains_key(key) {
+                *self.0.entry(Self::kind(key.0, &key.1)).or_default() += 1;
+            }
+        }
+        for key in &diff.removals {
+            if before.contains_key(key) {
+                let kind = Self::kind(key.0, &key.1);
+                if let Some(n) = self.0.get_mut(&kind) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.0.remove(&kind);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flags(&self, pod_id: u32) -> u32 {
+        let mut flags = 0;
+        for dir in [direction::INGRESS, direction::EGRESS] {
+            let (hosts, prefixes) = pod_state_flags::tables_of(dir);
+            if self.0.contains_key(&(pod_id, dir, true)) {
+                flags |= hosts;
+            }
+            if self.0.contains_key(&(pod_id, dir, false)) {
+                flags |= prefixes;
+            }
+        }
+        flags
+    }
 }
