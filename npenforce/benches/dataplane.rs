@@ -30,10 +30,11 @@
 //!   one packet right after a syscall finds colder caches than a tight loop, so these figures
 //!   are upper bounds of the hot-loop cost; the denied case, repeatable, is reported both ways
 //!   to show the size of that effect.
-//! - The fills are unrelated to the packets: POLICY_PEERS host entries of 110 pods (the pod
-//!   under test included), ENDPOINTS addresses of other pods (both written through
-//!   `PolicyMaps::apply`, the agent's write path), and CONNTRACK flows (written directly). The
-//!   policy of the pod under test goes through the compiler.
+//! - The fills are unrelated to the packets: peer entries of 110 pods (the pod under test
+//!   included), half single addresses (POLICY_PEER_HOSTS) and half /28 prefixes (the
+//!   POLICY_PEERS trie), ENDPOINTS addresses of other pods (both written through
+//!   `PolicyMaps::apply`, the agent's write path), and IPv4 flows in CONNTRACK_V4 (written
+//!   directly). The policy of the pod under test goes through the compiler.
 
 use std::{
     collections::BTreeMap,
@@ -398,15 +399,25 @@ impl Node {
             } else {
                 direction::EGRESS
             };
-            // Distinct hosts of 10.64.0.0/10 (an odd multiplier permutes the low 22 bits).
-            let host = 0x0a40_0000 | (i.wrapping_mul(2_654_435_761) & 0x003f_ffff);
-            diff.peers.upserts.insert(
+            // Half single addresses (POLICY_PEER_HOSTS): distinct hosts of 10.64.0.0/10 (an
+            // odd multiplier permutes the low 22 bits). Half /28 prefixes (the POLICY_PEERS
+            // trie): distinct blocks of 10.128.0.0/9. Runs of both kinds go to every pod,
+            // the pod under test included, so both of its tables grow with N.
+            let spread = i.wrapping_mul(2_654_435_761);
+            let entry = if (i / (2 * FILL_PODS)).is_multiple_of(2) {
+                let host = 0x0a40_0000 | (spread & 0x003f_ffff);
                 (
                     PeerKey::FIXED_PREFIX_BITS + 128,
                     PeerKey::new(pod_id, dir, v4_mapped(host.to_be_bytes())),
-                ),
-                ruleset,
-            );
+                )
+            } else {
+                let block = 0x0a80_0000 | ((spread & 0x0007_ffff) << 4);
+                (
+                    PeerKey::FIXED_PREFIX_BITS + 96 + 28,
+                    PeerKey::new(pod_id, dir, v4_mapped(block.to_be_bytes())),
+                )
+            };
+            diff.peers.upserts.insert(entry, ruleset);
             let endpoint = 0x6440_0000 | (i.wrapping_mul(2_654_435_761) & 0x003f_ffff);
             diff.endpoints.upserts.insert(
                 AddrKey {
@@ -690,8 +701,9 @@ fn dataplane(effort: Effort) {
         effort.rounds, effort.repeat, effort.singles
     );
     println!(
-        "   fill: N unrelated POLICY_PEERS host entries over {FILL_PODS} pods, N ENDPOINTS, \
-         N CONNTRACK flows; map sizes {:?}",
+        "   fill: N unrelated peer entries over {FILL_PODS} pods (half single addresses in \
+         POLICY_PEER_HOSTS, half /28 prefixes in POLICY_PEERS), N ENDPOINTS, N CONNTRACK_V4 \
+         flows; map sizes {:?}",
         bench_sizes()
     );
     let mut all: BTreeMap<u32, Results> = BTreeMap::new();
