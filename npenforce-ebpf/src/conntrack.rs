@@ -95,6 +95,12 @@ pub trait FlowKey: Sized + 'static {
     fn protocol(&self) -> u8;
 }
 
+/// The last word of both key types: a_port, b_port, protocol and a zero pad, in memory order.
+#[inline(always)]
+fn tail_word(a_port: u16, b_port: u16, protocol: u8) -> u64 {
+    ((a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32)).to_le()
+}
+
 impl FlowKey for CtKey {
     #[inline(always)]
     fn map() -> &'static LruHashMap<Self, CtEntry> {
@@ -105,8 +111,7 @@ impl FlowKey for CtKey {
     /// call in BPF.
     #[inline(always)]
     fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self {
-        let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
-        let raw: [u64; 5] = [a[0], a[1], b[0], b[1], tail.to_le()];
+        let raw: [u64; 5] = [a[0], a[1], b[0], b[1], tail_word(a_port, b_port, protocol)];
         // SAFETY: CtKey is repr(C), 40 bytes without implicit padding; every byte pattern is
         // a valid CtKey, and the tail word lays out a_port, b_port, protocol and a zero pad
         // in little-endian order, the byte order of the bpfel target.
@@ -134,8 +139,7 @@ impl FlowKey for CtKeyV4 {
     #[inline(always)]
     fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self {
         let addrs = (a[1] >> 32) | (b[1] & 0xffff_ffff_0000_0000);
-        let tail = (a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32);
-        let raw: [u64; 2] = [addrs, tail.to_le()];
+        let raw: [u64; 2] = [addrs, tail_word(a_port, b_port, protocol)];
         // SAFETY: CtKeyV4 is repr(C), 16 bytes without implicit padding, any bytes valid;
         // the words lay out a, b, a_port, b_port, protocol and a zero pad in memory order.
         unsafe { core::mem::transmute::<[u64; 2], CtKeyV4>(raw) }

@@ -39,8 +39,12 @@ struct Bench {
 impl Bench {
     /// web (isolated: SCTP 9000 and TCP 80 from client), client and monitor, all local.
     fn new() -> Bench {
+        Bench::with_options(&DataplaneOptions::default())
+    }
+
+    fn with_options(options: &DataplaneOptions) -> Bench {
         let mut b = Bench {
-            enforcer: KernelEnforcer::new(&DataplaneOptions::default()).expect("loading"),
+            enforcer: KernelEnforcer::new(options).expect("loading"),
             compiler: Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![])),
         };
         let ns: k8s_openapi::api::core::v1::Namespace =
@@ -77,22 +81,29 @@ spec:
         )
         .expect("policy");
         b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
-        let web_id = b
+        let web = b.web_iface();
+        b.lo_is(web);
+        b
+    }
+
+    /// The interface entry of a veth in front of web.
+    fn web_iface(&self) -> IfaceInfo {
+        let web = self
             .compiler
             .pod(&PodKey::new("default", "web"))
-            .expect("web compiled")
-            .pod_id;
-        b.enforcer
+            .expect("web compiled");
+        IfaceInfo {
+            pod_id: web.pod_id,
+            flags: 0,
+        }
+    }
+
+    /// What the loopback device (where test runs happen) stands for.
+    fn lo_is(&mut self, info: IfaceInfo) {
+        self.enforcer
             .maps()
-            .set_interface(
-                1,
-                IfaceInfo {
-                    pod_id: web_id,
-                    flags: 0,
-                },
-            )
-            .expect("IFACES[1] = web");
-        b
+            .set_interface(1, info)
+            .expect("IFACES[1]");
     }
 
     fn change(&mut self, change: Change) {
@@ -284,16 +295,10 @@ fn unknown_interfaces_are_not_ours_and_pending_ones_drop() {
         "PASS",
         "an interface we are not attached to is not ours"
     );
-    b.enforcer
-        .maps()
-        .set_interface(
-            1,
-            IfaceInfo {
-                pod_id: 0,
-                flags: npenforce_common::iface_flags::PENDING,
-            },
-        )
-        .expect("pending");
+    b.lo_is(IfaceInfo {
+        pod_id: 0,
+        flags: npenforce_common::iface_flags::PENDING,
+    });
     let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(2, 80)).build();
     assert_eq!(
         b.run_to_web(&from_client),
@@ -310,19 +315,11 @@ fn interfaces_colliding_in_the_slot_cache_keep_their_own_entries() {
         return;
     }
     let mut b = Bench::new();
-    let web = b
-        .compiler
-        .pod(&PodKey::new("default", "web"))
-        .expect("web")
-        .pod_id;
     let pending = IfaceInfo {
         pod_id: 0,
         flags: npenforce_common::iface_flags::PENDING,
     };
-    let web_iface = IfaceInfo {
-        pod_id: web,
-        flags: 0,
-    };
+    let web_iface = b.web_iface();
     let other = 1 + npenforce_common::iface_slot::COUNT;
     let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(3, 80)).build();
     let from_monitor = Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(4, 80)).build();
@@ -333,15 +330,12 @@ fn interfaces_colliding_in_the_slot_cache_keep_their_own_entries() {
         .maps()
         .set_interface(other, pending)
         .expect("other");
-    b.enforcer.maps().set_interface(1, web_iface).expect("lo");
+    b.lo_is(web_iface);
     assert_eq!(b.run_to_web(&from_client), "PASS", "lo is web (hash)");
     assert_eq!(b.run_to_web(&from_monitor), "DROP", "web's policy applies");
 
     // lo turns pending: its hash entry changes, the slot still holds the other interface.
-    b.enforcer
-        .maps()
-        .set_interface(1, pending)
-        .expect("lo pending");
+    b.lo_is(pending);
     let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(5, 80)).build();
     assert_eq!(b.run_to_web(&from_client), "DROP", "lo is pending now");
 
@@ -350,18 +344,14 @@ fn interfaces_colliding_in_the_slot_cache_keep_their_own_entries() {
         .maps()
         .remove_interface(other)
         .expect("remove other");
-    b.enforcer
-        .maps()
-        .set_interface(1, web_iface)
-        .expect("lo web");
+    b.lo_is(web_iface);
     let from_client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(6, 80)).build();
     assert_eq!(b.run_to_web(&from_client), "PASS", "lo is web (slot)");
     let kernel = b.enforcer.maps().interfaces().expect("IFACES");
     assert_eq!(kernel.get(&1), Some(&web_iface));
     assert!(!kernel.contains_key(&other));
 
-    // An interface whose slot owner disappeared without being removed (its entry deleted
-    // behind our back) may take the slot over.
+    // Removed: gone from the slot and from the hash alike.
     b.enforcer.maps().remove_interface(1).expect("remove lo");
     let from_monitor = Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(7, 80)).build();
     assert_eq!(
@@ -391,26 +381,7 @@ fn tracked_flows_expire_after_their_timeout() {
         config: Some(config),
         ..DataplaneOptions::default()
     };
-    let mut b = Bench::new();
-    b.enforcer = KernelEnforcer::new(&options).expect("loading with a 2 s timeout");
-    let web = b
-        .compiler
-        .pod(&PodKey::new("default", "web"))
-        .expect("web")
-        .pod_id;
-    b.enforcer
-        .reconcile(b.compiler.map_entries())
-        .expect("reconcile");
-    b.enforcer
-        .maps()
-        .set_interface(
-            1,
-            IfaceInfo {
-                pod_id: web,
-                flags: 0,
-            },
-        )
-        .expect("IFACES[1] = web");
+    let mut b = Bench::with_options(&options);
     // client -> web SCTP 9000 is allowed and opens the flow. The other direction passes only
     // as part of that flow: web's ingress policy does not allow web's own address.
     let request = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
@@ -445,11 +416,7 @@ fn peer_tables_consulted_follow_the_policy() {
     }
     use npenforce_common::pod_state_flags::{INGRESS_HOSTS, INGRESS_PREFIXES, TABLES};
     let mut b = Bench::new();
-    let web = b
-        .compiler
-        .pod(&PodKey::new("default", "web"))
-        .expect("web")
-        .pod_id;
+    let web = b.web_iface().pod_id;
     let tables =
         |b: &mut Bench| b.enforcer.maps().kernel_pod_flags(web).expect("POD_STATE") & TABLES;
     let mut port = 100;
