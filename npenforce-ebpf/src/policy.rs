@@ -77,12 +77,7 @@ pub fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u1
 }
 
 /// The egress policy of `egress_pod` (the sender, if it is one of this node's pods) for a
-/// new flow to `dst`.
-///
-/// Traffic from and to this node's own addresses is always allowed through the pod's table:
-/// the compiler gives every isolated pod an entry for each node address that allows
-/// everything. So a denied packet costs no extra `NODE_ADDRS` lookup here (that map serves
-/// pending pods, which have no table yet).
+/// new flow to `dst`. Traffic to this node's own addresses is always allowed.
 #[inline(always)]
 pub fn egress_allows(
     dst: &WordAddr,
@@ -90,14 +85,17 @@ pub fn egress_allows(
     dst_port: u16,
     egress_pod: u32,
 ) -> Result<(), u8> {
-    if egress_pod != 0 && !side_allows(egress_pod, direction::EGRESS, dst, protocol, dst_port) {
+    if egress_pod != 0
+        && !side_allows(egress_pod, direction::EGRESS, dst, protocol, dst_port)
+        && !is_node_addr(dst)
+    {
         return Err(drop_reason::EGRESS_DENIED);
     }
     Ok(())
 }
 
 /// The ingress policy of `ingress_pod` (the receiver, if it is one of this node's pods) for
-/// a new flow from `src` (node addresses: see [`egress_allows`]).
+/// a new flow from `src`. Traffic from this node's own addresses is always allowed.
 #[inline(always)]
 pub fn ingress_allows(
     src: &WordAddr,
@@ -105,7 +103,10 @@ pub fn ingress_allows(
     dst_port: u16,
     ingress_pod: u32,
 ) -> Result<(), u8> {
-    if ingress_pod != 0 && !side_allows(ingress_pod, direction::INGRESS, src, protocol, dst_port) {
+    if ingress_pod != 0
+        && !side_allows(ingress_pod, direction::INGRESS, src, protocol, dst_port)
+        && !is_node_addr(src)
+    {
         return Err(drop_reason::INGRESS_DENIED);
     }
     Ok(())

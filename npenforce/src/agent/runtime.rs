@@ -52,15 +52,14 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// Defaults: 10 ms quiet period, 100 ms longest wait, node addresses refreshed every
-    /// 5 s (the pods' tables carry them: the programs allow node traffic through those
-    /// entries), retries every second.
+    /// 30 s, retries every second.
     pub fn new(node: NodeScope, node_addresses: NodeAddresses) -> RuntimeConfig {
         RuntimeConfig {
             node,
             min_interval: Duration::from_millis(10),
             max_wait: Duration::from_millis(100),
             node_addresses,
-            node_addresses_refresh: Duration::from_secs(5),
+            node_addresses_refresh: Duration::from_secs(30),
             retry_interval: Duration::from_secs(1),
         }
     }
