@@ -436,7 +436,7 @@ fn frag_key(packet: &Packet) -> FragKey {
     let raw: [u64; 5] = [src[0], src[1], dst[0], dst[1], tail];
     // SAFETY: FragKey is repr(C), 40 bytes, any bytes are valid; the words lay out src, dst,
     // id, protocol and a zero pad in little-endian (bpfel) memory order. Built from words to
-    // avoid a memset call for the pad (see `ct_key`).
+    // avoid a memset call for the pad (see `FlowKey::build`).
     unsafe { core::mem::transmute::<[u64; 5], FragKey>(raw) }
 }
 

@@ -501,3 +501,76 @@ spec:
     assert_eq!(tables(&mut b), 0);
     assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "PASS");
 }
+
+/// Single-address peer entries live in `POLICY_PEER_HOSTS`; a `POLICY_PEERS` trie pinned by
+/// an older build (before the hash existed) holds them in the trie, where hosts-only pods
+/// never look and no diff removes them. Such a trie is started afresh, and a single-address
+/// entry found in an adopted trie is removed.
+#[test]
+fn single_address_entries_never_linger_in_the_trie() {
+    if !kernel_tests_enabled("single_address_entries_never_linger_in_the_trie") {
+        return;
+    }
+    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+    use npenforce_common::{direction, map_names, v4_mapped, PeerKey, PeerValue};
+
+    let bpffs = npenforce::lab::BpffsMount::new("upgrade").expect("mounting a private bpffs");
+    let pin_dir = bpffs.root().join("npenforce");
+    let options = DataplaneOptions {
+        bpffs: Some(pin_dir.clone()),
+        ..DataplaneOptions::default()
+    };
+    let trie_pin = pin_dir.join("maps").join(map_names::POLICY_PEERS);
+    let open_trie = || -> LpmTrie<MapData, PeerKey, PeerValue> {
+        let data = MapData::from_pin(&trie_pin).expect("the pinned trie");
+        LpmTrie::try_from(Map::from_map_data(data).expect("a map")).expect("an LPM trie")
+    };
+    let host_bits = PeerKey::FIXED_PREFIX_BITS + 128;
+    let from_monitor = |port| Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(port, 80)).build();
+    // What an older build would have left: monitor allowed by a single-address entry in the
+    // trie (here the rule set of the client's entry), and no POLICY_PEER_HOSTS pin.
+    let plant_monitor_in_trie = |b: &Bench| {
+        let web = b.web_iface().pod_id;
+        let client = b.compiler.map_entries().peers[&(
+            host_bits,
+            PeerKey::new(web, direction::INGRESS, v4_mapped([10, 244, 1, 10])),
+        )];
+        let key = Key::new(
+            host_bits,
+            PeerKey::new(web, direction::INGRESS, v4_mapped([10, 244, 1, 12])),
+        );
+        open_trie()
+            .insert(&key, client, 0)
+            .expect("planting monitor in the trie");
+    };
+
+    {
+        let b = Bench::with_options(&options);
+        plant_monitor_in_trie(&b);
+        std::fs::remove_file(pin_dir.join("maps").join(map_names::POLICY_PEER_HOSTS))
+            .expect("unpinning the hash");
+    }
+    let mut b = Bench::with_options(&options);
+    assert_eq!(
+        open_trie().keys().count(),
+        0,
+        "the older build's trie is not adopted (web's policy has no prefixes)"
+    );
+    b.enforcer
+        .reconcile(b.compiler.map_entries())
+        .expect("reconcile");
+    assert_eq!(b.run_to_web(&from_monitor(1)), "DROP", "monitor is denied");
+
+    // With the hash pinned too, a single-address entry in the adopted trie is removed by the
+    // next agent's reconcile.
+    plant_monitor_in_trie(&b);
+    drop(b);
+    let mut b = Bench::with_options(&options);
+    b.enforcer
+        .reconcile(b.compiler.map_entries())
+        .expect("reconcile");
+    assert_eq!(open_trie().keys().count(), 0, "the misplaced entry is gone");
+    assert_eq!(b.run_to_web(&from_monitor(2)), "DROP", "monitor is denied");
+    let client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(3, 80)).build();
+    assert_eq!(b.run_to_web(&client), "PASS", "client still allowed");
+}

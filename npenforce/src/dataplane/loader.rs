@@ -542,6 +542,19 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             }
         }
     }
+    // A `POLICY_PEERS` trie from before `POLICY_PEER_HOSTS` existed holds the single-address
+    // entries this build keeps in the hash: adopting it would leave them where no lookup of
+    // a hosts-only pod goes, and where no removal reaches. The old programs keep their own
+    // trie until the new ones take over.
+    if dir.join(map_names::POLICY_PEERS).exists()
+        && !dir.join(map_names::POLICY_PEER_HOSTS).exists()
+    {
+        tracing::warn!(
+            map = map_names::POLICY_PEERS,
+            "pinned by a build without POLICY_PEER_HOSTS: starting it afresh"
+        );
+        let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEERS));
+    }
     for name in map_names::PINNED {
         let path = dir.join(name);
         if !path.exists() {

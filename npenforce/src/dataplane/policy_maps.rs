@@ -4,12 +4,17 @@
 //! The order, and why:
 //! 1. `POLICY_PORTS` upserts: rule sets are content-addressed and immutable, so new ones exist
 //!    before anything points at them.
-//! 2. `POLICY_PEERS` upserts. With only upserts done, the longest match of any address is a
-//!    prefix of the old or of the new table, so every verdict is the old or the new one.
+//! 2. Peer upserts (single addresses into the `POLICY_PEER_HOSTS` hash, shorter prefixes into
+//!    the `POLICY_PEERS` trie; a hash entry is always the longest match). With only upserts
+//!    done, the longest match of any address is a prefix of the old or of the new table, so
+//!    every verdict is the old or the new one.
 //! 3. `ENDPOINTS` upserts, and `POD_STATE` for pods whose isolation is relaxed (a pod that
-//!    stops being isolated must not meet its half-removed table while still isolated).
-//! 4. `POLICY_PEERS` removals (stale prefixes).
-//! 5. `POD_STATE` for pods whose isolation is tightened: their tables are complete now.
+//!    stops being isolated must not meet its half-removed table while still isolated); the
+//!    table flags (`pod_state_flags::TABLES`, which peer maps hold the pod's entries) are
+//!    the union of old and new here, since consulting a map without entries changes nothing.
+//! 4. Peer removals (stale prefixes).
+//! 5. `POD_STATE` for pods whose isolation is tightened, and the final table flags: the
+//!    tables are complete now.
 //! 6. `ENDPOINTS` removals, `POLICY_PORTS` removals.
 //! 7. The policy generation is bumped: tracked flows are judged again on their next packet,
 //!    against the final tables, so a flow the new policy denies is cut.
@@ -160,15 +165,32 @@ impl PolicyMaps {
             .collect()
     }
 
-    fn read_kernel(&self) -> Result<MapEntries, DataplaneError> {
+    fn read_kernel(&mut self) -> Result<MapEntries, DataplaneError> {
         let mut entries = MapEntries::default();
         for item in self.endpoints.iter() {
             let (k, v) = item.map_err(map_err(map_names::ENDPOINTS))?;
             entries.endpoints.insert(k, v);
         }
+        let mut misplaced = Vec::new();
         for item in self.peers.iter() {
             let (k, v) = item.map_err(map_err(map_names::POLICY_PEERS))?;
+            if k.prefix_len() == HOST_PREFIX_BITS {
+                misplaced.push(k);
+                continue;
+            }
             entries.peers.insert((k.prefix_len(), k.data()), v);
+        }
+        // Single-address entries belong in the hash; in the trie they would be found only
+        // for pods that also have prefixes, and no diff would ever remove them. The loader
+        // starts an older build's trie afresh, so these were written by something else.
+        for key in misplaced {
+            tracing::error!(
+                map = map_names::POLICY_PEERS,
+                "removing a single-address entry from the trie (it belongs in POLICY_PEER_HOSTS)"
+            );
+            self.peers
+                .remove(&key)
+                .map_err(map_err(map_names::POLICY_PEERS))?;
         }
         for item in self.peer_hosts.iter() {
             let (k, v) = item.map_err(map_err(map_names::POLICY_PEER_HOSTS))?;
