@@ -35,7 +35,7 @@ use npenforce_common::{
 };
 
 use super::loader::{is_full, is_not_found, Dataplane, DataplaneError};
-use crate::policy::{MapDiff, MapEntries};
+use crate::policy::{transition, MapDiff, MapEntries};
 
 const ISOLATION: u32 = endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED;
 
@@ -136,8 +136,16 @@ impl PolicyMaps {
         // What POD_STATE really holds for the adopted pods (it may have been re-created
         // empty, for example after a size change), so that every difference gets written.
         self.pod_flags = self.read_pod_flags();
-        let diff = MapDiff::between(&self.mirror, desired);
-        self.apply(&diff)
+        // The adopted rule set ids come from the previous agent's history; where they clash
+        // with this compile's, the transition goes through fresh ids (see `transition`).
+        let mut stats = ApplyStats::default();
+        for diff in transition(&self.mirror, desired) {
+            let step = self.apply(&diff)?;
+            stats.written += step.written;
+            stats.removed += step.removed;
+            stats.failed += step.failed;
+        }
+        Ok(stats)
     }
 
     /// (address, pod id) of every ENDPOINTS entry in the kernel.

@@ -232,6 +232,93 @@ impl MapEntries {
         diff.peers.apply_to(&mut self.peers);
         diff.ports.apply_to(&mut self.ports);
     }
+
+    /// The port entries of each rule set.
+    fn rule_sets(&self) -> BTreeMap<u32, RuleSetPorts> {
+        let mut sets: BTreeMap<u32, RuleSetPorts> = BTreeMap::new();
+        for ((len, key), value) in &self.ports {
+            sets.entry(u32::from_be_bytes(key.ruleset))
+                .or_default()
+                .insert((*len, key.protocol, key.port), *value);
+        }
+        sets
+    }
+
+    /// Whether `self` and `other` use one rule set id for different port entries. A diff
+    /// between two such states (an agent adopting an older agent's maps, whose ids came from
+    /// another history) would, between its port upserts and its removals, give that id the
+    /// union of both contents, for the old peers that still point at it: a moment in which
+    /// a port neither policy allows passes.
+    pub fn rule_set_ids_clash(&self, other: &MapEntries) -> bool {
+        let (mine, theirs) = (self.rule_sets(), other.rule_sets());
+        mine.iter()
+            .any(|(id, content)| theirs.get(id).is_some_and(|other| other != content))
+    }
+
+    /// The same entries with every rule set id moved up by `offset` (`RULESET_NONE` stays).
+    pub fn with_rule_sets_moved(&self, offset: u32) -> MapEntries {
+        let moved = |id: u32| {
+            if id == RULESET_NONE {
+                id
+            } else {
+                id + offset
+            }
+        };
+        MapEntries {
+            endpoints: self.endpoints.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(key, value)| {
+                    let value = PeerValue {
+                        ruleset: moved(value.ruleset),
+                    };
+                    (*key, value)
+                })
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|((len, key), value)| {
+                    let id = moved(u32::from_be_bytes(key.ruleset));
+                    let key = PortKey {
+                        ruleset: id.to_be_bytes(),
+                        ..*key
+                    };
+                    ((*len, key), *value)
+                })
+                .collect(),
+        }
+    }
+
+    /// The largest rule set id in use.
+    pub fn max_rule_set(&self) -> u32 {
+        let in_peers = self.peers.values().map(|v| v.ruleset);
+        let in_ports = self
+            .ports
+            .keys()
+            .map(|(_, k)| u32::from_be_bytes(k.ruleset));
+        in_peers.chain(in_ports).max().unwrap_or(RULESET_NONE)
+    }
+}
+
+/// The port entries of one rule set: (prefix length, protocol, port) -> allowing rule.
+type RuleSetPorts = BTreeMap<(u32, u8, [u8; 2]), PortValue>;
+
+/// How to go from `current` to `desired` in diffs that are each safe to apply: one diff, or,
+/// when the two use one rule set id for different contents, two, through a state equal to
+/// `desired` with its rule set ids moved above every id either uses (so no id ever holds two
+/// contents at once).
+pub fn transition(current: &MapEntries, desired: &MapEntries) -> Vec<MapDiff> {
+    if !current.rule_set_ids_clash(desired) {
+        return vec![MapDiff::between(current, desired)];
+    }
+    let offset = current.max_rule_set().max(desired.max_rule_set());
+    let bridge = desired.with_rule_sets_moved(offset);
+    vec![
+        MapDiff::between(current, &bridge),
+        MapDiff::between(&bridge, desired),
+    ]
 }
 
 #[cfg(test)]
@@ -336,5 +423,72 @@ mod tests {
         replay.apply(&d);
         assert_eq!(replay, new);
         assert!(MapDiff::between(&new, &new).is_empty());
+    }
+
+    /// One peer (10.0.0.0/8) of pod 1 pointing at rule set 1, which allows TCP `port`.
+    fn one_rule(port: u16) -> MapEntries {
+        let mut m = MapEntries::default();
+        m.endpoints.insert(
+            AddrKey {
+                addr: addr_to_u128(ip("10.0.0.1")).to_be_bytes(),
+            },
+            EndpointInfo {
+                pod_id: 1,
+                flags: endpoint_flags::INGRESS_ISOLATED,
+            },
+        );
+        let p = super::super::ipblock::Prefix::parse_cidr("10.0.0.0/8").expect("cidr");
+        m.peers.insert(
+            (
+                PeerKey::FIXED_PREFIX_BITS + u32::from(p.len()),
+                PeerKey::new(1, direction::INGRESS, p.addr_bytes()),
+            ),
+            PeerValue { ruleset: 1 },
+        );
+        m.ports.insert(
+            (PortKey::FULL_BITS, PortKey::new(1, TCP, port)),
+            PortValue { rule: 7 },
+        );
+        m
+    }
+
+    #[test]
+    fn same_rule_set_ids_with_the_same_content_take_one_diff() {
+        let (a, b) = (one_rule(80), one_rule(80));
+        assert!(!a.rule_set_ids_clash(&b));
+        assert_eq!(transition(&a, &b).len(), 1);
+    }
+
+    /// Adopted maps whose rule set 1 allows TCP 80, desired state whose rule set 1 allows
+    /// TCP 443: a single diff would make rule set 1 allow both for a moment.
+    #[test]
+    fn clashing_rule_set_ids_go_through_fresh_ones() {
+        let (current, desired) = (one_rule(80), one_rule(443));
+        assert!(current.rule_set_ids_clash(&desired));
+        let steps = transition(&current, &desired);
+        assert_eq!(steps.len(), 2);
+        let mut state = current.clone();
+        for diff in &steps {
+            // The first writes of a diff are its port upserts: every rule set id must still
+            // have one state's content, never a mix.
+            let before = state.rule_sets();
+            let mut upserted = state.clone();
+            diff.ports.apply_to(&mut upserted.ports);
+            let mut after = state.clone();
+            after.apply(diff);
+            let after_sets = after.rule_sets();
+            for (id, content) in upserted.rule_sets() {
+                assert!(
+                    before.get(&id) == Some(&content) || after_sets.get(&id) == Some(&content),
+                    "rule set {id} mixes two contents: {content:?}"
+                );
+            }
+            state = after;
+        }
+        assert_eq!(state, desired, "the steps end in the desired state");
+        // Nothing in between allowed TCP 80 and 443 under one rule set.
+        let mut mid = current.clone();
+        steps[0].ports.apply_to(&mut mid.ports);
+        assert_eq!(mid.lookup_port(1, TCP, 443), None);
     }
 }

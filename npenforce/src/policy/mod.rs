@@ -60,7 +60,7 @@ pub use compile::{
 pub use explain::{explain, Explanation, SideExplanation};
 pub use flatten::Grant;
 pub use ipblock::Prefix;
-pub use maps::{Check, EntryDiff, MapDiff, MapEntries, Verdict};
+pub use maps::{transition, Check, EntryDiff, MapDiff, MapEntries, Verdict};
 pub use model::{
     Direction, NamedPort, Namespace, NodeScope, ObjectKey, Pod, PodKey, Policy, PolicyKey,
     Snapshot, ValidationError,
