@@ -420,6 +420,21 @@ async fn node_addresses_are_always_allowed_and_refreshed() {
     agent
         .expect_verdicts("new node address", &[("172.18.0.3", WEB, 80, true)])
         .await;
+    // Link-local addresses (one per host veth) get no table entries.
+    addrs.lock().expect("lock").push(ip("fe80::1"));
+    addrs.lock().expect("lock").push(ip("172.18.0.4"));
+    agent
+        .expect_verdicts("another node address", &[("172.18.0.4", WEB, 80, true)])
+        .await;
+    let link_local = ip("fe80::1");
+    let entries = agent.enforcer.entries();
+    assert!(
+        entries
+            .peers
+            .keys()
+            .all(|(_, key)| std::net::IpAddr::from(key.addr) != link_local),
+        "no table entry for a link-local node address"
+    );
 }
 
 #[test]

@@ -326,6 +326,11 @@ async fn sleep_until(at: Option<Instant>) {
 fn read_node_addresses(f: &NodeAddresses) -> Option<Vec<IpAddr>> {
     match f() {
         Ok(mut a) => {
+            // IPv6 link-local addresses (every host veth has one) get no table entries: the
+            // programs pass link-local sources as neighbour traffic and find the node's
+            // link-local addresses in NODE_ADDRS, while entries for them would sit in every
+            // isolated pod's table and change with every pod's veth.
+            a.retain(|ip| !is_ipv6_link_local(ip));
             a.sort();
             a.dedup();
             Some(a)
@@ -335,6 +340,10 @@ fn read_node_addresses(f: &NodeAddresses) -> Option<Vec<IpAddr>> {
             None
         }
     }
+}
+
+fn is_ipv6_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 struct Loop<E> {
