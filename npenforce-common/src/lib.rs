@@ -247,8 +247,6 @@ pub mod mark {
     pub const CLASSIFIED: u32 = 0x0100;
     /// The packet belongs to a tracked, allowed flow (a reply, possibly un-NATed later).
     pub const ESTABLISHED: u32 = 0x0200;
-    /// The sending pod's egress policy does not need checking (not isolated).
-    pub const EGRESS_DONE: u32 = 0x0400;
     pub const POD_SHIFT: u32 = 16;
     /// Largest pod id the mark can carry.
     pub const MAX_POD_ID: u32 = 0xffff;

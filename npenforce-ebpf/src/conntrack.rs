@@ -236,17 +236,20 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
     // SAFETY: the pointer comes from a successful lookup; LRU values stay valid for the
     // program's run. Races with other CPUs only affect timestamps and state bits.
     let entry = unsafe { &mut *entry };
-    if packet.protocol == ip_proto::TCP
+    // Neither changes below: rejudging only touches the generation, reason and DENIED bits.
+    let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
+    let age = elapsed(now, entry.last_seen, cfg);
+    let protocol = packet.protocol;
+    if protocol == ip_proto::TCP
         && packet.tcp_flags & TCP_SYN != 0
         && packet.tcp_flags & TCP_ACK == 0
-        && src_is_a != (entry.state & ct_state::A_INITIATED != 0)
+        && !from_initiator
     {
         // A connection opening from the side that answered this flow is a new connection,
         // not part of it (a flow adopted mid-flow must not let the peer open new ones).
         return Tracked::Unknown;
     }
-    let protocol = key.protocol();
-    if elapsed(now, entry.last_seen, cfg) > timeout(entry, protocol, cfg) {
+    if age > timeout(entry, protocol, cfg) {
         let _ = K::map().remove(&key);
         return Tracked::Unknown;
     }
@@ -273,7 +276,6 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         }
     }
     if protocol == ip_proto::TCP {
-        let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
         let mut state = entry.state;
         if !from_initiator {
             state |= ct_state::REPLIED;
@@ -291,12 +293,12 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         if state != entry.state {
             entry.state = state;
         }
-    } else if src_is_a != (entry.state & ct_state::A_INITIATED != 0) {
+    } else if !from_initiator {
         entry.state |= ct_state::REPLIED;
     }
     // Refreshed at most once a second, to keep writes (and cache-line bouncing between
     // CPUs) off the per-packet path.
-    if elapsed(now, entry.last_seen, cfg) > ticks(1, cfg) {
+    if age > ticks(1, cfg) {
         entry.last_seen = now;
     }
     Tracked::Allowed
@@ -332,7 +334,10 @@ fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
 /// was cut, or a forged error carrying a tracked flow's header toward another address) gets
 /// no related-flow pass and is judged by policy.
 #[inline(always)]
-pub fn related_is_tracked(flow: &Flow, error: &Packet) -> bool {
+pub fn related_is_tracked(error: &Packet) -> bool {
+    let Some(flow) = &error.related else {
+        return false;
+    };
     if !flow.src.same_as(&error.dst) {
         return false;
     }

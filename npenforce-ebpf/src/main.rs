@@ -28,9 +28,9 @@ use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
 use crate::{
     conntrack::Tracked,
-    maps::{ENDPOINTS, IFACES, IFACE_SLOTS, SCRATCH},
+    maps::{IFACES, IFACE_SLOTS, SCRATCH},
     observe::{count_node, count_pod, report_drop},
-    policy::{egress_allows, ingress_allows, is_node_addr, judge, pod_state},
+    policy::{endpoint_pod, is_node_addr, judge, pod_state, side_verdict},
 };
 
 /// Load-time configuration (`EbpfLoader::override_global`).
@@ -204,11 +204,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     };
     let pod_id = iface.pod_id;
     // Anti-spoofing: the source must be one of this pod's own addresses.
-    let owner = ENDPOINTS
-        .get_ptr(&AddrKey { addr: packet.src.0 })
-        // SAFETY: pointer from a successful lookup.
-        .map(|e| unsafe { (*e).pod_id });
-    if owner != Some(pod_id) {
+    if endpoint_pod(&packet.src) != Some(pod_id) {
         report_drop(
             &ctx,
             Some(packet),
@@ -234,20 +230,12 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
             }
             Tracked::Unknown => {}
         }
-        if let Some(flow) = &packet.related {
-            if conntrack::related_is_tracked(flow, packet) {
-                set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
-                return verdict::PASS;
-            }
+        if conntrack::related_is_tracked(packet) {
+            set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
+            return verdict::PASS;
         }
     }
-    let egress_done =
-        if pod_state(pod_id).flags & npenforce_common::endpoint_flags::EGRESS_ISOLATED == 0 {
-            mark::EGRESS_DONE
-        } else {
-            0
-        };
-    set_our_mark(&ctx, pod_mark | egress_done);
+    set_our_mark(&ctx, pod_mark);
     verdict::PASS
 }
 
@@ -294,10 +282,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
             let now = conntrack::now();
             let known = match conntrack::lookup(packet, &cfg, now) {
                 Tracked::Allowed => true,
-                Tracked::Denied(_) | Tracked::Unknown => match &packet.related {
-                    Some(flow) => conntrack::related_is_tracked(flow, packet),
-                    None => false,
-                },
+                Tracked::Denied(_) | Tracked::Unknown => conntrack::related_is_tracked(packet),
             };
             if known {
                 set_our_mark(&ctx, mark::CLASSIFIED | mark::ESTABLISHED);
@@ -338,23 +323,15 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     }
 }
 
-/// The sending pod of this node whose egress policy still has to be judged, from the mark
-/// `npe_from_pod` set (it survives SNAT), or 0.
+/// The sending pod of this node: from the mark `npe_from_pod` set (it survives SNAT), or, for
+/// a packet not classified on entry (a pod veth we are not attached to yet), from the
+/// address map; 0 when the sender is not a pod of this node.
 #[inline(always)]
 fn sender_pod(m: u32, packet: &Packet) -> u32 {
     if m & mark::CLASSIFIED != 0 {
-        let pod = m >> mark::POD_SHIFT;
-        if m & mark::EGRESS_DONE != 0 {
-            return 0;
-        }
-        return pod;
+        return m >> mark::POD_SHIFT;
     }
-    // Not classified on entry (a pod veth we are not attached to yet): trust the address map.
-    ENDPOINTS
-        .get_ptr(&AddrKey { addr: packet.src.0 })
-        // SAFETY: pointer from a successful lookup.
-        .map(|e| unsafe { (*e).pod_id })
-        .unwrap_or(0)
+    endpoint_pod(&packet.src).unwrap_or(0)
 }
 
 /// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
@@ -385,25 +362,30 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         Tracked::Denied(reason) => return Err(reason),
         Tracked::Unknown => {}
     }
-    if let Some(flow) = &packet.related {
-        if conntrack::related_is_tracked(flow, packet) {
-            return Ok(());
-        }
+    if conntrack::related_is_tracked(packet) {
+        return Ok(());
     }
     // A new flow. The receiver's ingress policy first: it needs no lookup of the sender,
     // which only a packet the receiver admits pays for.
-    let ingress = ingress_allows(&packet.src, packet.protocol, packet.dst_port, receiver);
-    // The tracked flow records the sending pod whenever it was classified on entry, even
-    // when it is not egress-isolated now (its egress check passes then), so that an egress
-    // policy it gets later applies when the flow is judged again.
-    let sender = if m & mark::CLASSIFIED != 0 {
-        m >> mark::POD_SHIFT
-    } else {
-        // Not classified on entry (a pod veth we are not attached to yet): the address map.
-        sender_pod(m, packet)
-    };
+    let ingress = side_verdict(
+        direction::INGRESS,
+        &packet.src,
+        packet.protocol,
+        packet.dst_port,
+        receiver,
+    );
+    // The tracked flow records the sending pod even when it is not egress-isolated now (its
+    // egress check passes then), so that an egress policy it gets later applies when the
+    // flow is judged again.
+    let sender = sender_pod(m, packet);
     let forward = match ingress {
-        Ok(()) => egress_allows(&packet.dst, packet.protocol, packet.dst_port, sender),
+        Ok(()) => side_verdict(
+            direction::EGRESS,
+            &packet.dst,
+            packet.protocol,
+            packet.dst_port,
+            sender,
+        ),
         Err(reason) => Err(reason),
     };
     if forward.is_ok() {

@@ -8,7 +8,7 @@ use npenforce_common::{
 
 use crate::{
     addr::WordAddr,
-    maps::{NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS},
+    maps::{ENDPOINTS, NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS},
 };
 
 /// The pod's flags (isolation and presence); empty for id 0 or an unknown id.
@@ -26,6 +26,15 @@ pub fn pod_state(pod_id: u32) -> PodState {
 #[inline(always)]
 pub fn is_node_addr(addr: &WordAddr) -> bool {
     NODE_ADDRS.get_ptr(&AddrKey { addr: addr.0 }).is_some()
+}
+
+/// The pod of this node that owns `addr`, if any.
+#[inline(always)]
+pub fn endpoint_pod(addr: &WordAddr) -> Option<u32> {
+    ENDPOINTS
+        .get_ptr(&AddrKey { addr: addr.0 })
+        // SAFETY: pointer from a successful lookup.
+        .map(|e| unsafe { (*e).pod_id })
 }
 
 #[inline(always)]
@@ -60,10 +69,7 @@ fn peer_ruleset(pod_id: u32, state: u32, dir: u8, peer: &WordAddr) -> Option<u32
 /// One pod's verdict for one direction: not isolated, or a rule allows `peer` on
 /// `protocol`/`port` (a peer lookup for the rule set, one longest-prefix lookup for the port).
 #[inline(always)]
-pub fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u16) -> bool {
-    if pod_id == 0 {
-        return true;
-    }
+fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u16) -> bool {
     let state = pod_state(pod_id).flags;
     if state & isolation_flag(dir) == 0 {
         return true;
@@ -76,40 +82,25 @@ pub fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u1
     POLICY_PORTS.get(&port_key).is_some()
 }
 
-/// The egress policy of `egress_pod` (the sender, if it is one of this node's pods) for a
-/// new flow to `dst`. Traffic to this node's own addresses is always allowed.
+/// One side of a new flow: the policy of `pod` (a pod of this node, or 0 for none) for
+/// `dir`, toward `peer` (the destination for egress, the source for ingress). Traffic from and
+/// to this node's own addresses is always allowed.
 #[inline(always)]
-pub fn egress_allows(
-    dst: &WordAddr,
+pub fn side_verdict(
+    dir: u8,
+    peer: &WordAddr,
     protocol: u8,
     dst_port: u16,
-    egress_pod: u32,
+    pod: u32,
 ) -> Result<(), u8> {
-    if egress_pod != 0
-        && !side_allows(egress_pod, direction::EGRESS, dst, protocol, dst_port)
-        && !is_node_addr(dst)
-    {
-        return Err(drop_reason::EGRESS_DENIED);
+    if pod == 0 || side_allows(pod, dir, peer, protocol, dst_port) || is_node_addr(peer) {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// The ingress policy of `ingress_pod` (the receiver, if it is one of this node's pods) for
-/// a new flow from `src`. Traffic from this node's own addresses is always allowed.
-#[inline(always)]
-pub fn ingress_allows(
-    src: &WordAddr,
-    protocol: u8,
-    dst_port: u16,
-    ingress_pod: u32,
-) -> Result<(), u8> {
-    if ingress_pod != 0
-        && !side_allows(ingress_pod, direction::INGRESS, src, protocol, dst_port)
-        && !is_node_addr(src)
-    {
-        return Err(drop_reason::INGRESS_DENIED);
-    }
-    Ok(())
+    Err(if dir == direction::INGRESS {
+        drop_reason::INGRESS_DENIED
+    } else {
+        drop_reason::EGRESS_DENIED
+    })
 }
 
 /// Judges a flow from `src` to `dst`: both sides' policies.
@@ -122,6 +113,6 @@ pub fn judge(
     egress_pod: u32,
     ingress_pod: u32,
 ) -> Result<(), u8> {
-    egress_allows(dst, protocol, dst_port, egress_pod)?;
-    ingress_allows(src, protocol, dst_port, ingress_pod)
+    side_verdict(direction::EGRESS, dst, protocol, dst_port, egress_pod)?;
+    side_verdict(direction::INGRESS, src, protocol, dst_port, ingress_pod)
 }

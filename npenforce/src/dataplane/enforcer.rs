@@ -3,10 +3,7 @@
 //! Every call works in the calling thread's network namespace (the node's): interface names,
 //! ifindexes and route lookups are per namespace.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use npenforce_common::{
@@ -236,16 +233,18 @@ impl KernelEnforcer {
     /// The pod behind `ifindex`: the pod whose address the node routes through it.
     fn pod_info_for(&self, ifindex: u32) -> IfaceInfo {
         let pod_id = self.routes_to_pods().get(&ifindex).copied();
+        if let Some(pod_id) = pod_id.filter(|id| *id >= self.pod_capacity) {
+            tracing::error!(pod_id, ifindex, "pod id beyond the POD_STATE size: pod kept pending (node traffic only); raise --map-size-pods");
+        }
+        self.iface_info(pod_id)
+    }
+
+    /// The entry of a pod veth behind which the routes put `pod_id`: pending while no pod
+    /// (or one whose id does not fit `POD_STATE`) is known there.
+    fn iface_info(&self, pod_id: Option<u32>) -> IfaceInfo {
         match pod_id {
             Some(pod_id) if pod_id < self.pod_capacity => IfaceInfo { pod_id, flags: 0 },
-            Some(pod_id) => {
-                tracing::error!(pod_id, ifindex, "pod id beyond the POD_STATE size: pod kept pending (node traffic only); raise --map-size-pods");
-                IfaceInfo {
-                    pod_id: 0,
-                    flags: iface_flags::PENDING,
-                }
-            }
-            None => IfaceInfo {
+            _ => IfaceInfo {
                 pod_id: 0,
                 flags: iface_flags::PENDING,
             },
@@ -255,11 +254,7 @@ impl KernelEnforcer {
     /// ifindex -> pod id, from a route lookup of every local pod address.
     fn routes_to_pods(&self) -> BTreeMap<u32, u32> {
         let mut by_iface = BTreeMap::new();
-        let mut seen = BTreeSet::new();
         for (addr, info) in &self.maps.entries().endpoints {
-            if !seen.insert((info.pod_id, addr.addr)) {
-                continue;
-            }
             let ip = from_kernel_addr(addr.addr);
             match netlink::route_to(ip) {
                 Ok(Some(route)) => {
@@ -287,13 +282,7 @@ impl KernelEnforcer {
         }
         let routes = self.routes_to_pods();
         for ifindex in pod_veths {
-            let info = match routes.get(&ifindex) {
-                Some(&pod_id) if pod_id < self.pod_capacity => IfaceInfo { pod_id, flags: 0 },
-                _ => IfaceInfo {
-                    pod_id: 0,
-                    flags: iface_flags::PENDING,
-                },
-            };
+            let info = self.iface_info(routes.get(&ifindex).copied());
             self.write_iface(ifindex, info)?;
         }
         Ok(())

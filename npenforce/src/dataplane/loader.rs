@@ -65,7 +65,7 @@ pub enum DataplaneError {
     WritesFailed { failed: usize },
     #[error("measuring the kernel's tick rate (jiffies per second) failed: {0}")]
     Clock(#[source] io::Error),
-    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    #[error("per-CPU map values (one per possible CPU, /sys/devices/system/cpu/possible): {0}")]
     PossibleCpus(#[source] io::Error),
     #[error("pinning under {path}: {source}")]
     Pin {

@@ -231,11 +231,10 @@ impl PolicyMaps {
             self.note(&mut stats, r, map_names::ENDPOINTS);
         }
         // What POD_STATE becomes, from the endpoints and peer tables after the diff.
-        let mut after = self.mirror.endpoints.clone();
-        diff.endpoints.apply_to(&mut after);
-        let mut tables_after = self.table_entries.clone();
-        tables_after.apply(&self.mirror.peers, &diff.peers);
-        let new_flags = pod_flags_from(after.values(), &tables_after);
+        // (The table counts follow the peers before they change.)
+        self.table_entries.apply(&self.mirror.peers, &diff.peers);
+        diff.endpoints.apply_to(&mut self.mirror.endpoints);
+        let new_flags = pod_flags_from(self.mirror.endpoints.values(), &self.table_entries);
         let touched: BTreeSet<u32> = self
             .pod_flags
             .keys()
@@ -280,10 +279,8 @@ impl PolicyMaps {
             let r = self.ports.remove(&Key::new(*len, *key));
             self.note_removal(&mut stats, r, map_names::POLICY_PORTS);
         }
-        diff.endpoints.apply_to(&mut self.mirror.endpoints);
         diff.peers.apply_to(&mut self.mirror.peers);
         diff.ports.apply_to(&mut self.mirror.ports);
-        self.table_entries = tables_after;
         self.pod_flags = new_flags;
         self.bump_generation()?;
         Ok(stats)
