@@ -197,7 +197,7 @@ impl DesiredState {
 
 fn addr_key(ip: IpAddr) -> AddrKey {
     AddrKey {
-        addr: addr_to_u128(ip).to_be_bytes(),
+        addr: crate::addr::kernel_addr(ip),
     }
 }
 

@@ -99,7 +99,6 @@ pub fn flatten(atoms: &[Atom<'_>]) -> Vec<(Prefix, Vec<Grant>)> {
     // Stack of (prefix, marks range, index of the value in `out` or None for "nothing").
     let mut stack: Vec<(Prefix, usize, usize, Option<usize>)> = Vec::new();
     let mut out: Vec<(Prefix, Vec<Grant>)> = Vec::new();
-    let mut values: Vec<Vec<Grant>> = Vec::new();
     let mut i = 0;
     while i < marks.len() {
         let prefix = marks[i].0;
@@ -131,15 +130,14 @@ pub fn flatten(atoms: &[Atom<'_>]) -> Vec<(Prefix, Vec<Grant>)> {
 
         let inherited = stack.last().and_then(|s| s.3);
         let same = match inherited {
-            Some(v) => same_coverage(&values[v], &grants),
+            Some(v) => same_coverage(&out[v].1, &grants),
             None => grants.is_empty(),
         };
         let value_index = if same {
             inherited
         } else {
-            out.push((prefix, grants.clone()));
-            values.push(grants);
-            Some(values.len() - 1)
+            out.push((prefix, grants));
+            Some(out.len() - 1)
         };
         stack.push((prefix, i, j, value_index));
         i = j;

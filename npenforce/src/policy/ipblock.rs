@@ -160,15 +160,12 @@ pub fn mask(len: u8) -> u128 {
 /// An address in the kernel's mapped form, as an integer (IPv4-mapped IPv6 inputs are
 /// treated as the IPv4 address they carry).
 pub fn addr_to_u128(ip: IpAddr) -> u128 {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => V4_MAPPED_NET | u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
+    u128::from_be_bytes(crate::addr::kernel_addr(ip))
 }
 
 /// The address an integer denotes (IPv4 when it is IPv4-mapped).
 pub fn u128_to_addr(addr: u128) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::from(addr)).to_canonical()
+    crate::addr::from_kernel_addr(addr.to_be_bytes())
 }
 
 /// A validated `ipBlock`: a CIDR minus its excepts.
