@@ -72,6 +72,14 @@ impl LoadedManifests {
 
 /// Reads every manifest file directly inside `dir`. Fails only when the folder itself
 /// cannot be listed; problems with files and objects are in [`LoadedManifests::errors`].
+/// Whether a file is read as manifests: by its extension, `.yaml`, `.yml` or `.json`.
+pub fn is_manifest_path(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
 pub fn load_dir(dir: &Path) -> Result<LoadedManifests, ManifestError> {
     let io_err = |source| ManifestError::Io {
         path: dir.to_path_buf(),
@@ -80,13 +88,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedManifests, ManifestError> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(io_err)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-        })
+        .filter(|p| p.is_file() && is_manifest_path(p))
         .collect();
     files.sort();
     let mut out = LoadedManifests::default();

@@ -57,7 +57,7 @@ pub struct AgentArgs {
         long,
         env = "NPENFORCE_BPFFS",
         value_name = "DIR",
-        default_value = "/sys/fs/bpf/npenforce"
+        default_value = DEFAULT_BPFFS
     )]
     pub bpffs: PathBuf,
 
@@ -84,6 +84,9 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub map_sizes: MapSizeArgs,
 }
+
+/// The agent's bpffs folder unless `--bpffs` says otherwise (`npenforce uninstall` too).
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/npenforce";
 
 /// Sizes of the kernel maps. A full map is logged and counted, and never lets traffic through
 /// (a missing entry denies); size them for the node's pods and the cluster's policies.

@@ -12,7 +12,7 @@ pub struct UninstallArgs {
         long,
         env = "NPENFORCE_BPFFS",
         value_name = "DIR",
-        default_value = "/sys/fs/bpf/npenforce"
+        default_value = crate::agent::args::DEFAULT_BPFFS
     )]
     pub bpffs: PathBuf,
 }

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::lab::Outcome;
+use crate::lab::{outcome_of, Outcome};
 
 /// GETs `path` from `to` with `Host: host`; returns the status code and the body.
 pub fn get(to: SocketAddr, host: &str, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
@@ -47,15 +47,5 @@ pub fn probe(to: SocketAddr, host: &str, expect_body: Option<&str>, timeout: Dur
         },
         Ok((code, _)) => Outcome::Error(format!("HTTP {code}")),
         Err(e) => outcome_of(&e),
-    }
-}
-
-/// The verdict an I/O error means (as the lab's probes read them).
-pub fn outcome_of(e: &io::Error) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Blocked,
-        io::ErrorKind::ConnectionRefused => Outcome::Refused,
-        _ if e.raw_os_error() == Some(libc::EHOSTUNREACH) => Outcome::Blocked,
-        _ => Outcome::Error(e.to_string()),
     }
 }

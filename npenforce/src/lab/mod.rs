@@ -26,7 +26,7 @@ use std::{
 pub use bpffs::BpffsMount;
 pub use gate::kernel_tests_enabled;
 pub use netns::Netns;
-pub use probe::{Conversation, Outcome, Protocol};
+pub use probe::{outcome_of, Conversation, Outcome, Protocol};
 
 /// Probes `to:port` from the calling thread's namespace (for example the node's, inside
 /// [`Netns::run`]).
@@ -100,17 +100,6 @@ impl Lab {
     /// The namespace that plays the node.
     pub fn node(&self) -> &Netns {
         &self.node
-    }
-
-    pub fn pods(&self) -> &[Pod] {
-        &self.pods
-    }
-
-    pub fn pod(&self, name: &str) -> &Pod {
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("lab has no pod {name}"))
     }
 
     /// Adds a pod wired like kindnet's ptp plugin: `eth0` with a /24 (/64) address whose

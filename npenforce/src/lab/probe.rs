@@ -25,12 +25,6 @@ pub enum Outcome {
     Error(String),
 }
 
-impl Outcome {
-    pub fn is_allowed(&self) -> bool {
-        *self == Outcome::Allowed
-    }
-}
-
 pub fn probe(to: IpAddr, port: u16, protocol: Protocol, timeout: Duration) -> Outcome {
     probe_bound(None, to, port, protocol, timeout)
 }
@@ -50,18 +44,18 @@ pub fn probe_bound(
     };
     match result {
         Ok(()) => Outcome::Allowed,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Outcome::Blocked
-        }
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(e) => outcome_of(&e),
+    }
+}
+
+/// The verdict an I/O error of a probe means.
+pub fn outcome_of(e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Blocked,
+        io::ErrorKind::ConnectionRefused => Outcome::Refused,
         // A drop on the way back can also show as unreachable errors from the node.
-        Err(e) if e.raw_os_error() == Some(libc::EHOSTUNREACH) => Outcome::Blocked,
-        Err(e) => Outcome::Error(e.to_string()),
+        _ if e.raw_os_error() == Some(libc::EHOSTUNREACH) => Outcome::Blocked,
+        _ => Outcome::Error(e.to_string()),
     }
 }
 

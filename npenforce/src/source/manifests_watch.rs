@@ -196,7 +196,7 @@ impl FolderState {
         let listed: BTreeSet<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_manifest(p) && p.is_file())
+                .filter(|p| crate::manifests::is_manifest_path(p) && p.is_file())
                 .collect(),
             Err(err) => {
                 tracing::error!(dir = %dir.display(), error = %err, "cannot list the manifests folder");
@@ -294,13 +294,6 @@ fn invalid(path: &Path, errors: Vec<String>) -> SourceEvent {
         origin: path.display().to_string(),
         errors,
     }
-}
-
-fn is_manifest(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
 }
 
 fn to_objects(loaded: &LoadedManifests) -> Vec<Object> {

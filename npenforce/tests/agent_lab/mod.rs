@@ -4,7 +4,7 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the harness")]
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path};
 
 use npenforce::demo::{
     cluster::{outcome_label, PROBE_TIMEOUT},
@@ -150,18 +150,6 @@ pub fn render_observed(pods: &[&str], table: &BTreeMap<(String, String), Observe
         out.push('\n');
     }
     out
-}
-
-/// Waits until `check` holds, for at most `timeout`.
-pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Tests of one binary that build a lab take turns: each runs an agent and probes with

@@ -172,25 +172,6 @@ impl Compiled {
             failures.join("\n")
         );
     }
-
-    /// The truth table between `pods` (row = from, column = to).
-    pub fn truth_table(
-        &self,
-        pods: &[&str],
-        protocol: u8,
-        port: u16,
-    ) -> BTreeMap<(String, String), bool> {
-        let mut t = BTreeMap::new();
-        for from in pods {
-            for to in pods {
-                t.insert(
-                    (from.to_string(), to.to_string()),
-                    self.allowed(from, to, protocol, port),
-                );
-            }
-        }
-        t
-    }
 }
 
 fn verdict(allowed: bool) -> &'static str {
