@@ -48,11 +48,13 @@ pub mod map_names {
     pub const POLICY_PEER_HOSTS: &str = "POLICY_PEER_HOSTS";
     /// This node's own addresses: traffic from and to them is always allowed.
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
-    /// Tracked IPv6 connections (LRU, keyed by `CtKey`).
+    /// Tracked IPv6 connections (array of `CtBucket<CtKey>`, see `ct_table`).
     pub const CONNTRACK_V6: &str = "CONNTRACK_V6";
-    /// Tracked IPv4 connections (LRU, keyed by the 16-byte `CtKeyV4`: a smaller key to hash
-    /// and compare; the gain measured on the established path was small, see BENCHMARKS.md).
+    /// Tracked IPv4 connections (array of `CtBucket<CtKeyV4>`, see `ct_table`).
     pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
+    /// The conntrack tables' hash key (array of one `CtHashKey`): random per node, kept with
+    /// the tables so that adopted entries stay where lookups look for them.
+    pub const CONNTRACK_KEY: &str = "CONNTRACK_KEY";
     /// Verdicts of fragmented datagrams, for their later fragments (LRU).
     pub const FRAGMENTS: &str = "FRAGMENTS";
     /// The policy generation (array of one): bumped after each applied change so tracked
@@ -82,6 +84,7 @@ pub mod map_names {
         NODE_ADDRS,
         CONNTRACK_V4,
         CONNTRACK_V6,
+        CONNTRACK_KEY,
         FRAGMENTS,
         POLICY_GENERATION,
         ADOPTION_DEADLINE,
@@ -127,8 +130,12 @@ pub struct DataplaneConfig {
     /// Ticks per second of the kernel's `jiffies` (its `CONFIG_HZ`), the programs' clock.
     /// The loader measures it (0 in [`DataplaneConfig::DEFAULT`] means "measure").
     pub jiffies_per_second: u32,
+    /// Buckets of each conntrack table minus one (a power of two minus one); the loader
+    /// sets it from the table size (`ct_table::buckets_for`).
+    pub conntrack_bucket_mask: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 48);
 
 impl DataplaneConfig {
     pub const DEFAULT: Self = Self {
@@ -142,6 +149,8 @@ impl DataplaneConfig {
         drop_events_per_second: 20,
         adoption_window_s: 120,
         jiffies_per_second: 0,
+        conntrack_bucket_mask: 0,
+        _pad: 0,
     };
 }
 
@@ -255,7 +264,7 @@ pub mod mark {
 /// Key of `CONNTRACK_V6`: a flow in canonical order, `(a, a_port) <= (b, b_port)`, so both
 /// directions of a flow find the same entry with one lookup.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
     pub a: Addr,
     pub b: Addr,
@@ -324,7 +333,7 @@ impl CtKey {
 /// order the IPv4-mapped addresses give), with the four-byte addresses as they appear in
 /// the packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKeyV4 {
     pub a: [u8; 4],
     pub b: [u8; 4],
@@ -383,7 +392,7 @@ pub mod ct_state {
     pub const DENIED: u8 = 1 << 5;
 }
 
-/// Value of `CONNTRACK_V4` and `CONNTRACK_V6`.
+/// The state of a tracked flow (in a [`CtSlot`] of `CONNTRACK_V4` or `CONNTRACK_V6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
@@ -402,6 +411,182 @@ pub struct CtEntry {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+
+/// One slot of a conntrack table: a flow and its entry, guarded by `version`
+/// (`ct_table::WRITING`, `UPDATING`, `OCCUPIED` and a counter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtSlot<K> {
+    pub version: u64,
+    pub key: K,
+    pub entry: CtEntry,
+}
+const _: () = assert!(core::mem::size_of::<CtSlot<CtKeyV4>>() == 48);
+const _: () = assert!(core::mem::size_of::<CtSlot<CtKey>>() == 72);
+
+/// Value of `CONNTRACK_V4` (`K` = [`CtKeyV4`]) and `CONNTRACK_V6` (`K` = [`CtKey`]): the
+/// slots that flows hashing to this bucket may use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtBucket<K> {
+    pub slots: [CtSlot<K>; ct_table::WAYS],
+}
+
+/// Value of `CONNTRACK_KEY`: the secret of the conntrack tables' hash (one word per key word).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtHashKey {
+    pub words: [u64; 5],
+}
+
+/// The conntrack tables: arrays of buckets that the programs search and write themselves.
+///
+/// Why not a kernel hash map: every map operation is a kernel call, and on machines with
+/// return-thunk mitigations (SRSO) each one costs 25 to 35 ns, an LRU insert several times
+/// that; an array lookup is inlined by the verifier. See the kernel crate's `conntrack` for
+/// the concurrency rules and BENCHMARKS.md for the numbers.
+pub mod ct_table {
+    use super::CtHashKey;
+
+    /// Slots per bucket. A full bucket evicts its least recently seen flow.
+    pub const WAYS: usize = 4;
+    /// `CtSlot::version`: a writer is replacing the slot's flow; its key and entry are not
+    /// to be trusted until the bit clears and the counter has moved on.
+    pub const WRITING: u64 = 1;
+    /// `CtSlot::version`: a writer is updating the entry of the slot's flow in place (the
+    /// key stays; each entry word is written whole).
+    pub const UPDATING: u64 = 2;
+    /// `CtSlot::version`: the slot holds a flow.
+    pub const OCCUPIED: u64 = 4;
+    /// `CtSlot::version`: the counter, bumped whenever the slot changes flows.
+    pub const STEP: u64 = 8;
+
+    /// Buckets for a table of `flows` flows: twice as many slots as flows, so buckets
+    /// rarely fill up before the table does, rounded up to a power of two.
+    pub const fn buckets_for(flows: u32) -> u32 {
+        let half = flows / 2;
+        if half <= 1 {
+            1
+        } else {
+            half.next_power_of_two()
+        }
+    }
+
+    /// Whether a slot with this version holds a flow that may be read: occupied, not being
+    /// replaced (an in-place update leaves the key and every whole word valid).
+    #[inline(always)]
+    pub const fn is_live(version: u64) -> bool {
+        version & (WRITING | OCCUPIED) == OCCUPIED
+    }
+
+    /// The version after a writer that locked `seen` replaced the slot's flow (or emptied
+    /// it, `occupied` false): the counter moves on, so readers that saw `seen` retry.
+    #[inline(always)]
+    pub const fn replaced(seen: u64, occupied: bool) -> u64 {
+        let next = (seen & !(STEP - 1)).wrapping_add(STEP);
+        if occupied {
+            next | OCCUPIED
+        } else {
+            next
+        }
+    }
+
+    /// The bucket of a key given as words: NH universal hashing (a sum of products of the
+    /// key's 32-bit halves plus secret words), then a multiplicative mix for the high bits.
+    /// Without the secret, chosen flows cannot be aimed at one bucket. A PRF (SipHash-1-3)
+    /// cost 25 ns more per packet here; the table's entries are not secret, only their place.
+    #[inline(always)]
+    pub fn bucket<const N: usize>(words: &[u64; N], key: &CtHashKey, mask: u32) -> u32 {
+        let mut sum: u64 = 0;
+        let mut i = 0;
+        while i < N && i < key.words.len() {
+            let (w, k) = (words[i], key.words[i]);
+            let lo = (w as u32).wrapping_add(k as u32) as u64;
+            let hi = ((w >> 32) as u32).wrapping_add((k >> 32) as u32) as u64;
+            sum = sum.wrapping_add(lo.wrapping_mul(hi));
+            i += 1;
+        }
+        let mixed = (sum ^ (sum >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((mixed >> 32) as u32) & mask
+    }
+}
+
+/// A key type of the conntrack tables.
+pub trait CtTableKey: Copy + PartialEq {
+    /// The key's bucket in a table of `mask + 1` buckets hashed with `secret`.
+    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32;
+}
+
+impl CtTableKey for CtKeyV4 {
+    #[inline(always)]
+    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32 {
+        ct_table::bucket(&self.words(), secret, mask)
+    }
+}
+
+impl CtTableKey for CtKey {
+    #[inline(always)]
+    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32 {
+        ct_table::bucket(&self.words(), secret, mask)
+    }
+}
+
+/// Userspace edits of a bucket read whole (tests, benchmarks): the programs' own writes
+/// follow the slot protocol in the kernel crate instead.
+impl<K: CtTableKey> CtBucket<K> {
+    /// The slot holding `key`.
+    pub fn position(&self, key: &K) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| ct_table::is_live(slot.version) && slot.key == *key)
+    }
+
+    /// Puts the flow into its own slot or a free one; false when every slot holds another
+    /// flow.
+    pub fn place(&mut self, key: K, entry: CtEntry) -> bool {
+        let index = self.position(&key).or_else(|| {
+            self.slots
+                .iter()
+                .position(|slot| slot.version & ct_table::OCCUPIED == 0)
+        });
+        let Some(index) = index else {
+            return false;
+        };
+        let slot = &mut self.slots[index];
+        slot.version = ct_table::replaced(slot.version, true);
+        slot.key = key;
+        slot.entry = entry;
+        true
+    }
+
+    /// Empties the slot holding `key`; false if no slot did.
+    pub fn remove(&mut self, key: &K) -> bool {
+        let Some(index) = self.position(key) else {
+            return false;
+        };
+        let slot = &mut self.slots[index];
+        slot.version = ct_table::replaced(slot.version, false);
+        true
+    }
+}
+
+impl CtKeyV4 {
+    /// The key as the two words the table hashes and compares.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes of integer fields without implicit padding.
+        unsafe { core::mem::transmute::<CtKeyV4, [u64; 2]>(*self) }
+    }
+}
+
+impl CtKey {
+    /// The key as the five words the table hashes and compares.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes of integer fields without implicit padding.
+        unsafe { core::mem::transmute::<CtKey, [u64; 5]>(*self) }
+    }
+}
 
 /// Key of `FRAGMENTS`: one fragmented datagram.
 #[repr(C)]
@@ -462,6 +647,8 @@ pub mod node_counter {
     pub const EVENTS_SUPPRESSED: u32 = 18;
     pub const FRAG_TRACK_FAILED: u32 = 19;
     pub const MID_FLOW_ADOPTED: u32 = 20;
+    /// A new flow took the slot of a live one (its bucket of the conntrack table was full).
+    pub const CT_EVICTED: u32 = 21;
     pub const COUNT: u32 = 32;
 }
 
@@ -679,6 +866,9 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtKeyV4 {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtBucket<CtKeyV4> {}
+    unsafe impl aya::Pod for CtBucket<CtKey> {}
+    unsafe impl aya::Pod for CtHashKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for TrafficCounters {}
@@ -768,5 +958,115 @@ mod tests {
             "pod ids past 16 bits use the hash"
         );
         assert_eq!(iface_slot::pack(0, info), None);
+    }
+
+    fn v4_flow(i: u32) -> CtKeyV4 {
+        CtKeyV4::for_flow(
+            [10, 0, (i >> 8) as u8, i as u8],
+            1024 + (i % 50_000) as u16,
+            [10, 1, 0, 1],
+            80,
+            ip_proto::TCP,
+        )
+        .0
+    }
+
+    #[test]
+    fn conntrack_tables_get_two_slots_per_flow_in_whole_buckets() {
+        assert_eq!(ct_table::buckets_for(1 << 18), 1 << 17);
+        assert_eq!(ct_table::buckets_for(1 << 20), 1 << 19);
+        assert_eq!(ct_table::buckets_for(1000), 512);
+        assert_eq!(ct_table::buckets_for(0), 1);
+        assert_eq!(ct_table::buckets_for(3), 1);
+    }
+
+    #[test]
+    fn slot_versions_move_on_when_the_flow_changes() {
+        use ct_table::*;
+        let empty = 0;
+        assert!(!is_live(empty));
+        let taken = replaced(empty | WRITING, true);
+        assert!(is_live(taken));
+        assert_eq!(taken & (WRITING | UPDATING), 0);
+        assert_ne!(
+            taken & !(STEP - 1),
+            empty & !(STEP - 1),
+            "the counter moved"
+        );
+        // An in-place update leaves the flow readable; a replacement does not.
+        assert!(is_live(taken | UPDATING));
+        assert!(!is_live(taken | WRITING));
+        let emptied = replaced(taken, false);
+        assert!(!is_live(emptied));
+        assert_ne!(emptied & !(STEP - 1), taken & !(STEP - 1));
+        // The counter wraps instead of overflowing.
+        assert!(is_live(replaced(!(WRITING | UPDATING), true)));
+    }
+
+    #[test]
+    fn buckets_spread_flows_and_depend_on_the_secret() {
+        let secret = CtHashKey {
+            words: [
+                0x0123_4567_89ab_cdef,
+                0xfedc_ba98_7654_3210,
+                0x0f1e_2d3c_4b5a_6978,
+                0x8796_a5b4_c3d2_e1f0,
+                0x1357_9bdf_0246_8ace,
+            ],
+        };
+        let other = CtHashKey {
+            words: secret.words.map(|w| w.rotate_left(17) ^ 0x5555),
+        };
+        let mask = (1 << 12) - 1;
+        let mut load = [0u32; 1 << 12];
+        let mut moved = 0;
+        let flows = 1 << 16;
+        for i in 0..flows {
+            let key = v4_flow(i);
+            let bucket = key.bucket(&secret, mask);
+            assert!(bucket <= mask);
+            load[bucket as usize] += 1;
+            moved += u32::from(bucket != key.bucket(&other, mask));
+        }
+        // 16 flows per bucket on average; a uniform hash keeps the fullest far below 4x.
+        let fullest = *load.iter().max().unwrap();
+        assert!(fullest < 48, "fullest bucket holds {fullest} flows");
+        assert!(
+            load.iter().filter(|&&n| n == 0).count() < 8,
+            "empty buckets"
+        );
+        assert!(
+            moved > flows * 9 / 10,
+            "another secret moved only {moved} flows"
+        );
+        // IPv6 keys use all five words.
+        let (a, _) = CtKey::for_flow([1; 16], 1, [2; 16], 2, ip_proto::UDP);
+        let (b, _) = CtKey::for_flow([1; 16], 1, [2; 16], 3, ip_proto::UDP);
+        assert_ne!(a.bucket(&secret, u32::MAX), b.bucket(&secret, u32::MAX));
+    }
+
+    #[test]
+    fn buckets_place_find_and_remove_flows() {
+        let mut bucket = CtBucket::<CtKeyV4>::default();
+        let entry = |pod| CtEntry {
+            ingress_pod: pod,
+            ..CtEntry::default()
+        };
+        for i in 0..ct_table::WAYS as u32 {
+            assert!(bucket.place(v4_flow(i), entry(i)));
+        }
+        assert!(!bucket.place(v4_flow(99), entry(99)), "a full bucket");
+        // A flow already there is replaced in its own slot.
+        assert!(bucket.place(v4_flow(2), entry(20)));
+        let at = bucket.position(&v4_flow(2)).unwrap();
+        assert_eq!(bucket.slots[at].entry.ingress_pod, 20);
+        assert!(bucket.remove(&v4_flow(1)));
+        assert!(!bucket.remove(&v4_flow(1)));
+        assert_eq!(bucket.position(&v4_flow(1)), None);
+        assert!(bucket.place(v4_flow(99), entry(99)), "the freed slot");
+        assert!(bucket.position(&v4_flow(99)).is_some());
+        // An empty slot never matches, even the all-zero key.
+        let empty = CtBucket::<CtKeyV4>::default();
+        assert_eq!(empty.position(&CtKeyV4::default()), None);
     }
 }

@@ -3,23 +3,51 @@
 //! Why not the kernel's conntrack through kfuncs: our verdicts must hold where kube-proxy's
 //! netfilter NAT has not run yet (host veth TC ingress) and on nodes where netfilter does not
 //! track a flow at all (no NAT rule, `NOTRACK`); the kfuncs also tie the program to
-//! nf_conntrack being loaded and to kernel-version-specific struct layouts. An LRU map keyed
-//! by the flow in canonical order costs one hash lookup per packet for both directions, its
-//! entries carry the policy generation they were judged under (so a policy change can cut
-//! established flows), and a full table evicts the oldest flows, which are then judged again
-//! (never passed unjudged).
+//! nf_conntrack being loaded and to kernel-version-specific struct layouts.
+//!
+//! Why not a kernel hash map: each map operation is a kernel call (25 to 35 ns each on
+//! machines with return-thunk mitigations), an LRU insert several of them plus locks. The
+//! tables are arrays of buckets instead (`npenforce_common::ct_table`): the verifier inlines
+//! the array lookup, and the program hashes, compares and writes the slots itself. A flow's
+//! two directions share one entry (canonical key order); the entry carries the policy
+//! generation it was judged under (so a policy change can cut established flows); a full
+//! bucket evicts its least recently seen flow, which is then judged again (never passed
+//! unjudged).
+//!
+//! Concurrency: packets of one flow may be handled on several CPUs at once, and a slot may
+//! be taken over by another flow meanwhile. Each slot has a version word:
+//! - a reader reads the version, the key and the entry, then the version again, and trusts
+//!   what it read only if the slot held the same flow throughout (not `WRITING`, same
+//!   counter). On x86-64 (the target the object is built for: total store order, loads are
+//!   not reordered with loads) volatile loads are enough; another architecture would need
+//!   BPF load-acquire here.
+//! - a writer takes the slot with a compare-and-exchange of the version it saw: `WRITING`
+//!   to put another flow into it (the counter moves on when it is done), `UPDATING` to change
+//!   the entry of the flow it holds (readers keep reading it: every entry word is written
+//!   whole). A writer that loses the race skips its write: a lost timestamp refresh or state
+//!   bit is written by a later packet, a lost insert is counted and the flow is judged again.
+
+use core::{
+    intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    maps::LruHashMap,
+    maps::Array,
 };
 use npenforce_common::{
-    ct_state, ip_proto, v4_mapped, CtEntry, CtKey, CtKeyV4, DataplaneConfig, FragEntry, FragKey,
+    ct_state,
+    ct_table::{self, OCCUPIED, UPDATING, WAYS, WRITING},
+    ip_proto, v4_mapped, CtBucket, CtEntry, CtKey, CtKeyV4, CtSlot, DataplaneConfig, FragEntry,
+    FragKey,
 };
 
 use crate::{
     addr::WordAddr,
-    maps::{ADOPTION_DEADLINE, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS, POLICY_GENERATION},
+    maps::{
+        ADOPTION_DEADLINE, CONNTRACK_KEY, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS, POLICY_GENERATION,
+    },
     parse::{Flow, Packet},
     policy::judge,
 };
@@ -83,16 +111,29 @@ pub fn in_adoption_window() -> bool {
     deadline != 0 && unsafe { bpf_ktime_get_coarse_ns() } < deadline
 }
 
-/// A conntrack key type and the map it lives in: IPv4 flows in `CONNTRACK_V4` (16-byte keys),
-/// IPv6 flows in `CONNTRACK_V6` (40-byte keys). Hashing and comparing the key is most of a
-/// lookup's cost, so IPv4 traffic gets the small one.
-pub trait FlowKey: Sized + 'static {
-    fn map() -> &'static LruHashMap<Self, CtEntry>;
+/// A conntrack key type and the table it lives in: IPv4 flows in `CONNTRACK_V4` (16-byte
+/// keys), IPv6 flows in `CONNTRACK_V6` (40-byte keys).
+pub trait FlowKey: Copy + 'static {
+    /// The key's size in words.
+    const WORDS: usize;
+    fn table() -> &'static Array<CtBucket<Self>>;
     /// The key of `a:a_port <-> b:b_port` with `a` first (already in canonical order).
     fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self;
     /// Both ends, as IPv6 or IPv4-mapped addresses, and the ports.
     fn ends(&self) -> (WordAddr, WordAddr, u16, u16);
     fn protocol(&self) -> u8;
+    /// The key's bucket in its table.
+    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32>;
+    /// Whether the key stored at `stored` (a slot's, read word by word) is this one.
+    ///
+    /// # Safety
+    /// `stored` points into a conntrack table's value.
+    unsafe fn stored_at(&self, stored: *const Self) -> bool;
+    /// Writes the key into a slot it has locked.
+    ///
+    /// # Safety
+    /// `stored` points into a conntrack table's value.
+    unsafe fn store_at(&self, stored: *mut Self);
 }
 
 /// The last word of both key types: a_port, b_port, protocol and a zero pad, in memory order.
@@ -101,9 +142,43 @@ fn tail_word(a_port: u16, b_port: u16, protocol: u8) -> u64 {
     ((a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32)).to_le()
 }
 
+#[inline(always)]
+fn bucket_of<const N: usize>(words: &[u64; N], cfg: &DataplaneConfig) -> Option<u32> {
+    let secret = CONNTRACK_KEY.get(0)?;
+    Some(ct_table::bucket(words, secret, cfg.conntrack_bucket_mask))
+}
+
+/// # Safety
+/// `stored` points to `N` readable words.
+#[inline(always)]
+unsafe fn words_equal<const N: usize>(words: &[u64; N], stored: *const u64) -> bool {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: within the `N` words the caller vouches for.
+        if unsafe { read_volatile(stored.add(i)) } != words[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// # Safety
+/// `stored` points to `N` writable words.
+#[inline(always)]
+unsafe fn store_words<const N: usize>(words: &[u64; N], stored: *mut u64) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: within the `N` words the caller vouches for.
+        unsafe { write_volatile(stored.add(i), words[i]) };
+        i += 1;
+    }
+}
+
 impl FlowKey for CtKey {
+    const WORDS: usize = 5;
     #[inline(always)]
-    fn map() -> &'static LruHashMap<Self, CtEntry> {
+    fn table() -> &'static Array<CtBucket<Self>> {
         &CONNTRACK_V6
     }
 
@@ -127,11 +202,29 @@ impl FlowKey for CtKey {
     fn protocol(&self) -> u8 {
         self.protocol
     }
+
+    #[inline(always)]
+    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32> {
+        bucket_of(&self.words(), cfg)
+    }
+
+    #[inline(always)]
+    unsafe fn stored_at(&self, stored: *const Self) -> bool {
+        // SAFETY: a CtKey is five words, 8-aligned in its slot.
+        unsafe { words_equal(&self.words(), stored as *const u64) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_at(&self, stored: *mut Self) {
+        // SAFETY: as for `stored_at`.
+        unsafe { store_words(&self.words(), stored as *mut u64) }
+    }
 }
 
 impl FlowKey for CtKeyV4 {
+    const WORDS: usize = 2;
     #[inline(always)]
-    fn map() -> &'static LruHashMap<Self, CtEntry> {
+    fn table() -> &'static Array<CtBucket<Self>> {
         &CONNTRACK_V4
     }
 
@@ -158,6 +251,131 @@ impl FlowKey for CtKeyV4 {
     #[inline(always)]
     fn protocol(&self) -> u8 {
         self.protocol
+    }
+
+    #[inline(always)]
+    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32> {
+        bucket_of(&self.words(), cfg)
+    }
+
+    #[inline(always)]
+    unsafe fn stored_at(&self, stored: *const Self) -> bool {
+        // SAFETY: a CtKeyV4 is two words, 8-aligned in its slot.
+        unsafe { words_equal(&self.words(), stored as *const u64) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_at(&self, stored: *mut Self) {
+        // SAFETY: as for `stored_at`.
+        unsafe { store_words(&self.words(), stored as *mut u64) }
+    }
+}
+
+/// Takes a slot: its version from `seen` to `locked` if no other CPU changed it since it was
+/// read (BPF_CMPXCHG, fully ordered). The `AtomicU64` methods are not offered on the BPF
+/// target, whose backend lowers the intrinsics all the same.
+///
+/// # Safety
+/// `slot` points into a conntrack table's value (8-aligned, valid for the program's run).
+#[inline(always)]
+unsafe fn lock<K>(slot: *mut CtSlot<K>, seen: u64, locked: u64) -> bool {
+    // SAFETY: the version is the slot's first word, 8-aligned; other CPUs only access it
+    // atomically or with whole-word loads.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            addr_of_mut!((*slot).version),
+            seen,
+            locked,
+        )
+        .1
+    }
+}
+
+/// Releases a slot taken with [`lock`], setting its version (BPF_XCHG, fully ordered: the
+/// slot's other words are written before other CPUs see the new version).
+///
+/// # Safety
+/// As for [`lock`], and the caller holds the slot.
+#[inline(always)]
+unsafe fn unlock<K>(slot: *mut CtSlot<K>, version: u64) {
+    // SAFETY: see `lock`.
+    unsafe {
+        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(addr_of_mut!((*slot).version), version);
+    }
+}
+
+/// # Safety
+/// `slot` points into a conntrack table's value.
+#[inline(always)]
+unsafe fn read_entry<K>(slot: *const CtSlot<K>) -> CtEntry {
+    let at = unsafe { addr_of!((*slot).entry) } as *const u64;
+    // SAFETY: CtEntry is three words without implicit padding; any bits are valid.
+    let words: [u64; 3] = unsafe {
+        [
+            read_volatile(at),
+            read_volatile(at.add(1)),
+            read_volatile(at.add(2)),
+        ]
+    };
+    unsafe { core::mem::transmute::<[u64; 3], CtEntry>(words) }
+}
+
+/// # Safety
+/// `slot` points into a conntrack table's value, locked by the caller.
+#[inline(always)]
+unsafe fn write_entry<K>(slot: *mut CtSlot<K>, entry: &CtEntry) {
+    // SAFETY: CtEntry is three words without implicit padding.
+    let words = unsafe { core::mem::transmute::<CtEntry, [u64; 3]>(*entry) };
+    unsafe { store_words(&words, addr_of_mut!((*slot).entry) as *mut u64) }
+}
+
+/// A flow found in its table: where, the version it was read under (without `UPDATING`),
+/// and a copy of its entry.
+struct Found<K> {
+    slot: *mut CtSlot<K>,
+    version: u64,
+    entry: CtEntry,
+}
+
+/// Finds `key` in its table. A slot whose flow changed while it was read counts as not found.
+#[inline(always)]
+fn find<K: FlowKey>(key: &K, cfg: &DataplaneConfig) -> Option<Found<K>> {
+    let bucket = K::table().get_ptr_mut(key.bucket(cfg)?)?;
+    let mut i = 0;
+    while i < WAYS {
+        // SAFETY: `bucket` is a table value; `i` is below its slot count.
+        let slot = unsafe { addr_of_mut!((*bucket).slots[i]) };
+        // SAFETY (the block): reads of the slot's words, as the module doc describes.
+        unsafe {
+            let seen = read_volatile(addr_of!((*slot).version));
+            if ct_table::is_live(seen) && key.stored_at(addr_of!((*slot).key)) {
+                let entry = read_entry(slot);
+                let again = read_volatile(addr_of!((*slot).version));
+                if again & !UPDATING != seen & !UPDATING {
+                    return None;
+                }
+                return Some(Found {
+                    slot,
+                    version: seen & !UPDATING,
+                    entry,
+                });
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Writes a changed entry of a found flow in place, unless another CPU holds the slot or it
+/// changed flows since it was read (the write is then skipped, see the module doc).
+#[inline(always)]
+fn update<K>(found: &Found<K>, entry: &CtEntry) {
+    // SAFETY: `found.slot` came from `find`; the writes happen while it is held.
+    unsafe {
+        if lock(found.slot, found.version, found.version | UPDATING) {
+            write_entry(found.slot, entry);
+            unlock(found.slot, found.version);
+        }
     }
 }
 
@@ -229,13 +447,10 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         packet.src_port,
         packet.dst_port,
     );
-    let entry = match K::map().get_ptr_mut(&key) {
-        Some(entry) => entry,
-        None => return Tracked::Unknown,
+    let Some(found) = find(&key, cfg) else {
+        return Tracked::Unknown;
     };
-    // SAFETY: the pointer comes from a successful lookup; LRU values stay valid for the
-    // program's run. Races with other CPUs only affect timestamps and state bits.
-    let entry = unsafe { &mut *entry };
+    let mut entry = found.entry;
     // Neither changes below: rejudging only touches the generation, reason and DENIED bits.
     let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
     let age = elapsed(now, entry.last_seen, cfg);
@@ -249,59 +464,72 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         // not part of it (a flow adopted mid-flow must not let the peer open new ones).
         return Tracked::Unknown;
     }
-    if age > timeout(entry, protocol, cfg) {
-        let _ = K::map().remove(&key);
+    if age > timeout(&entry, protocol, cfg) {
+        // Expired: the slot is free for the next insert into its bucket (this flow's own,
+        // if it is judged allowed again).
         return Tracked::Unknown;
     }
+    let verdict = judged_again(&key, &mut entry, cfg);
+    if verdict.is_ok() {
+        if protocol == ip_proto::TCP {
+            if !from_initiator {
+                entry.state |= ct_state::REPLIED;
+            }
+            if packet.tcp_flags & TCP_FIN != 0 {
+                entry.state |= if src_is_a {
+                    ct_state::FIN_FROM_A
+                } else {
+                    ct_state::FIN_FROM_B
+                };
+            }
+            if packet.tcp_flags & TCP_RST != 0 {
+                entry.state |= ct_state::RST;
+            }
+        } else if !from_initiator {
+            entry.state |= ct_state::REPLIED;
+        }
+        // Refreshed at most once a second, to keep writes (and cache-line bouncing between
+        // CPUs) off the per-packet path.
+        if age > ticks(1, cfg) {
+            entry.last_seen = now;
+        }
+    }
+    if entry != found.entry {
+        update(&found, &entry);
+    }
+    match verdict {
+        Ok(()) => Tracked::Allowed,
+        Err(reason) => Tracked::Denied(reason),
+    }
+}
+
+/// The tracked flow's verdict under the current policy generation: judged again (and the
+/// entry's generation, `DENIED` bit and reason set) when the generation moved since.
+#[inline(always)]
+fn judged_again<K: FlowKey>(key: &K, entry: &mut CtEntry, cfg: &DataplaneConfig) -> Result<(), u8> {
     let current = generation();
     if entry.state & ct_state::DENIED != 0 {
         if entry.generation == current {
-            return Tracked::Denied(entry.reason);
+            return Err(entry.reason);
         }
         // The policy changed since the flow was cut: it may be allowed again.
         entry.generation = current;
-        if let Err(reason) = rejudge(&key, entry) {
+        if let Err(reason) = rejudge(key, entry) {
             entry.reason = reason;
-            return Tracked::Denied(reason);
+            return Err(reason);
         }
         entry.state &= !ct_state::DENIED;
     } else if entry.generation != current && cfg.keep_established == 0 {
         entry.generation = current;
-        if let Err(reason) = rejudge(&key, entry) {
+        if let Err(reason) = rejudge(key, entry) {
             // Keep the entry as a tombstone: dropping it would let the next segment of the
             // cut connection be re-admitted as a connection seen mid-flow.
             entry.state |= ct_state::DENIED;
             entry.reason = reason;
-            return Tracked::Denied(reason);
+            return Err(reason);
         }
     }
-    if protocol == ip_proto::TCP {
-        let mut state = entry.state;
-        if !from_initiator {
-            state |= ct_state::REPLIED;
-        }
-        if packet.tcp_flags & TCP_FIN != 0 {
-            state |= if src_is_a {
-                ct_state::FIN_FROM_A
-            } else {
-                ct_state::FIN_FROM_B
-            };
-        }
-        if packet.tcp_flags & TCP_RST != 0 {
-            state |= ct_state::RST;
-        }
-        if state != entry.state {
-            entry.state = state;
-        }
-    } else if !from_initiator {
-        entry.state |= ct_state::REPLIED;
-    }
-    // Refreshed at most once a second, to keep writes (and cache-line bouncing between
-    // CPUs) off the per-packet path.
-    if age > ticks(1, cfg) {
-        entry.last_seen = now;
-    }
-    Tracked::Allowed
+    Ok(())
 }
 
 /// Judges a tracked flow again in its original orientation with the pods that admitted it.
@@ -331,10 +559,10 @@ fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
 
 /// Whether an ICMP error is about a tracked, allowed flow and goes where such an error must
 /// go: back to the sender of the quoted packet. Anything else (an error about a flow that
-/// was cut, or a forged error carrying a tracked flow's header toward another address) gets
-/// no related-flow pass and is judged by policy.
+/// was cut or has expired, or a forged error carrying a tracked flow's header toward another
+/// address) gets no related-flow pass and is judged by policy.
 #[inline(always)]
-pub fn related_is_tracked(error: &Packet) -> bool {
+pub fn related_is_tracked(error: &Packet, cfg: &DataplaneConfig, now: u64) -> bool {
     let Some(flow) = &error.related else {
         return false;
     };
@@ -342,14 +570,14 @@ pub fn related_is_tracked(error: &Packet) -> bool {
         return false;
     }
     if error.is_ipv6 {
-        related_in::<CtKey>(flow)
+        related_in::<CtKey>(flow, cfg, now)
     } else {
-        related_in::<CtKeyV4>(flow)
+        related_in::<CtKeyV4>(flow, cfg, now)
     }
 }
 
 #[inline(always)]
-fn related_in<K: FlowKey>(flow: &Flow) -> bool {
+fn related_in<K: FlowKey>(flow: &Flow, cfg: &DataplaneConfig, now: u64) -> bool {
     let (key, _) = key_of::<K>(
         &flow.src,
         &flow.dst,
@@ -357,14 +585,29 @@ fn related_in<K: FlowKey>(flow: &Flow) -> bool {
         flow.src_port,
         flow.dst_port,
     );
-    match K::map().get_ptr(&key) {
-        // SAFETY: pointer from a successful lookup.
-        Some(entry) => (unsafe { (*entry).state } & ct_state::DENIED) == 0,
+    match find(&key, cfg) {
+        Some(found) => {
+            found.entry.state & ct_state::DENIED == 0
+                && elapsed(now, found.entry.last_seen, cfg)
+                    <= timeout(&found.entry, flow.protocol, cfg)
+        }
         None => false,
     }
 }
 
+/// What recording a new flow did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Into a free slot, an expired one, or the flow's own.
+    Stored,
+    /// In place of the least recently seen live flow of a full bucket.
+    Evicted,
+    /// Not recorded: another CPU held the chosen slot, or the table is missing.
+    Failed,
+}
+
 /// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn create(
     src: &WordAddr,
@@ -376,55 +619,132 @@ pub fn create(
     ingress_pod: u32,
     now: u64,
     is_ipv6: bool,
-) -> bool {
+    cfg: &DataplaneConfig,
+) -> Created {
+    let flow = NewFlow {
+        protocol,
+        src_port,
+        dst_port,
+        egress_pod,
+        ingress_pod,
+        now,
+    };
     if is_ipv6 {
-        create_in::<CtKey>(
-            src,
-            dst,
-            protocol,
-            src_port,
-            dst_port,
-            egress_pod,
-            ingress_pod,
-            now,
-        )
+        create_in::<CtKey>(src, dst, &flow, cfg)
     } else {
-        create_in::<CtKeyV4>(
-            src,
-            dst,
-            protocol,
-            src_port,
-            dst_port,
-            egress_pod,
-            ingress_pod,
-            now,
-        )
+        create_in::<CtKeyV4>(src, dst, &flow, cfg)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn create_in<K: FlowKey>(
-    src: &WordAddr,
-    dst: &WordAddr,
+/// The parts of a new flow besides its addresses.
+struct NewFlow {
     protocol: u8,
     src_port: u16,
     dst_port: u16,
     egress_pod: u32,
     ingress_pod: u32,
     now: u64,
-) -> bool {
-    let (key, src_is_a) = key_of::<K>(src, dst, protocol, src_port, dst_port);
+}
+
+#[inline(always)]
+fn create_in<K: FlowKey>(
+    src: &WordAddr,
+    dst: &WordAddr,
+    flow: &NewFlow,
+    cfg: &DataplaneConfig,
+) -> Created {
+    let (key, src_is_a) = key_of::<K>(src, dst, flow.protocol, flow.src_port, flow.dst_port);
+    let Some(index) = key.bucket(cfg) else {
+        return Created::Failed;
+    };
+    let Some(bucket) = K::table().get_ptr_mut(index) else {
+        return Created::Failed;
+    };
+    // The slot to take: the flow's own (an expired or superseded entry of the same key,
+    // or one another CPU just created), else a free one, else an expired one, else the
+    // least recently seen. Read without locking; the compare-and-exchange below notices
+    // a slot that changed meanwhile.
+    let mut chosen = 0;
+    let mut chosen_version = u64::MAX;
+    let mut chosen_rank = 0u8;
+    let mut oldest = u64::MAX;
+    let mut i = 0;
+    while i < WAYS {
+        // SAFETY: `bucket` is a table value; `i` is below its slot count.
+        let slot = unsafe { addr_of_mut!((*bucket).slots[i]) };
+        // SAFETY (the block): reads of the slot's words, as the module doc describes.
+        let (version, rank, seen_at) = unsafe {
+            let version = read_volatile(addr_of!((*slot).version));
+            if version & OCCUPIED == 0 {
+                (version, RANK_FREE, 0)
+            } else if key.stored_at(addr_of!((*slot).key)) {
+                (version, RANK_OWN, 0)
+            } else {
+                let entry = read_entry(slot);
+                let age = elapsed(flow.now, entry.last_seen, cfg);
+                if age > timeout(&entry, stored_protocol::<K>(slot), cfg) {
+                    (version, RANK_EXPIRED, 0)
+                } else {
+                    (version, RANK_LIVE, entry.last_seen)
+                }
+            }
+        };
+        if rank > chosen_rank || (rank == RANK_LIVE && chosen_rank == RANK_LIVE && seen_at < oldest)
+        {
+            chosen = i;
+            chosen_version = version;
+            chosen_rank = rank;
+            oldest = seen_at;
+        }
+        i += 1;
+    }
+    if chosen_version & (WRITING | UPDATING) != 0 {
+        return Created::Failed;
+    }
+    // SAFETY: `chosen` is below the slot count.
+    let slot = unsafe { addr_of_mut!((*bucket).slots[chosen]) };
+    // SAFETY: a slot of a table value.
+    if !unsafe { lock(slot, chosen_version, chosen_version | WRITING) } {
+        return Created::Failed;
+    }
     let entry = CtEntry {
-        last_seen: now,
+        last_seen: flow.now,
         generation: generation(),
-        egress_pod,
-        ingress_pod,
+        egress_pod: flow.egress_pod,
+        ingress_pod: flow.ingress_pod,
         state: if src_is_a { ct_state::A_INITIATED } else { 0 },
         reason: 0,
         _pad: [0; 2],
     };
-    K::map().insert(&key, &entry, 0).is_ok()
+    // SAFETY: locked above.
+    unsafe {
+        key.store_at(addr_of_mut!((*slot).key));
+        write_entry(slot, &entry);
+        unlock(slot, ct_table::replaced(chosen_version, true));
+    }
+    if chosen_rank == RANK_LIVE {
+        Created::Evicted
+    } else {
+        Created::Stored
+    }
+}
+
+/// How good a slot is for a new flow (higher is better).
+const RANK_LIVE: u8 = 1;
+const RANK_EXPIRED: u8 = 2;
+const RANK_FREE: u8 = 3;
+const RANK_OWN: u8 = 4;
+
+/// The protocol of the flow a slot holds (for its timeout): the second byte of the key's
+/// last word (`tail_word`).
+///
+/// # Safety
+/// `slot` points into a conntrack table's value.
+#[inline(always)]
+unsafe fn stored_protocol<K: FlowKey>(slot: *const CtSlot<K>) -> u8 {
+    let tail = unsafe { (addr_of!((*slot).key) as *const u64).add(K::WORDS - 1) };
+    // SAFETY: the key's last word; a torn read only affects which slot is evicted.
+    (u64::from_le(unsafe { read_volatile(tail) }) >> 32) as u8
 }
 
 /// A TCP packet that does not open a connection (no SYN, or SYN+ACK).

@@ -6,6 +6,9 @@
 //! veth's ingress hook and its ingress policy on the host veth's egress hook.
 #![no_std]
 #![no_main]
+// Atomic compare-and-exchange and exchange on map memory (the conntrack tables).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod addr;
 mod conntrack;
@@ -27,7 +30,7 @@ use npenforce_common::{
 use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
 use crate::{
-    conntrack::Tracked,
+    conntrack::{Created, Tracked},
     maps::{IFACES, IFACE_SLOTS, SCRATCH},
     observe::{count_node, count_pod, report_drop},
     policy::{endpoint_pod, is_node_addr, judge, pod_state, side_verdict},
@@ -230,7 +233,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
             }
             Tracked::Unknown => {}
         }
-        if conntrack::related_is_tracked(packet) {
+        if conntrack::related_is_tracked(packet, &cfg, now) {
             set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
             return verdict::PASS;
         }
@@ -282,7 +285,9 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
             let now = conntrack::now();
             let known = match conntrack::lookup(packet, &cfg, now) {
                 Tracked::Allowed => true,
-                Tracked::Denied(_) | Tracked::Unknown => conntrack::related_is_tracked(packet),
+                Tracked::Denied(_) | Tracked::Unknown => {
+                    conntrack::related_is_tracked(packet, &cfg, now)
+                }
             };
             if known {
                 set_our_mark(&ctx, mark::CLASSIFIED | mark::ESTABLISHED);
@@ -362,7 +367,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         Tracked::Denied(reason) => return Err(reason),
         Tracked::Unknown => {}
     }
-    if conntrack::related_is_tracked(packet) {
+    if conntrack::related_is_tracked(packet, cfg, now) {
         return Ok(());
     }
     // A new flow. The receiver's ingress policy first: it needs no lookup of the sender,
@@ -399,12 +404,16 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             receiver,
             now,
             packet.is_ipv6,
+            cfg,
         );
-        count_node(if created {
-            node_counter::CT_CREATED
-        } else {
-            node_counter::CT_CREATE_FAILED
-        });
+        match created {
+            Created::Stored => count_node(node_counter::CT_CREATED),
+            Created::Evicted => {
+                count_node(node_counter::CT_CREATED);
+                count_node(node_counter::CT_EVICTED);
+            }
+            Created::Failed => count_node(node_counter::CT_CREATE_FAILED),
+        }
         return finish(packet, now, Ok(()));
     }
     // A TCP segment of a connection opened before we were attached (agent start on a busy
@@ -435,6 +444,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
                 reverse_ingress,
                 now,
                 packet.is_ipv6,
+                cfg,
             );
             return finish(packet, now, Ok(()));
         }

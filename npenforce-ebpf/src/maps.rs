@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    iface_slot, AddrKey, CtEntry, CtKey, CtKeyV4, DropEvent, EndpointInfo, EventBudget, FragEntry,
-    FragKey, IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
+    iface_slot, AddrKey, CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EndpointInfo, EventBudget,
+    FragEntry, FragKey, IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue,
+    TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
@@ -48,11 +49,15 @@ pub static IFACE_SLOTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(iface_s
 #[map(name = "NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
+/// Conntrack tables (buckets; see `npenforce_common::ct_table`).
 #[map(name = "CONNTRACK_V4")]
-pub static CONNTRACK_V4: LruHashMap<CtKeyV4, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+pub static CONNTRACK_V4: Array<CtBucket<CtKeyV4>> = Array::with_max_entries(1 << 17, 0);
 
 #[map(name = "CONNTRACK_V6")]
-pub static CONNTRACK_V6: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+pub static CONNTRACK_V6: Array<CtBucket<CtKey>> = Array::with_max_entries(1 << 17, 0);
+
+#[map(name = "CONNTRACK_KEY")]
+pub static CONNTRACK_KEY: Array<CtHashKey> = Array::with_max_entries(1, 0);
 
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(8192, 0);

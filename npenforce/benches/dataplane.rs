@@ -43,10 +43,13 @@ use std::{
     time::Instant,
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
+use aya::maps::{Map, MapData, MapInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use npenforce::{
-    dataplane::{loader::object_embedded, DataplaneOptions, KernelEnforcer, MapSizes},
+    dataplane::{
+        conntrack_table::ConntrackTable, loader::object_embedded, DataplaneOptions, KernelEnforcer,
+        MapSizes,
+    },
     lab::packet::{Craft, L4},
     policy::{
         ipblock::parse_ip_block,
@@ -314,7 +317,7 @@ fn pod(namespace: &str, name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod 
 /// The pod under test and its fixtures, loaded with `fill` unrelated entries in each map.
 struct Node {
     enforcer: KernelEnforcer,
-    conntrack: BpfHashMap<MapData, CtKeyV4, CtEntry>,
+    conntrack: ConntrackTable<CtKeyV4>,
     lo: u32,
     web: u32,
     open: u32,
@@ -465,9 +468,10 @@ impl Node {
                 reason: 0,
                 _pad: [0; 2],
             };
+            // A full bucket keeps its flows (the fill is about the table's occupancy).
             self.conntrack
-                .insert(key, entry, 0)
-                .expect("filling CONNTRACK");
+                .insert(key, entry)
+                .expect("filling CONNTRACK_V4");
         }
     }
 
@@ -490,25 +494,27 @@ impl Node {
 
     /// Deletes a conntrack entry; true if it was there.
     fn forget(&mut self, key: &CtKeyV4) -> bool {
-        self.conntrack.remove(key).is_ok()
+        self.conntrack.remove(key).expect("CONNTRACK_V4")
     }
 }
 
-/// The CONNTRACK_V4 map of the enforcer this process loaded (the measured packets are IPv4),
-/// through a second file descriptor (the enforcer keeps its own handle private).
-fn conntrack_map() -> BpfHashMap<MapData, CtKeyV4, CtEntry> {
+/// The CONNTRACK_V4 table of the enforcer this process loaded (the measured packets are
+/// IPv4), through second file descriptors (the enforcer keeps its own handles private).
+fn conntrack_map() -> ConntrackTable<CtKeyV4> {
     let maps = own_maps();
-    // The kernel keeps the first 15 characters of a map name.
-    let name = &map_names::CONNTRACK_V4[..map_names::CONNTRACK_V4.len().min(15)];
-    let found: Vec<&OwnMap> = maps.values().filter(|m| m.name == name).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "exactly one CONNTRACK_V4 map in this process"
-    );
-    let data = MapData::from_id(found[0].id).expect("opening CONNTRACK_V4 by id");
-    let map = Map::from_map_data(data).expect("CONNTRACK_V4 map");
-    BpfHashMap::try_from(map).expect("CONNTRACK_V4 is an LRU hash")
+    let open = |name: &str| {
+        // The kernel keeps the first 15 characters of a map name.
+        let short = &name[..name.len().min(15)];
+        let found: Vec<&OwnMap> = maps.values().filter(|m| m.name == short).collect();
+        assert_eq!(found.len(), 1, "exactly one {name} map in this process");
+        let data = MapData::from_id(found[0].id).expect("opening the map by id");
+        Map::from_map_data(data).expect("map")
+    };
+    ConntrackTable::new(
+        open(map_names::CONNTRACK_V4),
+        open(map_names::CONNTRACK_KEY),
+    )
+    .expect("CONNTRACK_V4 and its key")
 }
 
 /// The canonical conntrack key of a TCP flow (as `conntrack::key_of` builds it).
@@ -744,7 +750,7 @@ fn dataplane(effort: Effort) {
                 let (v, _) = node.run(program_names::TO_POD, &syn, 1);
                 assert_eq!(v, verdict::PASS, "the established flow's SYN");
                 assert!(
-                    node.conntrack.get(&flow, 0).is_ok(),
+                    node.conntrack.get(&flow).expect("CONNTRACK_V4").is_some(),
                     "the SYN created the entry"
                 );
             }

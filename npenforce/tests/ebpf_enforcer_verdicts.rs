@@ -574,3 +574,105 @@ fn single_address_entries_never_linger_in_the_trie() {
     let client = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(3, 80)).build();
     assert_eq!(b.run_to_web(&client), "PASS", "client still allowed");
 }
+
+/// The conntrack tables are buckets of four slots that the programs fill themselves. A full
+/// bucket gives a new flow the slot of its least recently seen flow, counts the eviction, and
+/// the evicted flow's packets are judged by policy again: never passed unjudged.
+#[test]
+fn full_conntrack_buckets_evict_the_least_recent_flow_and_judge_it_again() {
+    if !kernel_tests_enabled(
+        "full_conntrack_buckets_evict_the_least_recent_flow_and_judge_it_again",
+    ) {
+        return;
+    }
+    use npenforce_common::{ct_table, node_counter};
+    // Two flows per table: one bucket of four slots.
+    let options = DataplaneOptions {
+        map_sizes: npenforce::dataplane::MapSizes {
+            conntrack: 2,
+            ..Default::default()
+        },
+        ..DataplaneOptions::default()
+    };
+    let mut b = Bench::with_options(&options);
+    for (client, web) in [(CLIENT4, WEB4), (CLIENT6, WEB6)] {
+        let evicted_before = b
+            .enforcer
+            .node_counters()
+            .expect("counters")
+            .get(node_counter::CT_EVICTED);
+        // client:port -> web SCTP 9000 opens a flow; web's answer passes only as part of it
+        // (web's ingress policy does not allow web's own address).
+        let request = |port: u16| {
+            Craft::new(
+                ip(client),
+                ip(web),
+                L4::Sctp {
+                    src_port: port,
+                    dst_port: 9000,
+                },
+            )
+            .build()
+        };
+        let answer = |port: u16| {
+            Craft::new(
+                ip(web),
+                ip(client),
+                L4::Sctp {
+                    src_port: 9000,
+                    dst_port: port,
+                },
+            )
+            .build()
+        };
+        let ports: Vec<u16> = (0..ct_table::WAYS as u16).map(|i| 41000 + i).collect();
+        for &port in &ports {
+            assert_eq!(
+                b.run_to_web(&request(port)),
+                "PASS",
+                "{client}:{port} opens a flow"
+            );
+        }
+        for &port in &ports {
+            assert_eq!(
+                b.run_to_web(&answer(port)),
+                "PASS",
+                "{client}:{port} is tracked"
+            );
+        }
+        let counters = b.enforcer.node_counters().expect("counters");
+        assert_eq!(
+            counters.get(node_counter::CT_EVICTED),
+            evicted_before,
+            "room for four"
+        );
+
+        // A fifth flow takes the slot of one of the four (all seen within the same second,
+        // so any of them is the least recent one).
+        assert_eq!(b.run_to_web(&request(42000)), "PASS", "a fifth flow");
+        assert_eq!(
+            b.run_to_web(&answer(42000)),
+            "PASS",
+            "the fifth flow is tracked"
+        );
+        let counters = b.enforcer.node_counters().expect("counters");
+        assert_eq!(
+            counters.get(node_counter::CT_EVICTED),
+            evicted_before + 1,
+            "one live flow evicted"
+        );
+        let dropped: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|&port| b.run_to_web(&answer(port)) == "DROP")
+            .collect();
+        assert_eq!(
+            dropped.len(),
+            1,
+            "exactly the evicted flow is judged again, and denied ({client}: {dropped:?})"
+        );
+        // Its client can open it again (evicting another one).
+        assert_eq!(b.run_to_web(&request(dropped[0])), "PASS");
+        assert_eq!(b.run_to_web(&answer(dropped[0])), "PASS");
+    }
+}

@@ -18,7 +18,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use npenforce_common::{
-    map_names, program_names, AddrKey, DataplaneConfig, DenyValue, CONFIG_GLOBAL,
+    ct_table, map_names, program_names, AddrKey, CtHashKey, DataplaneConfig, DenyValue,
+    CONFIG_GLOBAL,
 };
 
 use crate::addr::kernel_addr;
@@ -63,6 +64,8 @@ pub enum DataplaneError {
          denied until there is room): raise the sizes (--map-size-* flags)"
     )]
     WritesFailed { failed: usize },
+    #[error("reading /dev/urandom for the conntrack hash key: {0}")]
+    Random(#[source] io::Error),
     #[error("measuring the kernel's tick rate (jiffies per second) failed: {0}")]
     Clock(#[source] io::Error),
     #[error("per-CPU map values (one per possible CPU, /sys/devices/system/cpu/possible): {0}")]
@@ -117,7 +120,8 @@ pub struct MapSizes {
     pub policy_ports: u32,
     /// Largest local pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
     pub pods: u32,
-    /// Tracked flows per address family (`CONNTRACK_V4` and `CONNTRACK_V6` each).
+    /// Tracked flows per address family (`CONNTRACK_V4` and `CONNTRACK_V6` each; the tables
+    /// get twice as many slots, see `ct_table::buckets_for`).
     pub conntrack: u32,
     pub fragments: u32,
     pub interfaces: u32,
@@ -193,6 +197,8 @@ impl Dataplane {
                 super::clock::jiffies_per_second().map_err(DataplaneError::Clock)?;
         }
         let sizes = options.map_sizes;
+        let conntrack_buckets = ct_table::buckets_for(sizes.conntrack);
+        config.conntrack_bucket_mask = conntrack_buckets - 1;
         let mut loader = EbpfLoader::new();
         loader
             .override_global(CONFIG_GLOBAL, &config, true)
@@ -202,8 +208,8 @@ impl Dataplane {
             .map_max_entries(map_names::POLICY_PORTS, sizes.policy_ports)
             .map_max_entries(map_names::POD_STATE, sizes.pods)
             .map_max_entries(map_names::POD_COUNTERS, sizes.pods.saturating_mul(2))
-            .map_max_entries(map_names::CONNTRACK_V4, sizes.conntrack)
-            .map_max_entries(map_names::CONNTRACK_V6, sizes.conntrack)
+            .map_max_entries(map_names::CONNTRACK_V4, conntrack_buckets)
+            .map_max_entries(map_names::CONNTRACK_V6, conntrack_buckets)
             .map_max_entries(map_names::FRAGMENTS, sizes.fragments)
             .map_max_entries(map_names::IFACES, sizes.interfaces);
         let map_dir = options.bpffs.as_ref().map(|d| d.join("maps"));
@@ -223,11 +229,34 @@ impl Dataplane {
             }
         }
         let ebpf = loader.load(EBPF_OBJECT)?;
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
             bpffs: options.bpffs.clone(),
             adopted,
-        })
+        };
+        if !dataplane.adopted(map_names::CONNTRACK_KEY) {
+            dataplane.set_conntrack_key()?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Gives fresh conntrack tables a random hash key (the tables are empty: the loader
+    /// drops their pins when the key's pin is missing).
+    fn set_conntrack_key(&mut self) -> Result<(), DataplaneError> {
+        let mut bytes = [0u8; std::mem::size_of::<CtHashKey>()];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))
+            .map_err(DataplaneError::Random)?;
+        let mut key = CtHashKey::default();
+        for (word, chunk) in key.words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8"));
+        }
+        let name = map_names::CONNTRACK_KEY;
+        let mut map: aya::maps::Array<&mut MapData, CtHashKey> =
+            aya::maps::Array::try_from(self.map_mut(name)?)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        map.set(0, key, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Whether map `name` was adopted from an earlier agent's pin rather than created empty.
@@ -504,15 +533,16 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
         ),
         map_names::NODE_ADDRS => (s(size_of::<AddrKey>()), 4, 1024),
         map_names::CONNTRACK_V4 => (
-            s(size_of::<CtKeyV4>()),
-            s(size_of::<CtEntry>()),
-            sizes.conntrack,
+            4,
+            s(size_of::<CtBucket<CtKeyV4>>()),
+            ct_table::buckets_for(sizes.conntrack),
         ),
         map_names::CONNTRACK_V6 => (
-            s(size_of::<CtKey>()),
-            s(size_of::<CtEntry>()),
-            sizes.conntrack,
+            4,
+            s(size_of::<CtBucket<CtKey>>()),
+            ct_table::buckets_for(sizes.conntrack),
         ),
+        map_names::CONNTRACK_KEY => (4, s(size_of::<CtHashKey>()), 1),
         map_names::FRAGMENTS => (
             s(size_of::<FragKey>()),
             s(size_of::<FragEntry>()),
@@ -554,6 +584,19 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             "pinned by a build without POLICY_PEER_HOSTS: starting it afresh"
         );
         let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEERS));
+    }
+    // Conntrack tables without their hash key: their flows sit in buckets that no lookup
+    // with a new key finds.
+    if !dir.join(map_names::CONNTRACK_KEY).exists() {
+        for table in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
+            if dir.join(table).exists() {
+                tracing::warn!(
+                    map = table,
+                    "pinned without its hash key: starting it afresh"
+                );
+                let _ = std::fs::remove_file(dir.join(table));
+            }
+        }
     }
     for name in map_names::PINNED {
         let path = dir.join(name);

@@ -5,6 +5,7 @@
 //! [`netlink`] asks the kernel which interface routes an address.
 
 pub mod clock;
+pub mod conntrack_table;
 pub mod enforcer;
 pub mod links;
 pub mod loader;

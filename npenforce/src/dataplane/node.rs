@@ -355,7 +355,13 @@ impl NodeDataplane {
                 (
                     node_counter::CT_CREATE_FAILED,
                     "npenforce_conntrack_create_failed_total",
-                    "Flows the conntrack map could not take.",
+                    "New flows not tracked: another CPU was writing the slot they needed.",
+                ),
+                (
+                    node_counter::CT_EVICTED,
+                    "npenforce_conntrack_evicted_total",
+                    "Live flows evicted from a full conntrack bucket (raise --map-size-conntrack \
+                     if this grows steadily).",
                 ),
                 (
                     node_counter::MID_FLOW_ADOPTED,
