@@ -461,14 +461,18 @@ pub mod ct_table {
     /// `CtSlot::version`: the counter, bumped whenever the slot changes flows.
     pub const STEP: u64 = 8;
 
-    /// Buckets for a table of `flows` flows: twice as many slots as flows, so buckets
-    /// rarely fill up before the table does, rounded up to a power of two.
+    /// Buckets for a table of `flows` flows: four slots per flow, rounded up to a power of
+    /// two. Flows hash to buckets at random, so some buckets fill up while the table is far
+    /// from full: with one flow per bucket on average (the table at its configured size),
+    /// about 0.4% of flows meet a full bucket (Poisson tail); with two slots per flow it
+    /// would be about 4%.
     pub const fn buckets_for(flows: u32) -> u32 {
-        let half = flows / 2;
-        if half <= 1 {
+        if flows <= 1 {
             1
+        } else if flows > 1 << 31 {
+            1 << 31
         } else {
-            half.next_power_of_two()
+            flows.next_power_of_two()
         }
     }
 
@@ -972,12 +976,13 @@ mod tests {
     }
 
     #[test]
-    fn conntrack_tables_get_two_slots_per_flow_in_whole_buckets() {
-        assert_eq!(ct_table::buckets_for(1 << 18), 1 << 17);
-        assert_eq!(ct_table::buckets_for(1 << 20), 1 << 19);
-        assert_eq!(ct_table::buckets_for(1000), 512);
+    fn conntrack_tables_get_four_slots_per_flow_in_whole_buckets() {
+        assert_eq!(ct_table::buckets_for(1 << 18), 1 << 18);
+        assert_eq!(ct_table::buckets_for(1 << 20), 1 << 20);
+        assert_eq!(ct_table::buckets_for(1000), 1024);
         assert_eq!(ct_table::buckets_for(0), 1);
-        assert_eq!(ct_table::buckets_for(3), 1);
+        assert_eq!(ct_table::buckets_for(1), 1);
+        assert_eq!(ct_table::buckets_for(u32::MAX), 1 << 31);
     }
 
     #[test]

@@ -320,13 +320,29 @@ unsafe fn read_entry<K>(slot: *const CtSlot<K>) -> CtEntry {
     unsafe { core::mem::transmute::<[u64; 3], CtEntry>(words) }
 }
 
+/// Writes an entry into a slot the caller holds, last word first.
+///
+/// The order matters for readers that overlap an in-place update (they keep reading, see the
+/// module doc): `read_entry` loads the words first to last, so a reader that sees the new
+/// generation (word 1) also sees the new state word (word 2: `DENIED` and the reason). It
+/// can never see a flow as judged under the current generation and not denied while the
+/// writer is turning it into a tombstone; any other mix sends it to judge the flow again.
+///
 /// # Safety
 /// `slot` points into a conntrack table's value, locked by the caller.
 #[inline(always)]
 unsafe fn write_entry<K>(slot: *mut CtSlot<K>, entry: &CtEntry) {
+    const _: () = assert!(core::mem::offset_of!(CtEntry, generation) == 8);
+    const _: () = assert!(core::mem::offset_of!(CtEntry, state) == 20);
     // SAFETY: CtEntry is three words without implicit padding.
     let words = unsafe { core::mem::transmute::<CtEntry, [u64; 3]>(*entry) };
-    unsafe { store_words(&words, addr_of_mut!((*slot).entry) as *mut u64) }
+    let at = unsafe { addr_of_mut!((*slot).entry) } as *mut u64;
+    // SAFETY: the slot's three entry words, held by the caller.
+    unsafe {
+        write_volatile(at.add(2), words[2]);
+        write_volatile(at.add(1), words[1]);
+        write_volatile(at, words[0]);
+    }
 }
 
 /// A flow found in its table: where, the version it was read under (without `UPDATING`),
@@ -399,12 +415,9 @@ fn key_of<K: FlowKey>(
 #[inline(always)]
 fn timeout(entry: &CtEntry, protocol: u8, cfg: &DataplaneConfig) -> u64 {
     let seconds = if protocol == ip_proto::TCP {
-        let s = entry.state;
-        if s & ct_state::RST != 0
-            || (s & ct_state::FIN_FROM_A != 0 && s & ct_state::FIN_FROM_B != 0)
-        {
+        if is_closing(entry, protocol) {
             cfg.tcp_closing_timeout_s
-        } else if s & ct_state::REPLIED != 0 {
+        } else if entry.state & ct_state::REPLIED != 0 {
             cfg.tcp_established_timeout_s
         } else {
             cfg.tcp_syn_timeout_s
@@ -660,12 +673,62 @@ fn create_in<K: FlowKey>(
     let Some(bucket) = K::table().get_ptr_mut(index) else {
         return Created::Failed;
     };
-    // The slot to take: the flow's own (an expired or superseded entry of the same key,
-    // or one another CPU just created), else a free one, else an expired one, else the
-    // least recently seen. Read without locking; the compare-and-exchange below notices
-    // a slot that changed meanwhile.
+    let entry = CtEntry {
+        last_seen: flow.now,
+        generation: generation(),
+        egress_pod: flow.egress_pod,
+        ingress_pod: flow.ingress_pod,
+        state: if src_is_a { ct_state::A_INITIATED } else { 0 },
+        reason: 0,
+        _pad: [0; 2],
+    };
+    // A second try when another CPU took the chosen slot first: it rarely holds it for long,
+    // and an untracked flow's replies would be judged as new flows.
+    let mut attempt = 0;
+    while attempt < 2 {
+        let (chosen, seen, rank) = choose_slot(bucket, &key, flow.now, cfg);
+        // SAFETY: `chosen` is below the slot count of the table value `bucket`.
+        let slot = unsafe { addr_of_mut!((*bucket).slots[chosen & (WAYS - 1)]) };
+        // SAFETY: a slot of a table value; written only while held.
+        unsafe {
+            if seen & (WRITING | UPDATING) == 0 && lock(slot, seen, seen | WRITING) {
+                key.store_at(addr_of_mut!((*slot).key));
+                write_entry(slot, &entry);
+                unlock(slot, ct_table::replaced(seen, true));
+                return if rank <= RANK_LIVE_WEAK {
+                    Created::Evicted
+                } else {
+                    Created::Stored
+                };
+            }
+        }
+        attempt += 1;
+    }
+    Created::Failed
+}
+
+/// How good a slot is for a new flow (higher is better).
+const RANK_LIVE: u8 = 1;
+/// A live flow that was never answered, or a TCP connection that is closing.
+const RANK_LIVE_WEAK: u8 = 2;
+const RANK_EXPIRED: u8 = 3;
+const RANK_FREE: u8 = 4;
+const RANK_OWN: u8 = 5;
+
+/// The slot of `bucket` to give a new flow, the version it was read with, and its rank: the
+/// flow's own (an expired or superseded entry of the same key, or one another CPU just
+/// created), else a free one, else an expired one, else the least recently seen of the weak
+/// ones, else the least recently seen. Read without locking: the caller's
+/// compare-and-exchange notices a slot that changed since.
+#[inline(always)]
+fn choose_slot<K: FlowKey>(
+    bucket: *mut CtBucket<K>,
+    key: &K,
+    now: u64,
+    cfg: &DataplaneConfig,
+) -> (usize, u64, u8) {
     let mut chosen = 0;
-    let mut chosen_version = u64::MAX;
+    let mut chosen_version = 0;
     let mut chosen_rank = 0u8;
     let mut oldest = u64::MAX;
     let mut i = 0;
@@ -681,16 +744,17 @@ fn create_in<K: FlowKey>(
                 (version, RANK_OWN, 0)
             } else {
                 let entry = read_entry(slot);
-                let age = elapsed(flow.now, entry.last_seen, cfg);
-                if age > timeout(&entry, stored_protocol::<K>(slot), cfg) {
+                let protocol = stored_protocol::<K>(slot);
+                if elapsed(now, entry.last_seen, cfg) > timeout(&entry, protocol, cfg) {
                     (version, RANK_EXPIRED, 0)
+                } else if entry.state & ct_state::REPLIED == 0 || is_closing(&entry, protocol) {
+                    (version, RANK_LIVE_WEAK, entry.last_seen)
                 } else {
                     (version, RANK_LIVE, entry.last_seen)
                 }
             }
         };
-        if rank > chosen_rank || (rank == RANK_LIVE && chosen_rank == RANK_LIVE && seen_at < oldest)
-        {
+        if rank > chosen_rank || (rank == chosen_rank && seen_at < oldest) {
             chosen = i;
             chosen_version = version;
             chosen_rank = rank;
@@ -698,42 +762,17 @@ fn create_in<K: FlowKey>(
         }
         i += 1;
     }
-    if chosen_version & (WRITING | UPDATING) != 0 {
-        return Created::Failed;
-    }
-    // SAFETY: `chosen` is below the slot count.
-    let slot = unsafe { addr_of_mut!((*bucket).slots[chosen]) };
-    // SAFETY: a slot of a table value.
-    if !unsafe { lock(slot, chosen_version, chosen_version | WRITING) } {
-        return Created::Failed;
-    }
-    let entry = CtEntry {
-        last_seen: flow.now,
-        generation: generation(),
-        egress_pod: flow.egress_pod,
-        ingress_pod: flow.ingress_pod,
-        state: if src_is_a { ct_state::A_INITIATED } else { 0 },
-        reason: 0,
-        _pad: [0; 2],
-    };
-    // SAFETY: locked above.
-    unsafe {
-        key.store_at(addr_of_mut!((*slot).key));
-        write_entry(slot, &entry);
-        unlock(slot, ct_table::replaced(chosen_version, true));
-    }
-    if chosen_rank == RANK_LIVE {
-        Created::Evicted
-    } else {
-        Created::Stored
-    }
+    (chosen, chosen_version, chosen_rank)
 }
 
-/// How good a slot is for a new flow (higher is better).
-const RANK_LIVE: u8 = 1;
-const RANK_EXPIRED: u8 = 2;
-const RANK_FREE: u8 = 3;
-const RANK_OWN: u8 = 4;
+/// A TCP connection past its FINs or reset (the shorter closing timeout applies).
+#[inline(always)]
+fn is_closing(entry: &CtEntry, protocol: u8) -> bool {
+    let s = entry.state;
+    protocol == ip_proto::TCP
+        && (s & ct_state::RST != 0
+            || (s & ct_state::FIN_FROM_A != 0 && s & ct_state::FIN_FROM_B != 0))
+}
 
 /// The protocol of the flow a slot holds (for its timeout): the second byte of the key's
 /// last word (`tail_word`).

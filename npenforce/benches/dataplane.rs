@@ -328,7 +328,8 @@ fn bench_sizes() -> MapSizes {
     MapSizes {
         endpoints: 1 << 21,
         policy_peers: 1 << 21,
-        conntrack: 1 << 21,
+        // 1M flows: the largest fill, at a quarter of the slots.
+        conntrack: 1 << 20,
         ..MapSizes::default()
     }
 }

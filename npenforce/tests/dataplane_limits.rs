@@ -107,9 +107,9 @@ fn programs_load_with_the_largest_map_sizes() {
         (map_names::POLICY_PORTS, sizes.policy_ports),
         (map_names::POD_STATE, sizes.pods),
         (map_names::POD_COUNTERS, sizes.pods * 2),
-        // Buckets of the conntrack tables: 2 slots per flow, 4 slots per bucket.
-        (map_names::CONNTRACK_V4, sizes.conntrack / 2),
-        (map_names::CONNTRACK_V6, sizes.conntrack / 2),
+        // Buckets of the conntrack tables: 4 slots per flow, 4 slots per bucket.
+        (map_names::CONNTRACK_V4, sizes.conntrack),
+        (map_names::CONNTRACK_V6, sizes.conntrack),
         (map_names::POLICY_PEER_HOSTS, sizes.policy_peers),
         (map_names::FRAGMENTS, sizes.fragments),
         (map_names::IFACES, sizes.interfaces),

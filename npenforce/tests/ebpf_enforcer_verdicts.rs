@@ -586,10 +586,10 @@ fn full_conntrack_buckets_evict_the_least_recent_flow_and_judge_it_again() {
         return;
     }
     use npenforce_common::{ct_table, node_counter};
-    // Two flows per table: one bucket of four slots.
+    // One flow per table: one bucket of four slots.
     let options = DataplaneOptions {
         map_sizes: npenforce::dataplane::MapSizes {
-            conntrack: 2,
+            conntrack: 1,
             ..Default::default()
         },
         ..DataplaneOptions::default()
@@ -675,4 +675,103 @@ fn full_conntrack_buckets_evict_the_least_recent_flow_and_judge_it_again() {
         assert_eq!(b.run_to_web(&request(dropped[0])), "PASS");
         assert_eq!(b.run_to_web(&answer(dropped[0])), "PASS");
     }
+}
+
+/// A restarted agent adopts the pinned conntrack tables together with their hash key, so its
+/// programs find the flows the old ones tracked. Tables pinned without a usable key (none,
+/// or the all-zero key of an agent that died before writing it) start afresh with a new key.
+#[test]
+fn conntrack_tables_are_adopted_only_with_their_hash_key() {
+    if !kernel_tests_enabled("conntrack_tables_are_adopted_only_with_their_hash_key") {
+        return;
+    }
+    use aya::maps::{Array, Map, MapData};
+    use npenforce_common::{map_names, CtHashKey};
+
+    let bpffs = npenforce::lab::BpffsMount::new("ctkey").expect("mounting a private bpffs");
+    let pin_dir = bpffs.root().join("npenforce");
+    let options = DataplaneOptions {
+        bpffs: Some(pin_dir.clone()),
+        ..DataplaneOptions::default()
+    };
+    let key_pin = pin_dir.join("maps").join(map_names::CONNTRACK_KEY);
+    let tables_adopted = |b: &mut Bench| {
+        let dataplane = b.enforcer.dataplane();
+        dataplane.adopted(map_names::CONNTRACK_V4) && dataplane.adopted(map_names::CONNTRACK_V6)
+    };
+    let open_key = || -> Array<MapData, CtHashKey> {
+        let data = MapData::from_pin(&key_pin).expect("the pinned key");
+        Array::try_from(Map::from_map_data(data).expect("a map")).expect("an array")
+    };
+    // client -> web SCTP 9000 opens a flow; web's answer passes only as part of it.
+    let request = |port: u16| {
+        Craft::new(
+            ip(CLIENT4),
+            ip(WEB4),
+            L4::Sctp {
+                src_port: port,
+                dst_port: 9000,
+            },
+        )
+        .build()
+    };
+    let answer = |port: u16| {
+        Craft::new(
+            ip(WEB4),
+            ip(CLIENT4),
+            L4::Sctp {
+                src_port: 9000,
+                dst_port: port,
+            },
+        )
+        .build()
+    };
+
+    let first_key = {
+        let mut b = Bench::with_options(&options);
+        assert_eq!(b.run_to_web(&request(43000)), "PASS");
+        assert_eq!(b.run_to_web(&answer(43000)), "PASS", "tracked");
+        open_key().get(&0, 0).expect("the key")
+    };
+    assert_ne!(first_key.words, [0; 5], "a fresh table gets a random key");
+
+    let mut b = Bench::with_options(&options);
+    assert_eq!(
+        open_key().get(&0, 0).expect("the key"),
+        first_key,
+        "adopted"
+    );
+    assert_eq!(
+        b.run_to_web(&answer(43000)),
+        "PASS",
+        "the restarted agent's programs find the flow"
+    );
+    // An agent that died between creating the key's map and writing it.
+    open_key()
+        .set(0, CtHashKey::default(), 0)
+        .expect("zeroing the key");
+    drop(b);
+    let mut b = Bench::with_options(&options);
+    let new_key = open_key().get(&0, 0).expect("the key");
+    assert_ne!(new_key.words, [0; 5], "a zero key is replaced");
+    assert_ne!(new_key, first_key);
+    assert!(
+        !tables_adopted(&mut b),
+        "the tables are not adopted with another key"
+    );
+    assert_eq!(
+        b.run_to_web(&answer(43000)),
+        "DROP",
+        "the tables started afresh: the flow is judged again"
+    );
+    // Without a key pin, likewise.
+    assert_eq!(b.run_to_web(&request(43001)), "PASS");
+    drop(b);
+    std::fs::remove_file(&key_pin).expect("unpinning the key");
+    let mut b = Bench::with_options(&options);
+    assert!(
+        !tables_adopted(&mut b),
+        "no key pin: the tables are not adopted"
+    );
+    assert_eq!(b.run_to_web(&answer(43001)), "DROP", "started afresh");
 }

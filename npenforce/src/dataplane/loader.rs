@@ -64,6 +64,11 @@ pub enum DataplaneError {
          denied until there is room): raise the sizes (--map-size-* flags)"
     )]
     WritesFailed { failed: usize },
+    #[error(
+        "the eBPF dataplane runs on x86-64 nodes only (this is {0}): its conntrack tables rely \
+         on x86 memory ordering"
+    )]
+    UnsupportedArchitecture(&'static str),
     #[error("reading /dev/urandom for the conntrack hash key: {0}")]
     Random(#[source] io::Error),
     #[error("measuring the kernel's tick rate (jiffies per second) failed: {0}")]
@@ -190,6 +195,13 @@ impl Dataplane {
     pub fn load_with(options: &DataplaneOptions) -> Result<Self, DataplaneError> {
         if !object_embedded() {
             return Err(DataplaneError::ObjectNotBuilt);
+        }
+        // The conntrack tables' lock-free reads rely on x86's memory ordering (see the
+        // kernel crate's `conntrack`), and the object is built for it.
+        if !cfg!(target_arch = "x86_64") {
+            return Err(DataplaneError::UnsupportedArchitecture(
+                std::env::consts::ARCH,
+            ));
         }
         let mut config = options.config.unwrap_or(DataplaneConfig::DEFAULT);
         if config.jiffies_per_second == 0 {
@@ -585,19 +597,6 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         );
         let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEERS));
     }
-    // Conntrack tables without their hash key: their flows sit in buckets that no lookup
-    // with a new key finds.
-    if !dir.join(map_names::CONNTRACK_KEY).exists() {
-        for table in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
-            if dir.join(table).exists() {
-                tracing::warn!(
-                    map = table,
-                    "pinned without its hash key: starting it afresh"
-                );
-                let _ = std::fs::remove_file(dir.join(table));
-            }
-        }
-    }
     for name in map_names::PINNED {
         let path = dir.join(name);
         if !path.exists() {
@@ -619,4 +618,39 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             let _ = std::fs::remove_file(&path);
         }
     }
+    drop_conntrack_without_key(dir);
+}
+
+/// Conntrack tables are only adopted with the hash key their flows were placed with. The
+/// key is written right after the load that creates (and pins) its map, so an agent that
+/// died in between left an all-zero key: that one is replaced too (with a known key, chosen
+/// flows could be aimed at one bucket to evict the flows there).
+fn drop_conntrack_without_key(dir: &Path) {
+    let key_pin = dir.join(map_names::CONNTRACK_KEY);
+    if key_pin.exists() && pinned_conntrack_key(&key_pin).is_none_or(|key| key.words == [0; 5]) {
+        tracing::warn!(
+            map = map_names::CONNTRACK_KEY,
+            "pinned hash key unreadable or never set: choosing a new one"
+        );
+        let _ = std::fs::remove_file(&key_pin);
+    }
+    if key_pin.exists() {
+        return;
+    }
+    for table in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
+        if dir.join(table).exists() {
+            tracing::warn!(
+                map = table,
+                "pinned without its hash key: starting it afresh"
+            );
+            let _ = std::fs::remove_file(dir.join(table));
+        }
+    }
+}
+
+fn pinned_conntrack_key(pin: &Path) -> Option<CtHashKey> {
+    let data = MapData::from_pin(pin).ok()?;
+    let map: aya::maps::Array<MapData, CtHashKey> =
+        aya::maps::Array::try_from(Map::Array(data)).ok()?;
+    map.get(&0, 0).ok()
 }
