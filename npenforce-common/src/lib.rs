@@ -133,7 +133,10 @@ pub struct DataplaneConfig {
     /// Buckets of each conntrack table minus one (a power of two minus one); the loader
     /// sets it from the table size (`ct_table::buckets_for`).
     pub conntrack_bucket_mask: u32,
-    pub _pad: u32,
+    /// The shortest conntrack timeout in ticks (set by the loader; 0: unknown). A flow seen
+    /// more recently than this has not expired, whatever its state: the per-packet check
+    /// needs no timeout computed.
+    pub shortest_timeout_ticks: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 48);
 
@@ -150,8 +153,24 @@ impl DataplaneConfig {
         adoption_window_s: 120,
         jiffies_per_second: 0,
         conntrack_bucket_mask: 0,
-        _pad: 0,
+        shortest_timeout_ticks: 0,
     };
+}
+
+impl DataplaneConfig {
+    /// The shortest of the conntrack timeouts, in seconds.
+    pub fn shortest_timeout_s(&self) -> u32 {
+        [
+            self.tcp_syn_timeout_s,
+            self.tcp_established_timeout_s,
+            self.tcp_closing_timeout_s,
+            self.udp_timeout_s,
+            self.other_timeout_s,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0)
+    }
 }
 
 /// Flags of [`PodState`] (the `endpoint_flags` isolation bits, plus these).
@@ -973,6 +992,14 @@ mod tests {
             ip_proto::TCP,
         )
         .0
+    }
+
+    #[test]
+    fn the_shortest_timeout_bounds_every_state() {
+        let mut cfg = DataplaneConfig::DEFAULT;
+        assert_eq!(cfg.shortest_timeout_s(), cfg.tcp_closing_timeout_s);
+        cfg.udp_timeout_s = 3;
+        assert_eq!(cfg.shortest_timeout_s(), 3);
     }
 
     #[test]

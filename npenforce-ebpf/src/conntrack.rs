@@ -477,7 +477,7 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         // not part of it (a flow adopted mid-flow must not let the peer open new ones).
         return Tracked::Unknown;
     }
-    if age > timeout(&entry, protocol, cfg) {
+    if age >= cfg.shortest_timeout_ticks as u64 && age > timeout(&entry, protocol, cfg) {
         // Expired: the slot is free for the next insert into its bucket (this flow's own,
         // if it is judged allowed again).
         return Tracked::Unknown;

@@ -211,6 +211,9 @@ impl Dataplane {
         let sizes = options.map_sizes;
         let conntrack_buckets = ct_table::buckets_for(sizes.conntrack);
         config.conntrack_bucket_mask = conntrack_buckets - 1;
+        config.shortest_timeout_ticks = config
+            .shortest_timeout_s()
+            .saturating_mul(config.jiffies_per_second);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(CONFIG_GLOBAL, &config, true)
