@@ -775,3 +775,122 @@ fn conntrack_tables_are_adopted_only_with_their_hash_key() {
     );
     assert_eq!(b.run_to_web(&answer(43001)), "DROP", "started afresh");
 }
+
+/// Runs the rest of the calling thread on `cpu` (best effort: a machine with one CPU still
+/// interleaves the threads, just less finely).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Two CPUs share one conntrack bucket: one keeps replacing its four slots with flows of two
+/// clients, the other keeps asking whether flows that were never opened are tracked. Such a
+/// flow's key is what a reader would see if it mixed the words of two of the written flows
+/// (the address words of one client's flow and the port word of the other's), so a reader
+/// that trusted a slot while it was being rewritten would let it pass.
+#[test]
+fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
+    if !kernel_tests_enabled("concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("note: one CPU: the two threads interleave but never run at the same time");
+    }
+    let bpffs = npenforce::lab::BpffsMount::new("ctrace").expect("mounting a private bpffs");
+    // One flow per table: one bucket of four slots. Both programs (two loads of the object,
+    // as two agents would have) share the pinned maps.
+    let options = DataplaneOptions {
+        bpffs: Some(bpffs.root().join("npenforce")),
+        map_sizes: npenforce::dataplane::MapSizes {
+            conntrack: 1,
+            ..Default::default()
+        },
+        ..DataplaneOptions::default()
+    };
+    // client2 sorts before web (client before it too), so both clients' flows keep web in
+    // the same key words and differ in the address word and the port word.
+    const CLIENT2_4: &str = "10.244.1.9";
+    const CLIENT2_6: &str = "fd00:10:244::9";
+    let add_client2 = |b: &mut Bench| {
+        let spec = PodSpec {
+            namespace: "default",
+            name: "client2",
+            labels: &[("role", "client")],
+            ports: &[],
+        };
+        let object = pod_object(&spec, NODE, &[ip(CLIENT2_4), ip(CLIENT2_6)]);
+        b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+    };
+    let mut writer = Bench::with_options(&options);
+    add_client2(&mut writer);
+    let mut reader = Bench::with_options(&options);
+    add_client2(&mut reader);
+
+    let sctp_packet = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
+        Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
+    };
+    let (client_ports, client2_ports) = (
+        [41001u16, 41002, 41003, 41004],
+        [42001u16, 42002, 42003, 42004],
+    );
+    for (client, client2, web) in [(CLIENT4, CLIENT2_4, WEB4), (CLIENT6, CLIENT2_6, WEB6)] {
+        let opened: Vec<Vec<u8>> = client_ports
+            .iter()
+            .map(|&p| sctp_packet(client, web, p, 9000))
+            .chain(
+                client2_ports
+                    .iter()
+                    .map(|&p| sctp_packet(client2, web, p, 9000)),
+            )
+            .collect();
+        // web answering flows nobody opened: each client on the other's ports.
+        let unopened: Vec<Vec<u8>> = client2_ports
+            .iter()
+            .map(|&p| sctp_packet(web, client, 9000, p))
+            .chain(
+                client_ports
+                    .iter()
+                    .map(|&p| sctp_packet(web, client2, 9000, p)),
+            )
+            .collect();
+        for packet in &unopened {
+            assert_eq!(reader.run_to_web(packet), "DROP", "never opened");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (writes, probes, passed) = std::thread::scope(|scope| {
+            let writing = scope.spawn(|| {
+                pin_to_cpu(0);
+                let mut writes = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for packet in &opened {
+                        assert_eq!(writer.run_to_web(packet), "PASS", "clients are allowed");
+                        writes += 1;
+                    }
+                }
+                writes
+            });
+            pin_to_cpu(1 % cpus);
+            let (mut probes, mut passed) = (0u64, 0u64);
+            while std::time::Instant::now() < deadline {
+                for packet in &unopened {
+                    probes += 1;
+                    passed += u64::from(reader.run_to_web(packet) == "PASS");
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (writing.join().expect("writer thread"), probes, passed)
+        });
+        eprintln!("{web}: {writes} flows written, {probes} probes of unopened flows");
+        assert!(
+            writes > 1000 && probes > 1000,
+            "both sides ran ({writes}, {probes})"
+        );
+        assert_eq!(passed, 0, "{web}: unopened flows passed {passed} times");
+    }
+}
