@@ -133,6 +133,9 @@ fn iface(ctx: &TcContext) -> Option<IfaceInfo> {
 /// Traffic of the pod's own link that policy never governs: ICMPv6 neighbour discovery (the
 /// pod cannot reach anything without it), and IPv6 packets from a link-local or unspecified
 /// source (MLD, DAD), which no router forwards beyond the veth, so they cannot reach a peer.
+/// Neighbour discovery is sent with hop limit 255 and receivers discard it otherwise (RFC
+/// 4861); a packet of those types with a lower hop limit was routed, so it came from beyond
+/// the link (or is headed beyond it) and policy judges it like any other.
 #[inline(always)]
 fn is_neighbour_discovery(packet: &Packet) -> bool {
     if !packet.is_ipv6 {
@@ -141,6 +144,7 @@ fn is_neighbour_discovery(packet: &Packet) -> bool {
     if packet.protocol == ip_proto::ICMPV6
         && packet.icmp_type >= icmp::V6_ND_FIRST
         && packet.icmp_type <= icmp::V6_ND_LAST
+        && packet.hop_limit == 255
     {
         return true;
     }
@@ -174,6 +178,12 @@ fn pod_packet(
     }
     let packet: &'static Packet = packet;
     if is_neighbour_discovery(packet) {
+        if dir == direction::EGRESS {
+            // Marked like everything the pod sends: should the node route it after all (a
+            // neighbour solicitation sent to a remote address), the uplink or the receiving
+            // pod's veth judges it by policy.
+            set_our_mark(ctx, mark::CLASSIFIED | (iface.pod_id << mark::POD_SHIFT));
+        }
         return Err(verdict::PASS);
     }
     if iface.flags & iface_flags::PENDING != 0 {

@@ -72,6 +72,8 @@ pub struct Packet {
     pub dst_port: u16,
     /// ICMP or ICMPv6 type (0 for other protocols).
     pub icmp_type: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
     /// For ICMP errors: the flow of the packet the error is about (the embedded header).
     pub related: Option<Flow>,
     /// TCP flags byte (0 for other protocols).
@@ -101,6 +103,7 @@ impl Packet {
         src_port: 0,
         dst_port: 0,
         icmp_type: 0,
+        hop_limit: 0,
         related: None,
         tcp_flags: 0,
         fragment: Fragment::None,
@@ -205,6 +208,7 @@ fn parse_ipv4(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     }
     let id = u16::from_be(cur.read::<u16>(l3 + 4)?);
     let frag_field = u16::from_be(cur.read::<u16>(l3 + 6)?);
+    let ttl: u8 = cur.read(l3 + 8)?;
     let protocol: u8 = cur.read(l3 + 9)?;
     let src: u32 = cur.read(l3 + 12)?;
     let dst: u32 = cur.read(l3 + 16)?;
@@ -224,6 +228,7 @@ fn parse_ipv4(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     packet.src_port = 0;
     packet.dst_port = 0;
     packet.icmp_type = 0;
+    packet.hop_limit = ttl;
     packet.related = None;
     packet.tcp_flags = 0;
     packet.fragment = fragment;
@@ -242,6 +247,7 @@ fn parse_ipv6(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
         return Err(ParseError::Malformed);
     }
     let mut next: u8 = cur.read(l3 + 6)?;
+    let hop_limit: u8 = cur.read(l3 + 7)?;
     let src: Addr = cur.read(l3 + 8)?;
     let dst: Addr = cur.read(l3 + 24)?;
     let mut offset = l3 + 40;
@@ -294,6 +300,7 @@ fn parse_ipv6(cur: &Cursor, packet: &mut Packet) -> Result<(), ParseError> {
     packet.src_port = 0;
     packet.dst_port = 0;
     packet.icmp_type = 0;
+    packet.hop_limit = hop_limit;
     packet.related = None;
     packet.tcp_flags = 0;
     packet.fragment = fragment;

@@ -264,18 +264,30 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
         "same id from another source"
     );
 
-    // Neighbour discovery always passes, from anyone.
-    let nd = Craft::new(
-        ip(MONITOR6),
-        ip(WEB6),
-        L4::Icmp {
-            kind: 135,
-            code: 0,
-            id: 0,
-        },
-    )
-    .build();
-    assert_eq!(b.run_to_web(&nd), "PASS", "neighbour solicitation");
+    // Neighbour discovery (hop limit 255: it never crossed a router) passes, from anyone.
+    // The same message types with a lower hop limit were routed: policy judges them, and
+    // web does not admit monitor.
+    for kind in 133..=137 {
+        let nd = |hop_limit| {
+            Craft::new(
+                ip(MONITOR6),
+                ip(WEB6),
+                L4::Icmp {
+                    kind,
+                    code: 0,
+                    id: 0,
+                },
+            )
+            .hop_limit(hop_limit)
+            .build()
+        };
+        assert_eq!(b.run_to_web(&nd(255)), "PASS", "neighbour discovery {kind}");
+        assert_eq!(
+            b.run_to_web(&nd(254)),
+            "DROP",
+            "routed ICMPv6 of type {kind} is judged by policy"
+        );
+    }
 }
 
 #[test]
@@ -893,4 +905,47 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
         );
         assert_eq!(passed, 0, "{web}: unopened flows passed {passed} times");
     }
+}
+
+/// What a pod sends as neighbour discovery passes, and is marked with the pod like all it
+/// sends: should the node route it beyond the link after all, the hook where it leaves
+/// judges it by the pod's egress policy.
+#[test]
+fn neighbour_discovery_a_pod_sends_is_marked_with_the_pod() {
+    if !kernel_tests_enabled("neighbour_discovery_a_pod_sends_is_marked_with_the_pod") {
+        return;
+    }
+    use npenforce_common::{mark, program_names::FROM_POD};
+    let mut b = Bench::new();
+    let web = b.web_iface().pod_id;
+    let solicitation = Craft::new(
+        ip(WEB6),
+        ip("fd00:99::1"),
+        L4::Icmp {
+            kind: 135,
+            code: 0,
+            id: 0,
+        },
+    )
+    .hop_limit(255)
+    .build();
+    let foreign = 0x4000; // kube-proxy's masquerade bit stays
+    let (verdict, mark_out) = b
+        .enforcer
+        .dataplane()
+        .test_run_marked(FROM_POD, &solicitation, foreign)
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(verdict, verdict::PASS);
+    assert_eq!(mark_out & foreign, foreign, "other marks are kept");
+    assert_ne!(mark_out & mark::CLASSIFIED, 0, "classified");
+    assert_eq!(
+        mark_out & mark::ESTABLISHED,
+        0,
+        "not part of a tracked flow"
+    );
+    assert_eq!(
+        mark_out >> mark::POD_SHIFT,
+        web,
+        "marked with the sending pod"
+    );
 }

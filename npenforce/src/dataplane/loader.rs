@@ -421,6 +421,39 @@ impl Dataplane {
         })
     }
 
+    /// One `BPF_PROG_TEST_RUN` of a TC program on a packet whose `skb->mark` is `mark`:
+    /// the verdict and the mark the program left (how the programs hand a packet's
+    /// classification to the next hook).
+    pub fn test_run_marked(
+        &mut self,
+        name: &str,
+        packet: &[u8],
+        mark: u32,
+    ) -> Result<(i32, u32), DataplaneError> {
+        // `struct __sk_buff`: `mark` is its third u32; the kernel takes the fields it allows
+        // from the input (the rest must be zero) and writes the context back.
+        const SK_BUFF_SIZE: usize = 192;
+        const MARK_OFFSET: usize = 8;
+        let mut ctx_in = [0u8; SK_BUFF_SIZE];
+        ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SK_BUFF_SIZE];
+        let classifier = self.classifier(name)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
+        opts.repeat = 1;
+        let result = classifier
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+        let mut mark_out = [0u8; 4];
+        mark_out.copy_from_slice(&ctx_out[MARK_OFFSET..MARK_OFFSET + 4]);
+        Ok((result.return_value as i32, u32::from_ne_bytes(mark_out)))
+    }
+
     pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {
         self.ebpf
             .map_mut(name)

@@ -180,6 +180,8 @@ pub struct Craft {
     pub fragment: Option<Frag>,
     /// Extra payload after the L4 header.
     pub payload: Vec<u8>,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 impl Craft {
@@ -198,6 +200,7 @@ impl Craft {
             ipv6_ext: Vec::new(),
             fragment: None,
             payload: Vec::new(),
+            hop_limit: 64,
         }
     }
 
@@ -220,6 +223,12 @@ impl Craft {
 
     pub fn fragment(mut self, fragment: Frag) -> Self {
         self.fragment = Some(fragment);
+        self
+    }
+
+    /// Sets the IPv4 TTL or IPv6 hop limit (64 unless set).
+    pub fn hop_limit(mut self, hop_limit: u8) -> Self {
+        self.hop_limit = hop_limit;
         self
     }
 
@@ -257,7 +266,7 @@ impl Craft {
                 };
                 ip[4..6].copy_from_slice(&id.to_be_bytes());
                 ip[6..8].copy_from_slice(&frag_field.to_be_bytes());
-                ip[8] = 64;
+                ip[8] = self.hop_limit;
                 ip[9] = self.l4.protocol(false);
                 ip[12..16].copy_from_slice(&src.octets());
                 ip[16..20].copy_from_slice(&dst.octets());
@@ -291,7 +300,7 @@ impl Craft {
                 let payload_len = (ext_bytes.len() + l4.len()) as u16;
                 ip[4..6].copy_from_slice(&payload_len.to_be_bytes());
                 ip[6] = chain_codes[0];
-                ip[7] = 64;
+                ip[7] = self.hop_limit;
                 ip[8..24].copy_from_slice(&src.octets());
                 ip[24..40].copy_from_slice(&dst.octets());
                 ip.extend_from_slice(&ext_bytes);
