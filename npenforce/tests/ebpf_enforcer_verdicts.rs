@@ -949,3 +949,102 @@ fn neighbour_discovery_a_pod_sends_is_marked_with_the_pod() {
         "marked with the sending pod"
     );
 }
+
+/// Userspace places and finds flows where the programs do (the same key hashing on both
+/// sides): what `dataplane::conntrack_table` reads, writes and removes is what the programs
+/// see, for both families.
+#[test]
+fn userspace_finds_and_places_flows_where_the_programs_do() {
+    if !kernel_tests_enabled("userspace_finds_and_places_flows_where_the_programs_do") {
+        return;
+    }
+    use aya::maps::{Map, MapData};
+    use npenforce::dataplane::conntrack_table::ConntrackTable;
+    use npenforce_common::{ct_state, ip_proto, map_names, CtEntry, CtKey, CtKeyV4};
+
+    let bpffs = npenforce::lab::BpffsMount::new("ctuser").expect("mounting a private bpffs");
+    let pin_dir = bpffs.root().join("npenforce");
+    let options = DataplaneOptions {
+        bpffs: Some(pin_dir.clone()),
+        ..DataplaneOptions::default()
+    };
+    let mut b = Bench::with_options(&options);
+    let web = b.web_iface().pod_id;
+    let open = |name: &str| {
+        Map::Array(MapData::from_pin(pin_dir.join("maps").join(name)).expect("a pinned map"))
+    };
+    let mut v4: ConntrackTable<CtKeyV4> = ConntrackTable::new(
+        open(map_names::CONNTRACK_V4),
+        open(map_names::CONNTRACK_KEY),
+    )
+    .expect("the IPv4 table");
+    let mut v6: ConntrackTable<CtKey> = ConntrackTable::new(
+        open(map_names::CONNTRACK_V6),
+        open(map_names::CONNTRACK_KEY),
+    )
+    .expect("the IPv6 table");
+    let sctp = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
+        Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
+    };
+    let octets4 = |s: &str| match ip(s) {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => unreachable!("an IPv4 literal"),
+    };
+    let octets6 = |s: &str| match ip(s) {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => unreachable!("an IPv6 literal"),
+    };
+
+    // A flow the program tracked is in userspace's view, with its receiving pod.
+    assert_eq!(b.run_to_web(&sctp(CLIENT4, WEB4, 44000, 9000)), "PASS");
+    assert_eq!(b.run_to_web(&sctp(CLIENT6, WEB6, 44000, 9000)), "PASS");
+    let (key4, _) = CtKeyV4::for_flow(octets4(CLIENT4), 44000, octets4(WEB4), 9000, ip_proto::SCTP);
+    let (key6, _) = CtKey::for_flow(octets6(CLIENT6), 44000, octets6(WEB6), 9000, ip_proto::SCTP);
+    assert_eq!(
+        v4.get(&key4).expect("read").map(|e| e.ingress_pod),
+        Some(web)
+    );
+    assert_eq!(
+        v6.get(&key6).expect("read").map(|e| e.ingress_pod),
+        Some(web)
+    );
+
+    // Removed from userspace: the program no longer knows the flow.
+    assert!(v4.remove(&key4).expect("remove"));
+    assert!(v6.remove(&key6).expect("remove"));
+    assert_eq!(b.run_to_web(&sctp(WEB4, CLIENT4, 9000, 44000)), "DROP");
+    assert_eq!(b.run_to_web(&sctp(WEB6, CLIENT6, 9000, 44000)), "DROP");
+
+    // Placed from userspace: the program finds it (web's answer passes as part of it).
+    let now = {
+        // The programs' clock: jiffies, which an entry stamped 0 s ago must match. A flow
+        // stamped in the far past would be expired; "now" is read back from a tracked flow.
+        assert_eq!(b.run_to_web(&sctp(CLIENT4, WEB4, 44001, 9000)), "PASS");
+        let (probe, _) =
+            CtKeyV4::for_flow(octets4(CLIENT4), 44001, octets4(WEB4), 9000, ip_proto::SCTP);
+        v4.get(&probe).expect("read").expect("tracked").last_seen
+    };
+    let (placed4, client_is_a4) =
+        CtKeyV4::for_flow(octets4(CLIENT4), 44002, octets4(WEB4), 9000, ip_proto::SCTP);
+    let (placed6, client_is_a6) =
+        CtKey::for_flow(octets6(CLIENT6), 44002, octets6(WEB6), 9000, ip_proto::SCTP);
+    let entry = |client_is_a: bool| CtEntry {
+        last_seen: now,
+        generation: 0,
+        egress_pod: 0,
+        ingress_pod: web,
+        state: if client_is_a {
+            ct_state::A_INITIATED
+        } else {
+            0
+        },
+        reason: 0,
+        _pad: [0; 2],
+    };
+    // Generation 0 differs from the current one: the program judges the placed flow again,
+    // as it would an adopted one, and client -> web SCTP 9000 is allowed.
+    assert!(v4.insert(placed4, entry(client_is_a4)).expect("insert"));
+    assert!(v6.insert(placed6, entry(client_is_a6)).expect("insert"));
+    assert_eq!(b.run_to_web(&sctp(WEB4, CLIENT4, 9000, 44002)), "PASS");
+    assert_eq!(b.run_to_web(&sctp(WEB6, CLIENT6, 9000, 44002)), "PASS");
+}
