@@ -126,7 +126,7 @@ pub struct MapSizes {
     /// Largest local pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
     pub pods: u32,
     /// Tracked flows per address family (`CONNTRACK_V4` and `CONNTRACK_V6` each; the tables
-    /// get twice as many slots, see `ct_table::buckets_for`).
+    /// get four slots per flow, see `ct_table::buckets_for`).
     pub conntrack: u32,
     pub fragments: u32,
     pub interfaces: u32,
