@@ -519,10 +519,10 @@ pub mod ct_table {
     /// Without the secret, chosen flows cannot be aimed at one bucket. A PRF (SipHash-1-3)
     /// cost 25 ns more per packet here; the table's entries are not secret, only their place.
     #[inline(always)]
-    pub fn bucket<const N: usize>(words: &[u64; N], key: &CtHashKey, mask: u32) -> u32 {
+    pub fn bucket(words: &[u64], key: &CtHashKey, mask: u32) -> u32 {
         let mut sum: u64 = 0;
         let mut i = 0;
-        while i < N && i < key.words.len() {
+        while i < words.len() && i < key.words.len() {
             let (w, k) = (words[i], key.words[i]);
             let lo = (w as u32).wrapping_add(k as u32) as u64;
             let hi = ((w >> 32) as u32).wrapping_add((k >> 32) as u32) as u64;
@@ -536,21 +536,35 @@ pub mod ct_table {
 
 /// A key type of the conntrack tables.
 pub trait CtTableKey: Copy + PartialEq {
+    /// The key as whole words (`[u64; N]`), the form the tables hash and compare.
+    type Words: AsRef<[u64]>;
+
+    fn words(&self) -> Self::Words;
+
     /// The key's bucket in a table of `mask + 1` buckets hashed with `secret`.
-    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32;
+    #[inline(always)]
+    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32 {
+        ct_table::bucket(self.words().as_ref(), secret, mask)
+    }
 }
 
 impl CtTableKey for CtKeyV4 {
+    type Words = [u64; 2];
+
     #[inline(always)]
-    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32 {
-        ct_table::bucket(&self.words(), secret, mask)
+    fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes of integer fields without implicit padding.
+        unsafe { core::mem::transmute::<CtKeyV4, [u64; 2]>(*self) }
     }
 }
 
 impl CtTableKey for CtKey {
+    type Words = [u64; 5];
+
     #[inline(always)]
-    fn bucket(&self, secret: &CtHashKey, mask: u32) -> u32 {
-        ct_table::bucket(&self.words(), secret, mask)
+    fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes of integer fields without implicit padding.
+        unsafe { core::mem::transmute::<CtKey, [u64; 5]>(*self) }
     }
 }
 
@@ -590,24 +604,6 @@ impl<K: CtTableKey> CtBucket<K> {
         let slot = &mut self.slots[index];
         slot.version = ct_table::replaced(slot.version, false);
         true
-    }
-}
-
-impl CtKeyV4 {
-    /// The key as the two words the table hashes and compares.
-    #[inline(always)]
-    pub const fn words(&self) -> [u64; 2] {
-        // SAFETY: 16 bytes of integer fields without implicit padding.
-        unsafe { core::mem::transmute::<CtKeyV4, [u64; 2]>(*self) }
-    }
-}
-
-impl CtKey {
-    /// The key as the five words the table hashes and compares.
-    #[inline(always)]
-    pub const fn words(&self) -> [u64; 5] {
-        // SAFETY: 40 bytes of integer fields without implicit padding.
-        unsafe { core::mem::transmute::<CtKey, [u64; 5]>(*self) }
     }
 }
 

@@ -39,8 +39,8 @@ use aya_ebpf::{
 use npenforce_common::{
     ct_state,
     ct_table::{self, OCCUPIED, UPDATING, WAYS, WRITING},
-    ip_proto, v4_mapped, CtBucket, CtEntry, CtKey, CtKeyV4, CtSlot, DataplaneConfig, FragEntry,
-    FragKey,
+    ip_proto, v4_mapped, CtBucket, CtEntry, CtKey, CtKeyV4, CtSlot, CtTableKey, DataplaneConfig,
+    FragEntry, FragKey,
 };
 
 use crate::{
@@ -113,27 +113,50 @@ pub fn in_adoption_window() -> bool {
 
 /// A conntrack key type and the table it lives in: IPv4 flows in `CONNTRACK_V4` (16-byte
 /// keys), IPv6 flows in `CONNTRACK_V6` (40-byte keys).
-pub trait FlowKey: Copy + 'static {
-    /// The key's size in words.
-    const WORDS: usize;
+pub trait FlowKey: CtTableKey + 'static {
     fn table() -> &'static Array<CtBucket<Self>>;
     /// The key of `a:a_port <-> b:b_port` with `a` first (already in canonical order).
     fn build(a: [u64; 2], b: [u64; 2], a_port: u16, b_port: u16, protocol: u8) -> Self;
     /// Both ends, as IPv6 or IPv4-mapped addresses, and the ports.
     fn ends(&self) -> (WordAddr, WordAddr, u16, u16);
     fn protocol(&self) -> u8;
+
     /// The key's bucket in its table.
-    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32>;
+    #[inline(always)]
+    fn table_bucket(&self, cfg: &DataplaneConfig) -> Option<u32> {
+        let secret = CONNTRACK_KEY.get(0)?;
+        Some(self.bucket(secret, cfg.conntrack_bucket_mask))
+    }
+
     /// Whether the key stored at `stored` (a slot's, read word by word) is this one.
     ///
     /// # Safety
-    /// `stored` points into a conntrack table's value.
-    unsafe fn stored_at(&self, stored: *const Self) -> bool;
-    /// Writes the key into a slot it has locked.
+    /// `stored` points to a key in a conntrack table's value (8-aligned in its slot).
+    #[inline(always)]
+    unsafe fn stored_at(&self, stored: *const Self) -> bool {
+        let stored = stored as *const u64;
+        let words = self.words();
+        let words = words.as_ref();
+        let mut i = 0;
+        while i < words.len() {
+            // SAFETY: within the key the caller vouches for.
+            if unsafe { read_volatile(stored.add(i)) } != words[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Writes the key into a slot the caller holds.
     ///
     /// # Safety
-    /// `stored` points into a conntrack table's value.
-    unsafe fn store_at(&self, stored: *mut Self);
+    /// As for `stored_at`, and the caller holds the slot.
+    #[inline(always)]
+    unsafe fn store_at(&self, stored: *mut Self) {
+        // SAFETY: the key's words, as the caller vouches.
+        unsafe { store_words(self.words().as_ref(), stored as *mut u64) }
+    }
 }
 
 /// The last word of both key types: a_port, b_port, protocol and a zero pad, in memory order.
@@ -142,41 +165,19 @@ fn tail_word(a_port: u16, b_port: u16, protocol: u8) -> u64 {
     ((a_port as u64) | ((b_port as u64) << 16) | ((protocol as u64) << 32)).to_le()
 }
 
-#[inline(always)]
-fn bucket_of<const N: usize>(words: &[u64; N], cfg: &DataplaneConfig) -> Option<u32> {
-    let secret = CONNTRACK_KEY.get(0)?;
-    Some(ct_table::bucket(words, secret, cfg.conntrack_bucket_mask))
-}
-
 /// # Safety
-/// `stored` points to `N` readable words.
+/// `stored` points to `words.len()` writable words.
 #[inline(always)]
-unsafe fn words_equal<const N: usize>(words: &[u64; N], stored: *const u64) -> bool {
+unsafe fn store_words(words: &[u64], stored: *mut u64) {
     let mut i = 0;
-    while i < N {
-        // SAFETY: within the `N` words the caller vouches for.
-        if unsafe { read_volatile(stored.add(i)) } != words[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// # Safety
-/// `stored` points to `N` writable words.
-#[inline(always)]
-unsafe fn store_words<const N: usize>(words: &[u64; N], stored: *mut u64) {
-    let mut i = 0;
-    while i < N {
-        // SAFETY: within the `N` words the caller vouches for.
+    while i < words.len() {
+        // SAFETY: within the words the caller vouches for.
         unsafe { write_volatile(stored.add(i), words[i]) };
         i += 1;
     }
 }
 
 impl FlowKey for CtKey {
-    const WORDS: usize = 5;
     #[inline(always)]
     fn table() -> &'static Array<CtBucket<Self>> {
         &CONNTRACK_V6
@@ -202,27 +203,9 @@ impl FlowKey for CtKey {
     fn protocol(&self) -> u8 {
         self.protocol
     }
-
-    #[inline(always)]
-    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32> {
-        bucket_of(&self.words(), cfg)
-    }
-
-    #[inline(always)]
-    unsafe fn stored_at(&self, stored: *const Self) -> bool {
-        // SAFETY: a CtKey is five words, 8-aligned in its slot.
-        unsafe { words_equal(&self.words(), stored as *const u64) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_at(&self, stored: *mut Self) {
-        // SAFETY: as for `stored_at`.
-        unsafe { store_words(&self.words(), stored as *mut u64) }
-    }
 }
 
 impl FlowKey for CtKeyV4 {
-    const WORDS: usize = 2;
     #[inline(always)]
     fn table() -> &'static Array<CtBucket<Self>> {
         &CONNTRACK_V4
@@ -251,23 +234,6 @@ impl FlowKey for CtKeyV4 {
     #[inline(always)]
     fn protocol(&self) -> u8 {
         self.protocol
-    }
-
-    #[inline(always)]
-    fn bucket(&self, cfg: &DataplaneConfig) -> Option<u32> {
-        bucket_of(&self.words(), cfg)
-    }
-
-    #[inline(always)]
-    unsafe fn stored_at(&self, stored: *const Self) -> bool {
-        // SAFETY: a CtKeyV4 is two words, 8-aligned in its slot.
-        unsafe { words_equal(&self.words(), stored as *const u64) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_at(&self, stored: *mut Self) {
-        // SAFETY: as for `stored_at`.
-        unsafe { store_words(&self.words(), stored as *mut u64) }
     }
 }
 
@@ -356,7 +322,7 @@ struct Found<K> {
 /// Finds `key` in its table. A slot whose flow changed while it was read counts as not found.
 #[inline(always)]
 fn find<K: FlowKey>(key: &K, cfg: &DataplaneConfig) -> Option<Found<K>> {
-    let bucket = K::table().get_ptr_mut(key.bucket(cfg)?)?;
+    let bucket = K::table().get_ptr_mut(key.table_bucket(cfg)?)?;
     let mut i = 0;
     while i < WAYS {
         // SAFETY: `bucket` is a table value; `i` is below its slot count.
@@ -667,7 +633,7 @@ fn create_in<K: FlowKey>(
     cfg: &DataplaneConfig,
 ) -> Created {
     let (key, src_is_a) = key_of::<K>(src, dst, flow.protocol, flow.src_port, flow.dst_port);
-    let Some(index) = key.bucket(cfg) else {
+    let Some(index) = key.table_bucket(cfg) else {
         return Created::Failed;
     };
     let Some(bucket) = K::table().get_ptr_mut(index) else {
@@ -781,7 +747,8 @@ fn is_closing(entry: &CtEntry, protocol: u8) -> bool {
 /// `slot` points into a conntrack table's value.
 #[inline(always)]
 unsafe fn stored_protocol<K: FlowKey>(slot: *const CtSlot<K>) -> u8 {
-    let tail = unsafe { (addr_of!((*slot).key) as *const u64).add(K::WORDS - 1) };
+    let words = core::mem::size_of::<K>() / 8;
+    let tail = unsafe { (addr_of!((*slot).key) as *const u64).add(words - 1) };
     // SAFETY: the key's last word; a torn read only affects which slot is evicted.
     (u64::from_le(unsafe { read_volatile(tail) }) >> 32) as u8
 }

@@ -126,6 +126,29 @@ spec:
     }
 }
 
+/// An SCTP packet (the tests' protocol for flows: no TCP handshake or mid-flow adoption).
+fn sctp_packet(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Vec<u8> {
+    Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
+}
+
+/// A private bpffs (kept mounted while the returned value lives), the agent's pin folder in
+/// it, and options that pin there.
+fn pinned(
+    tag: &str,
+) -> (
+    npenforce::lab::BpffsMount,
+    std::path::PathBuf,
+    DataplaneOptions,
+) {
+    let bpffs = npenforce::lab::BpffsMount::new(tag).expect("mounting a private bpffs");
+    let pin_dir = bpffs.root().join("npenforce");
+    let options = DataplaneOptions {
+        bpffs: Some(pin_dir.clone()),
+        ..DataplaneOptions::default()
+    };
+    (bpffs, pin_dir, options)
+}
+
 fn sctp(dst_port: u16) -> L4 {
     L4::Sctp {
         src_port: 40000,
@@ -397,15 +420,7 @@ fn tracked_flows_expire_after_their_timeout() {
     // client -> web SCTP 9000 is allowed and opens the flow. The other direction passes only
     // as part of that flow: web's ingress policy does not allow web's own address.
     let request = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
-    let reply = Craft::new(
-        ip(WEB4),
-        ip(CLIENT4),
-        L4::Sctp {
-            src_port: 9000,
-            dst_port: 40000,
-        },
-    )
-    .build();
+    let reply = sctp_packet(WEB4, CLIENT4, 9000, 40000);
     assert_eq!(b.run_to_web(&reply), "DROP", "no flow yet: denied");
     assert_eq!(b.run_to_web(&request), "PASS", "allowed: opens the flow");
     assert_eq!(b.run_to_web(&reply), "PASS", "part of the tracked flow");
@@ -526,12 +541,7 @@ fn single_address_entries_never_linger_in_the_trie() {
     use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
     use npenforce_common::{direction, map_names, v4_mapped, PeerKey, PeerValue};
 
-    let bpffs = npenforce::lab::BpffsMount::new("upgrade").expect("mounting a private bpffs");
-    let pin_dir = bpffs.root().join("npenforce");
-    let options = DataplaneOptions {
-        bpffs: Some(pin_dir.clone()),
-        ..DataplaneOptions::default()
-    };
+    let (_bpffs, pin_dir, options) = pinned("upgrade");
     let trie_pin = pin_dir.join("maps").join(map_names::POLICY_PEERS);
     let open_trie = || -> LpmTrie<MapData, PeerKey, PeerValue> {
         let data = MapData::from_pin(&trie_pin).expect("the pinned trie");
@@ -615,28 +625,8 @@ fn full_conntrack_buckets_evict_the_least_recent_flow_and_judge_it_again() {
             .get(node_counter::CT_EVICTED);
         // client:port -> web SCTP 9000 opens a flow; web's answer passes only as part of it
         // (web's ingress policy does not allow web's own address).
-        let request = |port: u16| {
-            Craft::new(
-                ip(client),
-                ip(web),
-                L4::Sctp {
-                    src_port: port,
-                    dst_port: 9000,
-                },
-            )
-            .build()
-        };
-        let answer = |port: u16| {
-            Craft::new(
-                ip(web),
-                ip(client),
-                L4::Sctp {
-                    src_port: 9000,
-                    dst_port: port,
-                },
-            )
-            .build()
-        };
+        let request = |port: u16| sctp_packet(client, web, port, 9000);
+        let answer = |port: u16| sctp_packet(web, client, 9000, port);
         let ports: Vec<u16> = (0..ct_table::WAYS as u16).map(|i| 41000 + i).collect();
         for &port in &ports {
             assert_eq!(
@@ -700,12 +690,7 @@ fn conntrack_tables_are_adopted_only_with_their_hash_key() {
     use aya::maps::{Array, Map, MapData};
     use npenforce_common::{map_names, CtHashKey};
 
-    let bpffs = npenforce::lab::BpffsMount::new("ctkey").expect("mounting a private bpffs");
-    let pin_dir = bpffs.root().join("npenforce");
-    let options = DataplaneOptions {
-        bpffs: Some(pin_dir.clone()),
-        ..DataplaneOptions::default()
-    };
+    let (_bpffs, pin_dir, options) = pinned("ctkey");
     let key_pin = pin_dir.join("maps").join(map_names::CONNTRACK_KEY);
     let tables_adopted = |b: &mut Bench| {
         let dataplane = b.enforcer.dataplane();
@@ -716,28 +701,8 @@ fn conntrack_tables_are_adopted_only_with_their_hash_key() {
         Array::try_from(Map::from_map_data(data).expect("a map")).expect("an array")
     };
     // client -> web SCTP 9000 opens a flow; web's answer passes only as part of it.
-    let request = |port: u16| {
-        Craft::new(
-            ip(CLIENT4),
-            ip(WEB4),
-            L4::Sctp {
-                src_port: port,
-                dst_port: 9000,
-            },
-        )
-        .build()
-    };
-    let answer = |port: u16| {
-        Craft::new(
-            ip(WEB4),
-            ip(CLIENT4),
-            L4::Sctp {
-                src_port: 9000,
-                dst_port: port,
-            },
-        )
-        .build()
-    };
+    let request = |port: u16| sctp_packet(CLIENT4, WEB4, port, 9000);
+    let answer = |port: u16| sctp_packet(WEB4, CLIENT4, 9000, port);
 
     let first_key = {
         let mut b = Bench::with_options(&options);
@@ -813,17 +778,10 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
     if cpus < 2 {
         eprintln!("note: one CPU: the two threads interleave but never run at the same time");
     }
-    let bpffs = npenforce::lab::BpffsMount::new("ctrace").expect("mounting a private bpffs");
     // One flow per table: one bucket of four slots. Both programs (two loads of the object,
     // as two agents would have) share the pinned maps.
-    let options = DataplaneOptions {
-        bpffs: Some(bpffs.root().join("npenforce")),
-        map_sizes: npenforce::dataplane::MapSizes {
-            conntrack: 1,
-            ..Default::default()
-        },
-        ..DataplaneOptions::default()
-    };
+    let (_bpffs, _, mut options) = pinned("ctrace");
+    options.map_sizes.conntrack = 1;
     // client2 sorts before web (client before it too), so both clients' flows keep web in
     // the same key words and differ in the address word and the port word.
     const CLIENT2_4: &str = "10.244.1.9";
@@ -843,9 +801,6 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
     let mut reader = Bench::with_options(&options);
     add_client2(&mut reader);
 
-    let sctp_packet = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
-        Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
-    };
     let (client_ports, client2_ports) = (
         [41001u16, 41002, 41003, 41004],
         [42001u16, 42002, 42003, 42004],
@@ -962,12 +917,7 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     use npenforce::dataplane::conntrack_table::ConntrackTable;
     use npenforce_common::{ct_state, ip_proto, map_names, CtEntry, CtKey, CtKeyV4};
 
-    let bpffs = npenforce::lab::BpffsMount::new("ctuser").expect("mounting a private bpffs");
-    let pin_dir = bpffs.root().join("npenforce");
-    let options = DataplaneOptions {
-        bpffs: Some(pin_dir.clone()),
-        ..DataplaneOptions::default()
-    };
+    let (_bpffs, pin_dir, options) = pinned("ctuser");
     let mut b = Bench::with_options(&options);
     let web = b.web_iface().pod_id;
     let open = |name: &str| {
@@ -983,9 +933,6 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
         open(map_names::CONNTRACK_KEY),
     )
     .expect("the IPv6 table");
-    let sctp = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
-        Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
-    };
     let octets4 = |s: &str| match ip(s) {
         IpAddr::V4(a) => a.octets(),
         IpAddr::V6(_) => unreachable!("an IPv4 literal"),
@@ -996,8 +943,14 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     };
 
     // A flow the program tracked is in userspace's view, with its receiving pod.
-    assert_eq!(b.run_to_web(&sctp(CLIENT4, WEB4, 44000, 9000)), "PASS");
-    assert_eq!(b.run_to_web(&sctp(CLIENT6, WEB6, 44000, 9000)), "PASS");
+    assert_eq!(
+        b.run_to_web(&sctp_packet(CLIENT4, WEB4, 44000, 9000)),
+        "PASS"
+    );
+    assert_eq!(
+        b.run_to_web(&sctp_packet(CLIENT6, WEB6, 44000, 9000)),
+        "PASS"
+    );
     let (key4, _) = CtKeyV4::for_flow(octets4(CLIENT4), 44000, octets4(WEB4), 9000, ip_proto::SCTP);
     let (key6, _) = CtKey::for_flow(octets6(CLIENT6), 44000, octets6(WEB6), 9000, ip_proto::SCTP);
     assert_eq!(
@@ -1012,14 +965,23 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     // Removed from userspace: the program no longer knows the flow.
     assert!(v4.remove(&key4).expect("remove"));
     assert!(v6.remove(&key6).expect("remove"));
-    assert_eq!(b.run_to_web(&sctp(WEB4, CLIENT4, 9000, 44000)), "DROP");
-    assert_eq!(b.run_to_web(&sctp(WEB6, CLIENT6, 9000, 44000)), "DROP");
+    assert_eq!(
+        b.run_to_web(&sctp_packet(WEB4, CLIENT4, 9000, 44000)),
+        "DROP"
+    );
+    assert_eq!(
+        b.run_to_web(&sctp_packet(WEB6, CLIENT6, 9000, 44000)),
+        "DROP"
+    );
 
     // Placed from userspace: the program finds it (web's answer passes as part of it).
     let now = {
         // The programs' clock: jiffies, which an entry stamped 0 s ago must match. A flow
         // stamped in the far past would be expired; "now" is read back from a tracked flow.
-        assert_eq!(b.run_to_web(&sctp(CLIENT4, WEB4, 44001, 9000)), "PASS");
+        assert_eq!(
+            b.run_to_web(&sctp_packet(CLIENT4, WEB4, 44001, 9000)),
+            "PASS"
+        );
         let (probe, _) =
             CtKeyV4::for_flow(octets4(CLIENT4), 44001, octets4(WEB4), 9000, ip_proto::SCTP);
         v4.get(&probe).expect("read").expect("tracked").last_seen
@@ -1045,6 +1007,12 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     // as it would an adopted one, and client -> web SCTP 9000 is allowed.
     assert!(v4.insert(placed4, entry(client_is_a4)).expect("insert"));
     assert!(v6.insert(placed6, entry(client_is_a6)).expect("insert"));
-    assert_eq!(b.run_to_web(&sctp(WEB4, CLIENT4, 9000, 44002)), "PASS");
-    assert_eq!(b.run_to_web(&sctp(WEB6, CLIENT6, 9000, 44002)), "PASS");
+    assert_eq!(
+        b.run_to_web(&sctp_packet(WEB4, CLIENT4, 9000, 44002)),
+        "PASS"
+    );
+    assert_eq!(
+        b.run_to_web(&sctp_packet(WEB6, CLIENT6, 9000, 44002)),
+        "PASS"
+    );
 }

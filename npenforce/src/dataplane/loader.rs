@@ -404,16 +404,24 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome, DataplaneError> {
-        let classifier = self.classifier(name)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.repeat = repeat.max(1);
-        let result = classifier
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program {
-                name: name.to_owned(),
-                source,
-            })?;
+        self.run_classifier(name, opts)
+    }
+
+    fn run_classifier(
+        &mut self,
+        name: &str,
+        opts: TestRunOptions<'_>,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let result =
+            self.classifier(name)?
+                .test_run(opts)
+                .map_err(|source| DataplaneError::Program {
+                    name: name.to_owned(),
+                    source,
+                })?;
         Ok(TestRunOutcome {
             // The kernel returns the program's int as u32; TC codes include -1.
             verdict: result.return_value as i32,
@@ -433,25 +441,18 @@ impl Dataplane {
         // `struct __sk_buff`: `mark` is its third u32; the kernel takes the fields it allows
         // from the input (the rest must be zero) and writes the context back.
         const SK_BUFF_SIZE: usize = 192;
-        const MARK_OFFSET: usize = 8;
+        const MARK: std::ops::Range<usize> = 8..12;
         let mut ctx_in = [0u8; SK_BUFF_SIZE];
-        ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[MARK].copy_from_slice(&mark.to_ne_bytes());
         let mut ctx_out = [0u8; SK_BUFF_SIZE];
-        let classifier = self.classifier(name)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.ctx_in = Some(&ctx_in);
         opts.ctx_out = Some(&mut ctx_out);
         opts.repeat = 1;
-        let result = classifier
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program {
-                name: name.to_owned(),
-                source,
-            })?;
-        let mut mark_out = [0u8; 4];
-        mark_out.copy_from_slice(&ctx_out[MARK_OFFSET..MARK_OFFSET + 4]);
-        Ok((result.return_value as i32, u32::from_ne_bytes(mark_out)))
+        let outcome = self.run_classifier(name, opts)?;
+        let mark_out: [u8; 4] = ctx_out[MARK].try_into().expect("four bytes");
+        Ok((outcome.verdict, u32::from_ne_bytes(mark_out)))
     }
 
     pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {

@@ -330,9 +330,8 @@ mod tests {
         s.parse().expect("ip")
     }
 
-    /// Pod 1 at 10.0.0.1, ingress isolated: 10.0.0.0/8 -> rule set 5, 10.1.0.0/16 -> none.
-    /// Rule set 5: TCP 80 (rule 7), UDP all ports (rule 8), TCP 7936-8191 (rule 9).
-    fn entries() -> MapEntries {
+    /// Pod 1 at 10.0.0.1, ingress isolated, with empty tables.
+    fn pod_1_ingress_isolated() -> MapEntries {
         let mut m = MapEntries::default();
         m.endpoints.insert(
             AddrKey {
@@ -343,6 +342,13 @@ mod tests {
                 flags: endpoint_flags::INGRESS_ISOLATED,
             },
         );
+        m
+    }
+
+    /// Pod 1 at 10.0.0.1, ingress isolated: 10.0.0.0/8 -> rule set 5, 10.1.0.0/16 -> none.
+    /// Rule set 5: TCP 80 (rule 7), UDP all ports (rule 8), TCP 7936-8191 (rule 9).
+    fn entries() -> MapEntries {
+        let mut m = pod_1_ingress_isolated();
         let peer = |cidr: &str, rs: u32| {
             let p = super::super::ipblock::Prefix::parse_cidr(cidr).expect("cidr");
             (
@@ -427,16 +433,7 @@ mod tests {
 
     /// One peer (10.0.0.0/8) of pod 1 pointing at rule set 1, which allows TCP `port`.
     fn one_rule(port: u16) -> MapEntries {
-        let mut m = MapEntries::default();
-        m.endpoints.insert(
-            AddrKey {
-                addr: addr_to_u128(ip("10.0.0.1")).to_be_bytes(),
-            },
-            EndpointInfo {
-                pod_id: 1,
-                flags: endpoint_flags::INGRESS_ISOLATED,
-            },
-        );
+        let mut m = pod_1_ingress_isolated();
         let p = super::super::ipblock::Prefix::parse_cidr("10.0.0.0/8").expect("cidr");
         m.peers.insert(
             (
