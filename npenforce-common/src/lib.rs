@@ -27,11 +27,13 @@ pub const fn v4_mapped(octets: [u8; 4]) -> Addr {
     ]
 }
 
+pub mod shared_table;
+
 /// Map names, shared so that userspace finds exactly the maps the programs declare.
 pub mod map_names {
     /// Foundation map: source addresses whose packets are dropped.
     pub const SOURCE_DENYLIST: &str = "SOURCE_DENYLIST";
-    /// Local pods by address.
+    /// Local pods by address (a shared table, see `shared_table`).
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Per pod and direction: peer prefix -> rule set (LPM trie).
     pub const POLICY_PEERS: &str = "POLICY_PEERS";
@@ -43,17 +45,18 @@ pub mod map_names {
     pub const IFACES: &str = "IFACES";
     /// Direct-mapped cache of `IFACES` (array, see `iface_slot`).
     pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
-    /// The full-length (single address) entries of the peer table, in a hash: looked up
-    /// before `POLICY_PEERS`, which then only holds shorter prefixes.
+    /// The full-length (single address) entries of the peer table, in a shared table (see
+    /// `shared_table`): searched before `POLICY_PEERS`, which only holds shorter prefixes.
     pub const POLICY_PEER_HOSTS: &str = "POLICY_PEER_HOSTS";
-    /// This node's own addresses: traffic from and to them is always allowed.
+    /// This node's own addresses: traffic from and to them is always allowed (a shared
+    /// table).
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     /// Tracked IPv6 connections (array of `CtBucket<CtKey>`, see `ct_table`).
     pub const CONNTRACK_V6: &str = "CONNTRACK_V6";
     /// Tracked IPv4 connections (array of `CtBucket<CtKeyV4>`, see `ct_table`).
     pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
-    /// The conntrack tables' hash key (array of one `CtHashKey`): random per node, kept with
-    /// the tables so that adopted entries stay where lookups look for them.
+    /// The hash key of the conntrack and shared tables (array of one `CtHashKey`): random per
+    /// node, kept with the tables so that adopted entries stay where lookups look for them.
     pub const CONNTRACK_KEY: &str = "CONNTRACK_KEY";
     /// Verdicts of fragmented datagrams, for their later fragments (LRU).
     pub const FRAGMENTS: &str = "FRAGMENTS";
@@ -137,8 +140,12 @@ pub struct DataplaneConfig {
     /// more recently than this has not expired, whatever its state: the per-packet check
     /// needs no timeout computed.
     pub shortest_timeout_ticks: u32,
+    /// Buckets of `ENDPOINTS` minus one (set by the loader, `shared_table::buckets_for`).
+    pub endpoints_bucket_mask: u32,
+    /// Buckets of `POLICY_PEER_HOSTS` minus one (set by the loader).
+    pub peer_hosts_bucket_mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 56);
 
 impl DataplaneConfig {
     pub const DEFAULT: Self = Self {
@@ -154,6 +161,8 @@ impl DataplaneConfig {
         jiffies_per_second: 0,
         conntrack_bucket_mask: 0,
         shortest_timeout_ticks: 0,
+        endpoints_bucket_mask: 0,
+        peer_hosts_bucket_mask: 0,
     };
 }
 
@@ -710,6 +719,23 @@ pub struct AddrKey {
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 16);
 
+impl AddrKey {
+    /// The key as the words of a shared table (`ENDPOINTS`, `NODE_ADDRS`).
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes, any bits are valid u64s.
+        unsafe { core::mem::transmute::<Addr, [u64; 2]>(self.addr) }
+    }
+
+    #[inline(always)]
+    pub const fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: 16 bytes, any bits are a valid address.
+        Self {
+            addr: unsafe { core::mem::transmute::<[u64; 2], Addr>(words) },
+        }
+    }
+}
+
 /// Value of `SOURCE_DENYLIST`: why the entry is there (an opaque tag for logs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -784,6 +810,19 @@ impl PeerKey {
         // SAFETY: PeerKey is repr(C), 24 bytes without implicit padding, any bytes are valid;
         // `head` lays out pod_id (big endian), direction and three zero bytes in memory order.
         unsafe { core::mem::transmute::<[u64; 3], PeerKey>(raw) }
+    }
+
+    /// The key as the words of `POLICY_PEER_HOSTS`.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes without implicit padding, any bits are valid u64s.
+        unsafe { core::mem::transmute::<PeerKey, [u64; 3]>(*self) }
+    }
+
+    #[inline(always)]
+    pub const fn from_key_words(words: [u64; 3]) -> Self {
+        // SAFETY: 24 bytes, any bytes are a valid PeerKey.
+        unsafe { core::mem::transmute::<[u64; 3], PeerKey>(words) }
     }
 }
 

@@ -484,56 +484,53 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
 
 /// The tracked flow's verdict under the current policy generation: judged again (and the
 /// entry's generation, `DENIED` bit and reason set) when the generation moved since.
+///
+/// One `rejudge` call site: every policy search is inlined, and the verifier walks each copy.
 #[inline(always)]
 fn judged_again<K: FlowKey>(key: &K, entry: &mut CtEntry, cfg: &DataplaneConfig) -> Result<(), u8> {
     let current = generation();
-    if entry.state & ct_state::DENIED != 0 {
-        if entry.generation == current {
-            return Err(entry.reason);
+    let denied = entry.state & ct_state::DENIED != 0;
+    if entry.generation == current {
+        return if denied { Err(entry.reason) } else { Ok(()) };
+    }
+    if !denied && cfg.keep_established != 0 {
+        return Ok(());
+    }
+    // A changed policy: an allowed flow may be cut now, a cut one may be allowed again.
+    entry.generation = current;
+    match rejudge(key, entry, cfg) {
+        Ok(()) => {
+            entry.state &= !ct_state::DENIED;
+            Ok(())
         }
-        // The policy changed since the flow was cut: it may be allowed again.
-        entry.generation = current;
-        if let Err(reason) = rejudge(key, entry) {
-            entry.reason = reason;
-            return Err(reason);
-        }
-        entry.state &= !ct_state::DENIED;
-    } else if entry.generation != current && cfg.keep_established == 0 {
-        entry.generation = current;
-        if let Err(reason) = rejudge(key, entry) {
-            // Keep the entry as a tombstone: dropping it would let the next segment of the
-            // cut connection be re-admitted as a connection seen mid-flow.
+        Err(reason) => {
+            // A cut flow stays as a tombstone: dropping the entry would let the next segment
+            // of the cut connection be re-admitted as a connection seen mid-flow.
             entry.state |= ct_state::DENIED;
             entry.reason = reason;
-            return Err(reason);
+            Err(reason)
         }
     }
-    Ok(())
 }
 
 /// Judges a tracked flow again in its original orientation with the pods that admitted it.
 #[inline(always)]
-fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
+fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry, cfg: &DataplaneConfig) -> Result<(), u8> {
     let (a, b, a_port, b_port) = key.ends();
-    if entry.state & ct_state::A_INITIATED != 0 {
-        judge(
-            &a,
-            &b,
-            key.protocol(),
-            b_port,
-            entry.egress_pod,
-            entry.ingress_pod,
-        )
+    let (src, dst, dst_port) = if entry.state & ct_state::A_INITIATED != 0 {
+        (a, b, b_port)
     } else {
-        judge(
-            &b,
-            &a,
-            key.protocol(),
-            a_port,
-            entry.egress_pod,
-            entry.ingress_pod,
-        )
-    }
+        (b, a, a_port)
+    };
+    judge(
+        &src,
+        &dst,
+        key.protocol(),
+        dst_port,
+        entry.egress_pod,
+        entry.ingress_pod,
+        cfg,
+    )
 }
 
 /// Whether an ICMP error is about a tracked, allowed flow and goes where such an error must

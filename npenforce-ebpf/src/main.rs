@@ -16,6 +16,7 @@ mod maps;
 mod observe;
 mod parse;
 mod policy;
+mod table;
 
 use aya_ebpf::{
     macros::{classifier, map},
@@ -217,7 +218,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     };
     let pod_id = iface.pod_id;
     // Anti-spoofing: the source must be one of this pod's own addresses.
-    if endpoint_pod(&packet.src) != Some(pod_id) {
+    if endpoint_pod(&packet.src, &cfg) != Some(pod_id) {
         report_drop(
             &ctx,
             Some(packet),
@@ -271,7 +272,7 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             let (pod, dir) = if reason == drop_reason::EGRESS_DENIED {
-                (sender_pod(m, packet), direction::EGRESS)
+                (sender_pod(m, packet, &cfg), direction::EGRESS)
             } else {
                 (pod_id, direction::INGRESS)
             };
@@ -342,11 +343,11 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
 /// a packet not classified on entry (a pod veth we are not attached to yet), from the
 /// address map; 0 when the sender is not a pod of this node.
 #[inline(always)]
-fn sender_pod(m: u32, packet: &Packet) -> u32 {
+fn sender_pod(m: u32, packet: &Packet, cfg: &DataplaneConfig) -> u32 {
     if m & mark::CLASSIFIED != 0 {
         return m >> mark::POD_SHIFT;
     }
-    endpoint_pod(&packet.src).unwrap_or(0)
+    endpoint_pod(&packet.src, cfg).unwrap_or(0)
 }
 
 /// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
@@ -363,9 +364,9 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         if conntrack::fragment_known(packet, now, cfg) {
             return Ok(());
         }
-        let isolated = pod_state(sender_pod(m, packet)).flags & endpoint_flags::EGRESS_ISOLATED
-            != 0
-            || pod_state(receiver).flags & endpoint_flags::INGRESS_ISOLATED != 0;
+        let isolated =
+            pod_state(sender_pod(m, packet, cfg)).flags & endpoint_flags::EGRESS_ISOLATED != 0
+                || pod_state(receiver).flags & endpoint_flags::INGRESS_ISOLATED != 0;
         return if isolated {
             Err(drop_reason::UNKNOWN_FRAGMENT)
         } else {
@@ -388,11 +389,12 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         packet.protocol,
         packet.dst_port,
         receiver,
+        cfg,
     );
     // The tracked flow records the sending pod even when it is not egress-isolated now (its
     // egress check passes then), so that an egress policy it gets later applies when the
     // flow is judged again.
-    let sender = sender_pod(m, packet);
+    let sender = sender_pod(m, packet, cfg);
     let forward = match ingress {
         Ok(()) => side_verdict(
             direction::EGRESS,
@@ -400,6 +402,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             packet.protocol,
             packet.dst_port,
             sender,
+            cfg,
         ),
         Err(reason) => Err(reason),
     };
@@ -440,6 +443,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             packet.src_port,
             reverse_egress,
             reverse_ingress,
+            cfg,
         )
         .is_ok()
         {

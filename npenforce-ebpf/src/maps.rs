@@ -6,27 +6,31 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    iface_slot, AddrKey, CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EndpointInfo, EventBudget,
-    FragEntry, FragKey, IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue,
-    TrafficCounters,
+    iface_slot,
+    shared_table::{self, AddrBucket, PeerBucket},
+    CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
+    PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
 /// they hold, which keeps large configured sizes cheap.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// Shared tables (`npenforce_common::shared_table`) are mapped into the agent's memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// This node's pods by address (a shared table; value: `shared_table::endpoint_value`).
 #[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<AddrKey, EndpointInfo> =
-    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static ENDPOINTS: Array<AddrBucket> = Array::with_max_entries(1 << 15, BPF_F_MMAPABLE);
 
 #[map(name = "POLICY_PEERS")]
 pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
     LpmTrie::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// The `/128` entries of `POLICY_PEERS` (pod IPs and other single addresses).
+/// The `/128` entries of `POLICY_PEERS` (pod IPs and other single addresses), a shared
+/// table keyed by `PeerKey` (value: the rule set).
 #[map(name = "POLICY_PEER_HOSTS")]
-pub static POLICY_PEER_HOSTS: HashMap<PeerKey, PeerValue> =
-    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+pub static POLICY_PEER_HOSTS: Array<PeerBucket> = Array::with_max_entries(1 << 19, BPF_F_MMAPABLE);
 
 #[map(name = "POLICY_PORTS")]
 pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
@@ -46,8 +50,12 @@ pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(4096, BPF
 #[map(name = "IFACE_SLOTS")]
 pub static IFACE_SLOTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(iface_slot::COUNT, 0);
 
+/// This node's own addresses (a shared table; the value is unused).
 #[map(name = "NODE_ADDRS")]
-pub static NODE_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static NODE_ADDRS: Array<AddrBucket> = Array::with_max_entries(
+    shared_table::buckets_for(shared_table::NODE_ADDR_ENTRIES),
+    BPF_F_MMAPABLE,
+);
 
 /// Conntrack tables (buckets; see `npenforce_common::ct_table`).
 #[map(name = "CONNTRACK_V4")]

@@ -2,13 +2,14 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, pod_state_flags, AddrKey, PeerKey, PodState, PortKey,
-    RULESET_NONE,
+    direction, drop_reason, endpoint_flags, pod_state_flags, shared_table, DataplaneConfig,
+    PeerKey, PodState, PortKey, RULESET_NONE,
 };
 
 use crate::{
     addr::WordAddr,
     maps::{ENDPOINTS, NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS},
+    table,
 };
 
 /// The pod's flags (isolation and presence); empty for id 0 or an unknown id.
@@ -25,16 +26,15 @@ pub fn pod_state(pod_id: u32) -> PodState {
 
 #[inline(always)]
 pub fn is_node_addr(addr: &WordAddr) -> bool {
-    NODE_ADDRS.get_ptr(&AddrKey { addr: addr.0 }).is_some()
+    const MASK: u32 = shared_table::buckets_for(shared_table::NODE_ADDR_ENTRIES) - 1;
+    table::find(&NODE_ADDRS, &addr.words(), MASK).is_some()
 }
 
 /// The pod of this node that owns `addr`, if any.
 #[inline(always)]
-pub fn endpoint_pod(addr: &WordAddr) -> Option<u32> {
-    ENDPOINTS
-        .get_ptr(&AddrKey { addr: addr.0 })
-        // SAFETY: pointer from a successful lookup.
-        .map(|e| unsafe { (*e).pod_id })
+pub fn endpoint_pod(addr: &WordAddr, cfg: &DataplaneConfig) -> Option<u32> {
+    table::find(&ENDPOINTS, &addr.words(), cfg.endpoints_bucket_mask)
+        .map(|value| shared_table::endpoint_of(value).0)
 }
 
 #[inline(always)]
@@ -50,13 +50,19 @@ fn isolation_flag(dir: u8) -> u32 {
 /// (a hash lookup; such an entry is always the longest match), then the shorter prefixes.
 /// `state` says which of the two the pod has entries in; the others are not looked up.
 #[inline(always)]
-fn peer_ruleset(pod_id: u32, state: u32, dir: u8, peer: &WordAddr) -> Option<u32> {
+fn peer_ruleset(
+    pod_id: u32,
+    state: u32,
+    dir: u8,
+    peer: &WordAddr,
+    cfg: &DataplaneConfig,
+) -> Option<u32> {
     let (hosts, prefixes) = pod_state_flags::tables_of(dir);
     let key = PeerKey::from_words(pod_id, dir, peer.words());
     if state & hosts != 0 {
-        if let Some(value) = POLICY_PEER_HOSTS.get_ptr(&key) {
-            // SAFETY: pointer from a successful lookup.
-            return Some(unsafe { (*value).ruleset });
+        let mask = cfg.peer_hosts_bucket_mask;
+        if let Some(ruleset) = table::find(&POLICY_PEER_HOSTS, &key.words(), mask) {
+            return Some(ruleset);
         }
     }
     if state & prefixes == 0 {
@@ -69,12 +75,19 @@ fn peer_ruleset(pod_id: u32, state: u32, dir: u8, peer: &WordAddr) -> Option<u32
 /// One pod's verdict for one direction: not isolated, or a rule allows `peer` on
 /// `protocol`/`port` (a peer lookup for the rule set, one longest-prefix lookup for the port).
 #[inline(always)]
-fn side_allows(pod_id: u32, dir: u8, peer: &WordAddr, protocol: u8, port: u16) -> bool {
+fn side_allows(
+    pod_id: u32,
+    dir: u8,
+    peer: &WordAddr,
+    protocol: u8,
+    port: u16,
+    cfg: &DataplaneConfig,
+) -> bool {
     let state = pod_state(pod_id).flags;
     if state & isolation_flag(dir) == 0 {
         return true;
     }
-    let ruleset = match peer_ruleset(pod_id, state, dir, peer) {
+    let ruleset = match peer_ruleset(pod_id, state, dir, peer, cfg) {
         Some(ruleset) if ruleset != RULESET_NONE => ruleset,
         _ => return false,
     };
@@ -92,8 +105,9 @@ pub fn side_verdict(
     protocol: u8,
     dst_port: u16,
     pod: u32,
+    cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
-    if pod == 0 || side_allows(pod, dir, peer, protocol, dst_port) || is_node_addr(peer) {
+    if pod == 0 || side_allows(pod, dir, peer, protocol, dst_port, cfg) || is_node_addr(peer) {
         return Ok(());
     }
     Err(if dir == direction::INGRESS {
@@ -112,7 +126,15 @@ pub fn judge(
     dst_port: u16,
     egress_pod: u32,
     ingress_pod: u32,
+    cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
-    side_verdict(direction::EGRESS, dst, protocol, dst_port, egress_pod)?;
-    side_verdict(direction::INGRESS, src, protocol, dst_port, ingress_pod)
+    side_verdict(direction::EGRESS, dst, protocol, dst_port, egress_pod, cfg)?;
+    side_verdict(
+        direction::INGRESS,
+        src,
+        protocol,
+        dst_port,
+        ingress_pod,
+        cfg,
+    )
 }

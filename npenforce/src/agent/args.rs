@@ -98,14 +98,15 @@ pub struct MapSizeArgs {
     /// flow, which is judged again when seen).
     #[arg(long, env = "NPENFORCE_MAP_SIZE_CONNTRACK", default_value_t = 1 << 18)]
     pub map_size_conntrack: u32,
-    /// Peer entries over all local pods and both directions (single addresses and shorter
-    /// prefixes are kept in two tables, each of this size).
+    /// Peer entries over all local pods and both directions. Single addresses (pod IPs) go
+    /// to a preallocated table with two slots per entry (68 bytes per entry: 68 MiB at the
+    /// default), shorter prefixes to a trie of this many entries, allocated as used.
     #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PEERS", default_value_t = 1 << 20)]
     pub map_size_policy_peers: u32,
     /// Port prefixes over all rule sets.
     #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PORTS", default_value_t = 1 << 18)]
     pub map_size_policy_ports: u32,
-    /// Addresses of local pods.
+    /// Addresses of local pods (a preallocated table, 52 bytes per entry).
     #[arg(long, env = "NPENFORCE_MAP_SIZE_ENDPOINTS", default_value_t = 65536)]
     pub map_size_endpoints: u32,
     /// Largest local pod id + 1: ids go to this node's pods and are reused (at most 65536:

@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use npenforce_common::{
-    ct_table, map_names, program_names, AddrKey, CtHashKey, DataplaneConfig, DenyValue,
-    CONFIG_GLOBAL,
+    ct_table, map_names, program_names, shared_table, AddrKey, CtHashKey, DataplaneConfig,
+    DenyValue, CONFIG_GLOBAL,
 };
 
 use crate::addr::kernel_addr;
@@ -69,6 +69,18 @@ pub enum DataplaneError {
          on x86 memory ordering"
     )]
     UnsupportedArchitecture(&'static str),
+    #[error("shared table {name}: {source}")]
+    SharedTable {
+        name: &'static str,
+        #[source]
+        source: super::shared_table::SharedTableError,
+    },
+    #[error("map {name}: {source}")]
+    TableFull {
+        name: &'static str,
+        #[source]
+        source: super::shared_table::TableFull,
+    },
     #[error("reading /dev/urandom for the conntrack hash key: {0}")]
     Random(#[source] io::Error),
     #[error("measuring the kernel's tick rate (jiffies per second) failed: {0}")]
@@ -120,7 +132,8 @@ impl From<Hook> for TcAttachType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub endpoints: u32,
-    /// Peer entries: the `POLICY_PEERS` trie and the `POLICY_PEER_HOSTS` hash each.
+    /// Peer entries: the `POLICY_PEERS` trie and the `POLICY_PEER_HOSTS` shared table each
+    /// (two slots per entry, see `shared_table::buckets_for`).
     pub policy_peers: u32,
     pub policy_ports: u32,
     /// Largest local pod id + 1 (POD_STATE; POD_COUNTERS holds twice as many).
@@ -211,15 +224,19 @@ impl Dataplane {
         let sizes = options.map_sizes;
         let conntrack_buckets = ct_table::buckets_for(sizes.conntrack);
         config.conntrack_bucket_mask = conntrack_buckets - 1;
+        let endpoint_buckets = shared_table::buckets_for(sizes.endpoints);
+        config.endpoints_bucket_mask = endpoint_buckets - 1;
+        let peer_host_buckets = shared_table::buckets_for(sizes.policy_peers);
+        config.peer_hosts_bucket_mask = peer_host_buckets - 1;
         config.shortest_timeout_ticks = config
             .shortest_timeout_s()
             .saturating_mul(config.jiffies_per_second);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(CONFIG_GLOBAL, &config, true)
-            .map_max_entries(map_names::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(map_names::ENDPOINTS, endpoint_buckets)
             .map_max_entries(map_names::POLICY_PEERS, sizes.policy_peers)
-            .map_max_entries(map_names::POLICY_PEER_HOSTS, sizes.policy_peers)
+            .map_max_entries(map_names::POLICY_PEER_HOSTS, peer_host_buckets)
             .map_max_entries(map_names::POLICY_PORTS, sizes.policy_ports)
             .map_max_entries(map_names::POD_STATE, sizes.pods)
             .map_max_entries(map_names::POD_COUNTERS, sizes.pods.saturating_mul(2))
@@ -255,6 +272,16 @@ impl Dataplane {
         Ok(dataplane)
     }
 
+    /// The hash key of the conntrack and shared tables (`CONNTRACK_KEY`).
+    pub fn conntrack_key(&mut self) -> Result<CtHashKey, DataplaneError> {
+        let name = map_names::CONNTRACK_KEY;
+        let map: aya::maps::Array<&mut MapData, CtHashKey> =
+            aya::maps::Array::try_from(self.map_mut(name)?)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        map.get(&0, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
     /// Gives fresh conntrack tables a random hash key (the tables are empty: the loader
     /// drops their pins when the key's pin is missing).
     fn set_conntrack_key(&mut self) -> Result<(), DataplaneError> {
@@ -272,6 +299,20 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Map { name, source })?;
         map.set(0, key, 0)
             .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// How many instructions the verifier walked to accept program `name` (loading it if
+    /// needed); the kernel refuses a program at one million. `None` when the kernel does not
+    /// say.
+    pub fn verified_instructions(&mut self, name: &str) -> Result<Option<u32>, DataplaneError> {
+        let classifier = self.classifier(name)?;
+        let info = classifier
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(info.verified_instruction_count())
     }
 
     /// Whether map `name` was adopted from an earlier agent's pin rather than created empty.
@@ -558,9 +599,9 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
     let s = |n: usize| n as u32;
     Some(match name {
         map_names::ENDPOINTS => (
-            s(size_of::<AddrKey>()),
-            s(size_of::<EndpointInfo>()),
-            sizes.endpoints,
+            4,
+            s(size_of::<shared_table::AddrBucket>()),
+            shared_table::buckets_for(sizes.endpoints),
         ),
         map_names::POLICY_PEERS => (
             4 + s(size_of::<PeerKey>()),
@@ -576,11 +617,15 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
         map_names::IFACES => (4, s(size_of::<IfaceInfo>()), sizes.interfaces),
         map_names::IFACE_SLOTS => (4, 8, iface_slot::COUNT),
         map_names::POLICY_PEER_HOSTS => (
-            s(size_of::<PeerKey>()),
-            s(size_of::<PeerValue>()),
-            sizes.policy_peers,
+            4,
+            s(size_of::<shared_table::PeerBucket>()),
+            shared_table::buckets_for(sizes.policy_peers),
         ),
-        map_names::NODE_ADDRS => (s(size_of::<AddrKey>()), 4, 1024),
+        map_names::NODE_ADDRS => (
+            4,
+            s(size_of::<shared_table::AddrBucket>()),
+            shared_table::buckets_for(shared_table::NODE_ADDR_ENTRIES),
+        ),
         map_names::CONNTRACK_V4 => (
             4,
             s(size_of::<CtBucket<CtKeyV4>>()),
@@ -658,10 +703,11 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
     drop_conntrack_without_key(dir);
 }
 
-/// Conntrack tables are only adopted with the hash key their flows were placed with. The
-/// key is written right after the load that creates (and pins) its map, so an agent that
-/// died in between left an all-zero key: that one is replaced too (with a known key, chosen
-/// flows could be aimed at one bucket to evict the flows there).
+/// Conntrack and shared tables are only adopted with the hash key their entries were placed
+/// with. The key is written right after the load that creates (and pins) its map, so an agent
+/// that died in between left an all-zero key: that one is replaced too (with a known key,
+/// chosen flows could be aimed at one bucket to evict the flows there). Shared tables started
+/// afresh are filled by the first reconcile, before the new programs replace the old ones.
 fn drop_conntrack_without_key(dir: &Path) {
     let key_pin = dir.join(map_names::CONNTRACK_KEY);
     if key_pin.exists() && pinned_conntrack_key(&key_pin).is_none_or(|key| key.words == [0; 5]) {
@@ -674,7 +720,13 @@ fn drop_conntrack_without_key(dir: &Path) {
     if key_pin.exists() {
         return;
     }
-    for table in [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6] {
+    for table in [
+        map_names::CONNTRACK_V4,
+        map_names::CONNTRACK_V6,
+        map_names::ENDPOINTS,
+        map_names::POLICY_PEER_HOSTS,
+        map_names::NODE_ADDRS,
+    ] {
         if dir.join(table).exists() {
             tracing::warn!(
                 map = table,

@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod node;
 pub mod pins;
 pub mod policy_maps;
+pub mod shared_table;
 
 pub use enforcer::{InterfaceRole, KernelEnforcer};
 pub use loader::{Dataplane, DataplaneError, DataplaneOptions, Hook, MapSizes};

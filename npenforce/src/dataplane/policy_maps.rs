@@ -4,8 +4,8 @@
 //! The order, and why:
 //! 1. `POLICY_PORTS` upserts: rule sets are content-addressed and immutable, so new ones exist
 //!    before anything points at them.
-//! 2. Peer upserts (single addresses into the `POLICY_PEER_HOSTS` hash, shorter prefixes into
-//!    the `POLICY_PEERS` trie; a hash entry is always the longest match). With only upserts
+//! 2. Peer upserts (single addresses into the `POLICY_PEER_HOSTS` table, shorter prefixes into
+//!    the `POLICY_PEERS` trie; a single-address entry is always the longest match). With only upserts
 //!    done, the longest match of any address is a prefix of the old or of the new table, so
 //!    every verdict is the old or the new one.
 //! 3. `ENDPOINTS` upserts, and `POD_STATE` for pods whose isolation is relaxed (a pod that
@@ -30,17 +30,20 @@ use aya::maps::{
     PerCpuValues,
 };
 use npenforce_common::{
-    direction, endpoint_flags, iface_slot, map_names, pod_state_flags, AddrKey, EndpointInfo,
-    IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue,
+    direction, endpoint_flags, iface_slot, map_names, pod_state_flags, shared_table, AddrKey,
+    CtHashKey, EndpointInfo, IfaceInfo, PeerKey, PeerValue, PodState, PortKey, PortValue,
 };
 
-use super::loader::{is_full, is_not_found, Dataplane, DataplaneError};
+use super::{
+    loader::{is_full, is_not_found, Dataplane, DataplaneError},
+    shared_table::{SharedTable, TableFull},
+};
 use crate::policy::{transition, MapDiff, MapEntries};
 
 const ISOLATION: u32 = endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED;
 
 /// Prefix length of a peer entry for a single address: such entries live in the
-/// `POLICY_PEER_HOSTS` hash, which the programs look up before the `POLICY_PEERS` trie (a
+/// `POLICY_PEER_HOSTS` table, which the programs search before the `POLICY_PEERS` trie (a
 /// full-length entry is always the longest match, so the order gives the same answer).
 const HOST_PREFIX_BITS: u32 = PeerKey::FIXED_PREFIX_BITS + 128;
 
@@ -63,9 +66,9 @@ pub struct ApplyStats {
 
 /// Typed handles on the policy maps, and a mirror of what this process wrote into them.
 pub struct PolicyMaps {
-    endpoints: BpfHashMap<MapData, AddrKey, EndpointInfo>,
+    endpoints: SharedTable<2>,
     peers: LpmTrie<MapData, PeerKey, PeerValue>,
-    peer_hosts: BpfHashMap<MapData, PeerKey, PeerValue>,
+    peer_hosts: SharedTable<3>,
     ports: LpmTrie<MapData, PortKey, PortValue>,
     pod_state: Array<MapData, PodState>,
     ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
@@ -74,7 +77,7 @@ pub struct PolicyMaps {
     slot_owners: BTreeMap<u32, u32>,
     /// Possible CPUs: how many values a per-CPU map write takes.
     cpus: usize,
-    node_addrs: BpfHashMap<MapData, AddrKey, u32>,
+    node_addrs: SharedTable<2>,
     generation: Array<MapData, u32>,
     mirror: MapEntries,
     /// How many peer entries each pod's tables have in the mirror, by kind.
@@ -87,6 +90,24 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
+/// A write into a shared table that could not be made.
+#[derive(Debug, thiserror::Error)]
+enum TableWriteError {
+    #[error(transparent)]
+    Full(#[from] TableFull),
+    #[error("pod id {0} or its flags do not fit the table's value (ids up to 65535)")]
+    PodIdTooLarge(u32),
+}
+
+fn shared_table<const K: usize>(
+    dp: &mut Dataplane,
+    name: &'static str,
+    secret: CtHashKey,
+) -> Result<SharedTable<K>, DataplaneError> {
+    SharedTable::new(dp.take_map(name)?, secret)
+        .map_err(|source| DataplaneError::SharedTable { name, source })
+}
+
 macro_rules! typed_map {
     ($dp:expr, $ty:ident, $name:expr) => {
         $ty::try_from($dp.take_map($name)?).map_err(map_err($name))?
@@ -97,17 +118,18 @@ impl PolicyMaps {
     /// Takes the policy maps out of the loaded object. The mirror starts empty: call
     /// [`PolicyMaps::reconcile`] to adopt what pinned maps already hold.
     pub fn take_from(dp: &mut Dataplane) -> Result<Self, DataplaneError> {
+        let secret = dp.conntrack_key()?;
         let mut maps = Self {
-            endpoints: typed_map!(dp, BpfHashMap, map_names::ENDPOINTS),
+            endpoints: shared_table(dp, map_names::ENDPOINTS, secret)?,
             peers: typed_map!(dp, LpmTrie, map_names::POLICY_PEERS),
-            peer_hosts: typed_map!(dp, BpfHashMap, map_names::POLICY_PEER_HOSTS),
+            peer_hosts: shared_table(dp, map_names::POLICY_PEER_HOSTS, secret)?,
             ports: typed_map!(dp, LpmTrie, map_names::POLICY_PORTS),
             pod_state: typed_map!(dp, Array, map_names::POD_STATE),
             ifaces: typed_map!(dp, BpfHashMap, map_names::IFACES),
             iface_slots: typed_map!(dp, PerCpuArray, map_names::IFACE_SLOTS),
             slot_owners: BTreeMap::new(),
             cpus: aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::PossibleCpus(err))?,
-            node_addrs: typed_map!(dp, BpfHashMap, map_names::NODE_ADDRS),
+            node_addrs: shared_table(dp, map_names::NODE_ADDRS, secret)?,
             generation: typed_map!(dp, Array, map_names::POLICY_GENERATION),
             mirror: MapEntries::default(),
             table_entries: TableEntries::default(),
@@ -151,9 +173,24 @@ impl PolicyMaps {
     /// (address, pod id) of every ENDPOINTS entry in the kernel.
     pub fn kernel_endpoints(&self) -> Vec<(std::net::IpAddr, u32)> {
         self.endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (crate::addr::from_kernel_addr(k.addr), v.pod_id))
+            .entries()
+            .into_iter()
+            .map(|(key, value)| {
+                let addr = AddrKey::from_words(key).addr;
+                (
+                    crate::addr::from_kernel_addr(addr),
+                    shared_table::endpoint_of(value).0,
+                )
+            })
+            .collect()
+    }
+
+    /// The keys of every `POLICY_PEER_HOSTS` entry in the kernel.
+    pub fn kernel_peer_hosts(&self) -> Vec<PeerKey> {
+        self.peer_hosts
+            .entries()
+            .into_iter()
+            .map(|(key, _)| PeerKey::from_key_words(key))
             .collect()
     }
 
@@ -175,9 +212,11 @@ impl PolicyMaps {
 
     fn read_kernel(&mut self) -> Result<MapEntries, DataplaneError> {
         let mut entries = MapEntries::default();
-        for item in self.endpoints.iter() {
-            let (k, v) = item.map_err(map_err(map_names::ENDPOINTS))?;
-            entries.endpoints.insert(k, v);
+        for (key, value) in self.endpoints.entries() {
+            let (pod_id, flags) = shared_table::endpoint_of(value);
+            entries
+                .endpoints
+                .insert(AddrKey::from_words(key), EndpointInfo { pod_id, flags });
         }
         let mut misplaced = Vec::new();
         for item in self.peers.iter() {
@@ -200,9 +239,11 @@ impl PolicyMaps {
                 .remove(&key)
                 .map_err(map_err(map_names::POLICY_PEERS))?;
         }
-        for item in self.peer_hosts.iter() {
-            let (k, v) = item.map_err(map_err(map_names::POLICY_PEER_HOSTS))?;
-            entries.peers.insert((HOST_PREFIX_BITS, k), v);
+        for (key, ruleset) in self.peer_hosts.entries() {
+            entries.peers.insert(
+                (HOST_PREFIX_BITS, PeerKey::from_key_words(key)),
+                PeerValue { ruleset },
+            );
         }
         for item in self.ports.iter() {
             let (k, v) = item.map_err(map_err(map_names::POLICY_PORTS))?;
@@ -219,16 +260,27 @@ impl PolicyMaps {
             self.note(&mut stats, r, map_names::POLICY_PORTS);
         }
         for ((len, key), value) in &diff.peers.upserts {
-            let r = if *len == HOST_PREFIX_BITS {
-                self.peer_hosts.insert(key, value, 0)
+            if *len == HOST_PREFIX_BITS {
+                let r = self.peer_hosts.insert(key.words(), value.ruleset);
+                self.note_table(
+                    &mut stats,
+                    r.map_err(TableWriteError::from),
+                    peer_map_name(*len),
+                );
             } else {
-                self.peers.insert(&Key::new(*len, *key), *value, 0)
-            };
-            self.note(&mut stats, r, peer_map_name(*len));
+                let r = self.peers.insert(&Key::new(*len, *key), *value, 0);
+                self.note(&mut stats, r, peer_map_name(*len));
+            }
         }
-        for (key, value) in &diff.endpoints.upserts {
-            let r = self.endpoints.insert(key, value, 0);
-            self.note(&mut stats, r, map_names::ENDPOINTS);
+        for (key, info) in &diff.endpoints.upserts {
+            let r = match shared_table::endpoint_value(info.pod_id, info.flags) {
+                Some(value) => self
+                    .endpoints
+                    .insert(key.words(), value)
+                    .map_err(TableWriteError::from),
+                None => Err(TableWriteError::PodIdTooLarge(info.pod_id)),
+            };
+            self.note_table(&mut stats, r, map_names::ENDPOINTS);
         }
         // What POD_STATE becomes, from the endpoints and peer tables after the diff.
         // (The table counts follow the peers before they change.)
@@ -261,19 +313,20 @@ impl PolicyMaps {
             }
         }
         for (len, key) in &diff.peers.removals {
-            let r = if *len == HOST_PREFIX_BITS {
-                self.peer_hosts.remove(key)
+            if *len == HOST_PREFIX_BITS {
+                self.peer_hosts.remove(&key.words());
+                stats.removed += 1;
             } else {
-                self.peers.remove(&Key::new(*len, *key))
-            };
-            self.note_removal(&mut stats, r, peer_map_name(*len));
+                let r = self.peers.remove(&Key::new(*len, *key));
+                self.note_removal(&mut stats, r, peer_map_name(*len));
+            }
         }
         for (pod_id, flags) in tighten {
             self.write_pod_state(pod_id, flags, &mut stats);
         }
         for key in &diff.endpoints.removals {
-            let r = self.endpoints.remove(key);
-            self.note_removal(&mut stats, r, map_names::ENDPOINTS);
+            self.endpoints.remove(&key.words());
+            stats.removed += 1;
         }
         for (len, key) in &diff.ports.removals {
             let r = self.ports.remove(&Key::new(*len, *key));
@@ -302,6 +355,22 @@ impl PolicyMaps {
                 } else {
                     tracing::error!(map = name, error = %err, "map write failed (the affected traffic is denied)");
                 }
+            }
+        }
+    }
+
+    fn note_table(
+        &mut self,
+        stats: &mut ApplyStats,
+        result: Result<(), TableWriteError>,
+        name: &'static str,
+    ) {
+        match result {
+            Ok(()) => stats.written += 1,
+            Err(err) => {
+                stats.failed += 1;
+                self.failed_total += 1;
+                tracing::error!(map = name, error = %err, "entry not written (the affected traffic is denied); raise the map size if the table is full");
             }
         }
     }
@@ -435,13 +504,20 @@ impl PolicyMaps {
                 addr: crate::addr::kernel_addr(*ip),
             })
             .collect();
-        let present: Vec<AddrKey> = self.node_addrs.keys().filter_map(Result::ok).collect();
+        let present: Vec<AddrKey> = self
+            .node_addrs
+            .entries()
+            .into_iter()
+            .map(|(key, _)| AddrKey::from_words(key))
+            .collect();
         for key in &wanted {
-            self.node_addrs.insert(key, 1, 0).map_err(map_err(name))?;
+            self.node_addrs
+                .insert(key.words(), 1)
+                .map_err(|source| DataplaneError::TableFull { name, source })?;
         }
         for key in present {
             if !wanted.contains(&key) {
-                let _ = self.node_addrs.remove(&key);
+                self.node_addrs.remove(&key.words());
             }
         }
         Ok(())
