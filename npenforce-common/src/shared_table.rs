@@ -104,8 +104,10 @@ pub const fn next_version(seen: u32, occupied: bool) -> u32 {
 
 /// Buckets for a table of `entries` entries: two slots per entry, a power of two. Filled to
 /// `entries`, about 5% of buckets overflow into the next one (a search of a missing key
-/// looks at one or two buckets), and about 0.05% of entries find no free slot within
-/// [`MAX_PROBES`] buckets: those writes fail and are reported like those into a full map.
+/// looks at one or two buckets), and about 4 in 10,000 writes find no free slot within
+/// [`MAX_PROBES`] buckets of their home; at half that fill about 2 in 10 million do (a
+/// simulation of random homes). Those writes fail and are reported like writes into a full
+/// map.
 pub const fn buckets_for(entries: u32) -> u32 {
     if entries <= 2 {
         1

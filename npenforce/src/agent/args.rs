@@ -100,7 +100,9 @@ pub struct MapSizeArgs {
     pub map_size_conntrack: u32,
     /// Peer entries over all local pods and both directions. Single addresses (pod IPs) go
     /// to a preallocated table with two slots per entry (68 bytes per entry: 68 MiB at the
-    /// default), shorter prefixes to a trie of this many entries, allocated as used.
+    /// default; near this many entries, a few writes in 10,000 may be refused and are
+    /// reported like a full map), shorter prefixes to a trie of this many entries, allocated
+    /// as used.
     #[arg(long, env = "NPENFORCE_MAP_SIZE_POLICY_PEERS", default_value_t = 1 << 20)]
     pub map_size_policy_peers: u32,
     /// Port prefixes over all rule sets.
