@@ -91,6 +91,19 @@ pub fn npenforce_parse_only(ctx: TcContext) -> i32 {
     }
 }
 
+/// The load-time configuration where the loader wrote it, read field by field where a path
+/// uses it. (`Global::load` copies all of it onto the stack, about 25 instructions per
+/// packet.) The pointer goes through a volatile read so that the optimizer cannot see that
+/// it points to `NPE_CONFIG` and fold its fields to the defaults the loader replaces.
+#[inline(always)]
+fn config() -> &'static DataplaneConfig {
+    let at = core::ptr::addr_of!(NPE_CONFIG) as *const DataplaneConfig;
+    // SAFETY: `Global<T>` is `repr(transparent)` over an initialized `T` (the loader writes
+    // the whole value before the program runs, and the map is frozen); the read is of a
+    // local.
+    unsafe { &*core::ptr::read_volatile(&at) }
+}
+
 #[inline(always)]
 fn scratch() -> Option<&'static mut Packet> {
     // SAFETY: per-CPU slot; a TC program runs to completion on one CPU without preemption
@@ -211,40 +224,40 @@ fn pod_packet(
 /// the destination pod's veth, `npe_to_uplink` on the uplink) judges it after NAT.
 #[classifier]
 pub fn npe_from_pod(ctx: TcContext) -> i32 {
-    let cfg = NPE_CONFIG.load();
-    let (iface, packet) = match pod_packet(&ctx, &cfg, direction::EGRESS) {
+    let cfg = config();
+    let (iface, packet) = match pod_packet(&ctx, cfg, direction::EGRESS) {
         Ok(found) => found,
         Err(code) => return code,
     };
     let pod_id = iface.pod_id;
     // Anti-spoofing: the source must be one of this pod's own addresses.
-    if endpoint_pod(&packet.src, &cfg) != Some(pod_id) {
+    if endpoint_pod(&packet.src, cfg) != Some(pod_id) {
         report_drop(
             &ctx,
             Some(packet),
             pod_id,
             direction::EGRESS,
             drop_reason::SPOOFED_SOURCE,
-            &cfg,
+            cfg,
         );
         return verdict::DROP;
     }
     let pod_mark = mark::CLASSIFIED | (pod_id << mark::POD_SHIFT);
     if packet.fragment != Fragment::Later {
         let now = conntrack::now();
-        match conntrack::lookup(packet, &cfg, now) {
+        match conntrack::lookup(packet, cfg, now) {
             Tracked::Allowed => {
                 set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
                 count_pod(pod_id, direction::EGRESS, true, ctx.len());
                 return verdict::PASS;
             }
             Tracked::Denied(reason) => {
-                report_drop(&ctx, Some(packet), pod_id, direction::EGRESS, reason, &cfg);
+                report_drop(&ctx, Some(packet), pod_id, direction::EGRESS, reason, cfg);
                 return verdict::DROP;
             }
             Tracked::Unknown => {}
         }
-        if conntrack::related_is_tracked(packet, &cfg, now) {
+        if conntrack::related_is_tracked(packet, cfg, now) {
             set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
             return verdict::PASS;
         }
@@ -258,25 +271,25 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
 /// policy.
 #[classifier]
 pub fn npe_to_pod(ctx: TcContext) -> i32 {
-    let cfg = NPE_CONFIG.load();
-    let (iface, packet) = match pod_packet(&ctx, &cfg, direction::INGRESS) {
+    let cfg = config();
+    let (iface, packet) = match pod_packet(&ctx, cfg, direction::INGRESS) {
         Ok(found) => found,
         Err(code) => return code,
     };
     let pod_id = iface.pod_id;
     let m = skb_mark(&ctx);
-    match exit_verdict(packet, &cfg, m, pod_id) {
+    match exit_verdict(packet, cfg, m, pod_id) {
         Ok(()) => {
             count_pod(pod_id, direction::INGRESS, true, ctx.len());
             verdict::PASS
         }
         Err(reason) => {
             let (pod, dir) = if reason == drop_reason::EGRESS_DENIED {
-                (sender_pod(m, packet, &cfg), direction::EGRESS)
+                (sender_pod(m, packet, cfg), direction::EGRESS)
             } else {
                 (pod_id, direction::INGRESS)
             };
-            report_drop(&ctx, Some(packet), pod, dir, reason, &cfg);
+            report_drop(&ctx, Some(packet), pod, dir, reason, cfg);
             verdict::DROP
         }
     }
@@ -286,7 +299,7 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
 /// veth judges); it recognises replies of tracked flows before netfilter un-NATs them.
 #[classifier]
 pub fn npe_from_uplink(ctx: TcContext) -> i32 {
-    let cfg = NPE_CONFIG.load();
+    let cfg = config();
     let Some(packet) = scratch() else {
         return verdict::PASS;
     };
@@ -294,10 +307,10 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
         let packet: &Packet = packet;
         if packet.fragment != Fragment::Later {
             let now = conntrack::now();
-            let known = match conntrack::lookup(packet, &cfg, now) {
+            let known = match conntrack::lookup(packet, cfg, now) {
                 Tracked::Allowed => true,
                 Tracked::Denied(_) | Tracked::Unknown => {
-                    conntrack::related_is_tracked(packet, &cfg, now)
+                    conntrack::related_is_tracked(packet, cfg, now)
                 }
             };
             if known {
@@ -316,7 +329,7 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 {
         return verdict::PASS;
     }
-    let cfg = NPE_CONFIG.load();
+    let cfg = config();
     let Some(packet) = scratch() else {
         return verdict::DROP;
     };
@@ -327,13 +340,13 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     }
     let packet: &Packet = packet;
     let sender = m >> mark::POD_SHIFT;
-    match exit_verdict(packet, &cfg, m, 0) {
+    match exit_verdict(packet, cfg, m, 0) {
         Ok(()) => {
             count_pod(sender, direction::EGRESS, true, ctx.len());
             verdict::PASS
         }
         Err(reason) => {
-            report_drop(&ctx, Some(packet), sender, direction::EGRESS, reason, &cfg);
+            report_drop(&ctx, Some(packet), sender, direction::EGRESS, reason, cfg);
             verdict::DROP
         }
     }

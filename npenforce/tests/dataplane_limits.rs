@@ -74,11 +74,11 @@ fn own_map_sizes() -> BTreeMap<String, Vec<(u32, u64)>> {
     out
 }
 
-/// The biggest sizes the agent is meant to run with: 1M tracked flows, 64k pods (the most the
-/// skb mark can carry), 4M peer entries.
 /// Three quarters of the verifier's limit.
 const VERIFIER_HEADROOM: u32 = 750_000;
 
+/// The biggest sizes the agent is meant to run with: 1M tracked flows, 64k pods (the most the
+/// skb mark can carry), 4M peer entries.
 fn largest_sizes() -> MapSizes {
     MapSizes {
         endpoints: 1 << 18,

@@ -751,6 +751,23 @@ fn conntrack_tables_are_adopted_only_with_their_hash_key() {
         "no key pin: the tables are not adopted"
     );
     assert_eq!(b.run_to_web(&answer(43001)), "DROP", "started afresh");
+
+    // Without ENDPOINTS (a layout change, a new size), the pod ids the flows name are
+    // gone: the tables start afresh although their key is there.
+    assert_eq!(b.run_to_web(&request(43002)), "PASS");
+    drop(b);
+    let mut b = Bench::with_options(&options);
+    assert!(tables_adopted(&mut b), "a plain restart adopts them");
+    assert_eq!(b.run_to_web(&answer(43002)), "PASS", "tracked");
+    drop(b);
+    std::fs::remove_file(pin_dir.join("maps").join(map_names::ENDPOINTS))
+        .expect("unpinning ENDPOINTS");
+    let mut b = Bench::with_options(&options);
+    assert!(
+        !tables_adopted(&mut b),
+        "no ENDPOINTS pin: the tables are not adopted"
+    );
+    assert_eq!(b.run_to_web(&answer(43002)), "DROP", "started afresh");
 }
 
 /// Runs the rest of the calling thread on `cpu` (best effort: a machine with one CPU still

@@ -592,6 +592,9 @@ pub(crate) fn is_full(err: &MapError) -> bool {
     }
 }
 
+/// `BPF_F_MMAPABLE`: the flag the shared tables are created with.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// (key size, value size, max entries) each pinned map must have to be adopted.
 fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
     use npenforce_common::*;
@@ -687,10 +690,20 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         let Some(expected) = expected_layout(name, sizes) else {
             continue;
         };
-        let found = aya::maps::MapInfo::from_pin(&path)
-            .map(|info| (info.key_size(), info.value_size(), info.max_entries()))
-            .ok();
-        if found != Some(expected) {
+        let info = aya::maps::MapInfo::from_pin(&path).ok();
+        let found = info
+            .as_ref()
+            .map(|info| (info.key_size(), info.value_size(), info.max_entries()));
+        // The shared tables are mapped into the agent: an array with their layout but without
+        // the flag (a build in between) could not be.
+        let mappable = info.is_some_and(|info| info.map_flags() & BPF_F_MMAPABLE != 0);
+        let shared = [
+            map_names::ENDPOINTS,
+            map_names::POLICY_PEER_HOSTS,
+            map_names::NODE_ADDRS,
+        ]
+        .contains(name);
+        if found != Some(expected) || (shared && !mappable) {
             tracing::warn!(
                 map = name,
                 ?found,
@@ -701,6 +714,42 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         }
     }
     drop_conntrack_without_key(dir);
+    drop_pod_maps_without_endpoints(dir);
+}
+
+/// Maps that name pods by id: peer keys, `POD_STATE`'s index, interface entries, tracked
+/// flows. Pod ids are this node's own numbering, carried across restarts only by `ENDPOINTS`
+/// (the agent reads them back from it); without it the new agent numbers pods afresh, and
+/// those maps would be read with the wrong pods (a tracked flow judged again against another
+/// pod's policy). So they start afresh too: an upgrade that changes `ENDPOINTS`' layout, or
+/// a new `--map-size-endpoints`, is a fresh start. The old programs keep their own maps,
+/// consistent with each other, until the new ones take over.
+const MAPS_NAMING_PODS: [&str; 9] = [
+    map_names::POLICY_PEERS,
+    map_names::POLICY_PEER_HOSTS,
+    map_names::POLICY_PORTS,
+    map_names::POD_STATE,
+    map_names::IFACES,
+    map_names::IFACE_SLOTS,
+    map_names::CONNTRACK_V4,
+    map_names::CONNTRACK_V6,
+    map_names::FRAGMENTS,
+];
+
+fn drop_pod_maps_without_endpoints(dir: &Path) {
+    if dir.join(map_names::ENDPOINTS).exists() {
+        return;
+    }
+    for name in MAPS_NAMING_PODS {
+        let path = dir.join(name);
+        if path.exists() {
+            tracing::warn!(
+                map = name,
+                "pinned without ENDPOINTS, whose pod ids it uses: starting it afresh"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Conntrack and shared tables are only adopted with the hash key their entries were placed
