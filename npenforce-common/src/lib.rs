@@ -74,6 +74,9 @@ pub mod map_names {
     /// Rate limiter state of the drop events (per-CPU array of one).
     pub const DROP_EVENT_BUDGET: &str = "DROP_EVENT_BUDGET";
 
+    /// The shared tables (`shared_table`).
+    pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
+
     /// Maps that hold enforcement state and are pinned so that a restarted agent adopts
     /// them (counters and events are not: a new agent starts them afresh).
     pub const PINNED: &[&str] = &[

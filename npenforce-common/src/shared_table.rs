@@ -29,6 +29,9 @@
 //! slot that changed meanwhile counts as not matching: its old entry was being removed or its
 //! new one inserted, and either answer is one the table gave a moment before or after.
 
+/// `BPF_F_MMAPABLE`: the shared tables are created with it, so that the agent can map them.
+pub const MAP_FLAGS: u32 = 1 << 10;
+
 /// Slots per bucket.
 pub const WAYS: usize = 4;
 /// How many buckets, from its home on, may hold an entry; a search looks no further. The

@@ -16,12 +16,9 @@ use npenforce_common::{
 /// they hold, which keeps large configured sizes cheap.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Shared tables (`npenforce_common::shared_table`) are mapped into the agent's memory.
-const BPF_F_MMAPABLE: u32 = 1 << 10;
-
 /// This node's pods by address (a shared table; value: `shared_table::endpoint_value`).
 #[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: Array<AddrBucket> = Array::with_max_entries(1 << 15, BPF_F_MMAPABLE);
+pub static ENDPOINTS: Array<AddrBucket> = Array::with_max_entries(1 << 15, shared_table::MAP_FLAGS);
 
 #[map(name = "POLICY_PEERS")]
 pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
@@ -30,7 +27,8 @@ pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
 /// The `/128` entries of `POLICY_PEERS` (pod IPs and other single addresses), a shared
 /// table keyed by `PeerKey` (value: the rule set).
 #[map(name = "POLICY_PEER_HOSTS")]
-pub static POLICY_PEER_HOSTS: Array<PeerBucket> = Array::with_max_entries(1 << 19, BPF_F_MMAPABLE);
+pub static POLICY_PEER_HOSTS: Array<PeerBucket> =
+    Array::with_max_entries(1 << 19, shared_table::MAP_FLAGS);
 
 #[map(name = "POLICY_PORTS")]
 pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
@@ -54,7 +52,7 @@ pub static IFACE_SLOTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(iface_s
 #[map(name = "NODE_ADDRS")]
 pub static NODE_ADDRS: Array<AddrBucket> = Array::with_max_entries(
     shared_table::buckets_for(shared_table::NODE_ADDR_ENTRIES),
-    BPF_F_MMAPABLE,
+    shared_table::MAP_FLAGS,
 );
 
 /// Conntrack tables (buckets; see `npenforce_common::ct_table`).

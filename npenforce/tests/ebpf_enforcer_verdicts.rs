@@ -770,17 +770,6 @@ fn conntrack_tables_are_adopted_only_with_their_hash_key() {
     assert_eq!(b.run_to_web(&answer(43002)), "DROP", "started afresh");
 }
 
-/// Runs the rest of the calling thread on `cpu` (best effort: a machine with one CPU still
-/// interleaves the threads, just less finely).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Two CPUs share one conntrack bucket: one keeps replacing its four slots with flows of two
 /// clients, the other keeps asking whether flows that were never opened are tracked. Such a
 /// flow's key is what a reader would see if it mixed the words of two of the written flows
@@ -849,7 +838,7 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (writes, probes, passed) = std::thread::scope(|scope| {
             let writing = scope.spawn(|| {
-                pin_to_cpu(0);
+                npenforce::lab::pin_to_cpu(0);
                 let mut writes = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     for packet in &opened {
@@ -859,7 +848,7 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
                 }
                 writes
             });
-            pin_to_cpu(1 % cpus);
+            npenforce::lab::pin_to_cpu(1 % cpus);
             let (mut probes, mut passed) = (0u64, 0u64);
             while std::time::Instant::now() < deadline {
                 for packet in &unopened {

@@ -96,7 +96,7 @@ impl Lab {
 
     /// Whether the programs find `addr` as an address of the pod.
     fn found(&mut self, addr: IpAddr) -> bool {
-        let packet = Craft::new(addr, "fd00:99::1".parse().expect("ip"), L4::udp(5000, 53)).build();
+        let packet = sent_from(addr);
         let out = self
             .enforcer
             .dataplane()
@@ -108,6 +108,12 @@ impl Lab {
             other => panic!("unexpected verdict {other}"),
         }
     }
+}
+
+/// A packet the pod sends from `addr`: `npe_from_pod` passes it only if `ENDPOINTS` names
+/// `addr` as the pod's.
+fn sent_from(addr: IpAddr) -> Vec<u8> {
+    Craft::new(addr, "fd00:99::1".parse().expect("ip"), L4::udp(5000, 53)).build()
 }
 
 fn pinned(path: &Path) -> Map {
@@ -196,16 +202,6 @@ fn overflowing_entries_are_found_until_removed_and_a_full_neighbourhood_is_refus
     );
 }
 
-/// Runs the rest of the calling thread on `cpu` (best effort).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// One CPU keeps removing and re-adding two entries of one home bucket, one in it and one
 /// that overflowed (slots free up in front of the others, and the overflow count changes),
 /// the other keeps searching a third entry of that home that overflowed too and stays: an
@@ -240,7 +236,7 @@ fn unrelated_writes_never_hide_an_entry_from_a_search() {
     } = &mut lab;
     let (rewrites, searches, missed) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
-            pin_to_cpu(0);
+            npenforce::lab::pin_to_cpu(0);
             let value = shared_table::endpoint_value(POD_ID, 0).expect("small pod id");
             let mut rewrites = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -252,9 +248,8 @@ fn unrelated_writes_never_hide_an_entry_from_a_search() {
             }
             rewrites
         });
-        pin_to_cpu(1 % cpus);
-        let packet =
-            Craft::new(stays, "fd00:99::1".parse().expect("ip"), L4::udp(5000, 53)).build();
+        npenforce::lab::pin_to_cpu(1 % cpus);
+        let packet = sent_from(stays);
         // Many searches per call: each that does not find the address counts a spoofed drop.
         let spoofed = |enforcer: &KernelEnforcer| {
             enforcer

@@ -592,9 +592,6 @@ pub(crate) fn is_full(err: &MapError) -> bool {
     }
 }
 
-/// `BPF_F_MMAPABLE`: the flag the shared tables are created with.
-const BPF_F_MMAPABLE: u32 = 1 << 10;
-
 /// (key size, value size, max entries) each pinned map must have to be adopted.
 fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
     use npenforce_common::*;
@@ -696,13 +693,8 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             .map(|info| (info.key_size(), info.value_size(), info.max_entries()));
         // The shared tables are mapped into the agent: an array with their layout but without
         // the flag (a build in between) could not be.
-        let mappable = info.is_some_and(|info| info.map_flags() & BPF_F_MMAPABLE != 0);
-        let shared = [
-            map_names::ENDPOINTS,
-            map_names::POLICY_PEER_HOSTS,
-            map_names::NODE_ADDRS,
-        ]
-        .contains(name);
+        let mappable = info.is_some_and(|info| info.map_flags() & shared_table::MAP_FLAGS != 0);
+        let shared = map_names::SHARED_TABLES.contains(name);
         if found != Some(expected) || (shared && !mappable) {
             tracing::warn!(
                 map = name,
@@ -769,13 +761,8 @@ fn drop_conntrack_without_key(dir: &Path) {
     if key_pin.exists() {
         return;
     }
-    for table in [
-        map_names::CONNTRACK_V4,
-        map_names::CONNTRACK_V6,
-        map_names::ENDPOINTS,
-        map_names::POLICY_PEER_HOSTS,
-        map_names::NODE_ADDRS,
-    ] {
+    let tables = [map_names::CONNTRACK_V4, map_names::CONNTRACK_V6];
+    for table in tables.into_iter().chain(map_names::SHARED_TABLES) {
         if dir.join(table).exists() {
             tracing::warn!(
                 map = table,

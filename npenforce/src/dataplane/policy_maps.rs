@@ -99,7 +99,7 @@ enum TableWriteError {
     PodIdTooLarge(u32),
 }
 
-fn shared_table<const K: usize>(
+fn mapped_table<const K: usize>(
     dp: &mut Dataplane,
     name: &'static str,
     secret: CtHashKey,
@@ -120,16 +120,16 @@ impl PolicyMaps {
     pub fn take_from(dp: &mut Dataplane) -> Result<Self, DataplaneError> {
         let secret = dp.conntrack_key()?;
         let mut maps = Self {
-            endpoints: shared_table(dp, map_names::ENDPOINTS, secret)?,
+            endpoints: mapped_table(dp, map_names::ENDPOINTS, secret)?,
             peers: typed_map!(dp, LpmTrie, map_names::POLICY_PEERS),
-            peer_hosts: shared_table(dp, map_names::POLICY_PEER_HOSTS, secret)?,
+            peer_hosts: mapped_table(dp, map_names::POLICY_PEER_HOSTS, secret)?,
             ports: typed_map!(dp, LpmTrie, map_names::POLICY_PORTS),
             pod_state: typed_map!(dp, Array, map_names::POD_STATE),
             ifaces: typed_map!(dp, BpfHashMap, map_names::IFACES),
             iface_slots: typed_map!(dp, PerCpuArray, map_names::IFACE_SLOTS),
             slot_owners: BTreeMap::new(),
             cpus: aya::util::nr_cpus().map_err(|(_, err)| DataplaneError::PossibleCpus(err))?,
-            node_addrs: shared_table(dp, map_names::NODE_ADDRS, secret)?,
+            node_addrs: mapped_table(dp, map_names::NODE_ADDRS, secret)?,
             generation: typed_map!(dp, Array, map_names::POLICY_GENERATION),
             mirror: MapEntries::default(),
             table_entries: TableEntries::default(),

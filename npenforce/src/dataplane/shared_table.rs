@@ -6,6 +6,7 @@
 
 use std::{
     io,
+    os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -14,13 +15,11 @@ use aya::maps::{Map, MapData, MapError};
 use npenforce_common::{
     ct_table,
     shared_table::{
-        head, is_live, next_version, value_of, version_of, TableBucket, MAX_PROBES, OCCUPIED, WAYS,
-        WRITING,
+        head, is_live, next_version, value_of, version_of, TableBucket, MAP_FLAGS, MAX_PROBES,
+        OCCUPIED, WAYS, WRITING,
     },
     CtHashKey,
 };
-
-const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedTableError {
@@ -73,7 +72,7 @@ impl<const K: usize> SharedTable<K> {
             return Err(SharedTableError::NotArray);
         };
         let info = map.info().map_err(SharedTableError::Info)?;
-        if info.map_flags() & BPF_F_MMAPABLE == 0 {
+        if info.map_flags() & MAP_FLAGS == 0 {
             return Err(SharedTableError::NotMappable(info.map_flags()));
         }
         let expected = std::mem::size_of::<TableBucket<K>>();
@@ -92,7 +91,6 @@ impl<const K: usize> SharedTable<K> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let mapped_len = (expected * buckets as usize).div_ceil(page) * page;
-        use std::os::fd::{AsFd, AsRawFd};
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of the map's fd at offset 0, of no more than its size
         // rounded up to pages (what the kernel allows for BPF_F_MMAPABLE arrays).

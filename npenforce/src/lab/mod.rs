@@ -28,6 +28,17 @@ pub use gate::kernel_tests_enabled;
 pub use netns::Netns;
 pub use probe::{outcome_of, Conversation, Outcome, Protocol};
 
+/// Runs the rest of the calling thread on `cpu`, for tests that race two CPUs (best effort:
+/// a machine with one CPU still interleaves the threads, just less finely).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Probes `to:port` from the calling thread's namespace (for example the node's, inside
 /// [`Netns::run`]).
 pub fn probe_from_here(to: IpAddr, port: u16, protocol: Protocol) -> Outcome {
