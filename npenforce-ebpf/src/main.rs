@@ -4,6 +4,11 @@
 //! veth: what the pod sends arrives on the host veth's TC *ingress*, and what is delivered to
 //! the pod leaves through the host veth's TC *egress*. So a pod's egress policy runs on the host
 //! veth's ingress hook and its ingress policy on the host veth's egress hook.
+//!
+//! The enforcing programs are `#[inline(always)]` under `#[classifier]`: the macro wraps the
+//! body in the program's entry function, and LLVM kept the large bodies out of line, so every
+//! packet paid a BPF-to-BPF call and a return through the kernel's return thunk (SRSO
+//! mitigations).
 #![no_std]
 #![no_main]
 // Atomic compare-and-exchange and exchange on map memory (the conntrack tables).
@@ -223,6 +228,7 @@ fn pod_packet(
 /// with the sending pod's id; the program where the packet leaves the node (`npe_to_pod` on
 /// the destination pod's veth, `npe_to_uplink` on the uplink) judges it after NAT.
 #[classifier]
+#[inline(always)]
 pub fn npe_from_pod(ctx: TcContext) -> i32 {
     let cfg = config();
     let (iface, packet) = match pod_packet(&ctx, cfg, direction::EGRESS) {
@@ -270,6 +276,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
 /// after NAT: the receiving pod's ingress policy and, for a sender on this node, its egress
 /// policy.
 #[classifier]
+#[inline(always)]
 pub fn npe_to_pod(ctx: TcContext) -> i32 {
     let cfg = config();
     let (iface, packet) = match pod_packet(&ctx, cfg, direction::INGRESS) {
@@ -298,6 +305,7 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
 /// What enters the node from the network: uplink TC ingress. Never drops (the receiving pod's
 /// veth judges); it recognises replies of tracked flows before netfilter un-NATs them.
 #[classifier]
+#[inline(always)]
 pub fn npe_from_uplink(ctx: TcContext) -> i32 {
     let cfg = config();
     let Some(packet) = scratch() else {
@@ -324,6 +332,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
 /// What leaves the node toward the network: uplink TC egress. Judges the egress policy of
 /// this node's pods after NAT; everything else (the node's own traffic) passes.
 #[classifier]
+#[inline(always)]
 pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     let m = skb_mark(&ctx);
     if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 {

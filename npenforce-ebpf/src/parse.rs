@@ -365,18 +365,21 @@ fn parse_l4(cur: &Cursor, offset: usize, packet: &mut Packet) -> Result<(), Pars
 }
 
 /// Writes the IPv4-mapped form of `raw` (the address's 4 bytes as loaded from the packet)
-/// with three aligned word stores. `v4_mapped`'s array literal would compile to a byte-loop
-/// `memset` call here, on every IPv4 packet; building the words by shifting loaded values
-/// instead makes LLVM shift the packet pointer, which the verifier rejects.
+/// with two aligned word stores. `v4_mapped`'s array literal would compile to a byte-loop
+/// `memset` call here, on every IPv4 packet. The second word is one store, not two halves:
+/// the key building and hashing that follow load it whole, and a load that spans two
+/// pending stores cannot be forwarded from the store buffer (it waits for both to reach the
+/// cache, on every packet).
 #[inline(always)]
 fn write_v4_mapped(dst: &mut WordAddr, raw: u32) {
     let p = dst as *mut WordAddr as *mut u8;
-    // SAFETY: dst is 16 writable bytes aligned to 8; stores of 8, 4 and 4 bytes at offsets
-    // 0, 8 and 12 stay inside it and are aligned to their size.
+    // In memory order: bytes 8 and 9 zero, 10 and 11 0xff, then the address (bpfel).
+    let second = u64::from(u32::from_le_bytes([0, 0, 0xff, 0xff])) | (u64::from(raw) << 32);
+    // SAFETY: dst is 16 writable bytes aligned to 8; the two word stores at offsets 0 and 8
+    // stay inside it and are aligned.
     unsafe {
         (p as *mut u64).write(0);
-        (p.add(8) as *mut u32).write(u32::from_ne_bytes([0, 0, 0xff, 0xff]));
-        (p.add(12) as *mut u32).write(raw);
+        (p.add(8) as *mut u64).write(second);
     }
 }
 
