@@ -8,7 +8,8 @@
 //! Environment: `NPENFORCE_BENCH_ONLY=dataplane|memory` runs one part,
 //! `NPENFORCE_BENCH_SCALES=10,10000` picks the fill sizes, `NPENFORCE_BENCH_CASES=established,denied`
 //! the cases (words of their labels), `NPENFORCE_BENCH_QUICK=1` runs fewer rounds and shorter
-//! loops (a smoke run, not numbers to publish).
+//! loops (a smoke run, not numbers to publish), `NPENFORCE_BENCH_BASELINE=<eBPF object>`
+//! compares another build of the programs with this one, side by side (see [`compare`]).
 //!
 //! # Method (see BENCHMARKS.md for the numbers)
 //! - Every figure is the difference to `npenforce_parse_only` (parses Ethernet, IP and L4 and
@@ -40,6 +41,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
     time::Instant,
 };
 
@@ -335,11 +337,14 @@ fn bench_sizes() -> MapSizes {
 }
 
 impl Node {
-    fn new(fill: u32) -> Node {
+    /// `object`: an eBPF object file to load instead of the embedded one.
+    fn new(fill: u32, object: Option<PathBuf>) -> Node {
         let options = DataplaneOptions {
             map_sizes: bench_sizes(),
+            object_path: object,
             ..DataplaneOptions::default()
         };
+        let earlier_maps = own_maps();
         let mut enforcer = KernelEnforcer::new(&options).expect("loading the enforcer");
         enforcer
             .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
@@ -452,7 +457,7 @@ impl Node {
         );
 
         let lo = npenforce::dataplane::loader::if_index("lo").expect("ifindex of lo");
-        let conntrack = conntrack_map();
+        let conntrack = conntrack_map(&earlier_maps);
         let mut node = Node {
             enforcer,
             conntrack,
@@ -514,14 +519,18 @@ impl Node {
     }
 }
 
-/// The CONNTRACK_V4 table of the enforcer this process loaded (the measured packets are
-/// IPv4), through second file descriptors (the enforcer keeps its own handles private).
-fn conntrack_map() -> ConntrackTable<CtKeyV4> {
+/// The CONNTRACK_V4 table of the enforcer this process loaded last (the measured packets
+/// are IPv4; its maps are the ones not in `earlier`), through second file descriptors (the
+/// enforcer keeps its own handles private).
+fn conntrack_map(earlier: &BTreeMap<u32, OwnMap>) -> ConntrackTable<CtKeyV4> {
     let maps = own_maps();
     let open = |name: &str| {
         // The kernel keeps the first 15 characters of a map name.
         let short = &name[..name.len().min(15)];
-        let found: Vec<&OwnMap> = maps.values().filter(|m| m.name == short).collect();
+        let found: Vec<&OwnMap> = maps
+            .values()
+            .filter(|m| m.name == short && !earlier.contains_key(&m.id))
+            .collect();
         assert_eq!(found.len(), 1, "exactly one {name} map in this process");
         let data = MapData::from_id(found[0].id).expect("opening the map by id");
         Map::from_map_data(data).expect("map")
@@ -690,6 +699,143 @@ fn measure_single(
     (median_of(&rounds), created)
 }
 
+/// A case made ready on a node: its packet, and how it is measured.
+struct Prepared {
+    packet: Vec<u8>,
+    expect: i32,
+    /// The case's first run creates a conntrack entry (a repeated packet would be an
+    /// established one), so only single runs measure it.
+    stateful: bool,
+    /// The conntrack entry single runs delete before each run.
+    deleted: CtKeyV4,
+}
+
+/// Points `lo` at the case's pod, and for the established case creates its flow.
+fn prepare(node: &mut Node, case: Case) -> Prepared {
+    let (src, sport, dst, flags, expect) = case.packet();
+    let packet = Craft::new(
+        IpAddr::V4(src),
+        IpAddr::V4(dst),
+        L4::Tcp {
+            src_port: sport,
+            dst_port: 80,
+            flags,
+        },
+    )
+    .build();
+    let pod = if dst == OPEN { node.open } else { node.web };
+    node.deliver_to(pod);
+    let flow = ct_key(src, sport, dst, 80);
+    if case == Case::Established {
+        // The flow's first packet (a SYN) creates the entry.
+        let syn = Craft::new(IpAddr::V4(src), IpAddr::V4(dst), L4::tcp(sport, 80)).build();
+        let (v, _) = node.run(program_names::TO_POD, &syn, 1);
+        assert_eq!(v, verdict::PASS, "the established flow's SYN");
+        assert!(
+            node.conntrack.get(&flow).expect("CONNTRACK_V4").is_some(),
+            "the SYN created the entry"
+        );
+    }
+    // Whether the program tracks this packet's flow.
+    let stateful = case != Case::Established && {
+        node.forget(&flow);
+        node.run(program_names::TO_POD, &packet, 1);
+        node.forget(&flow)
+    };
+    // For the established flow the deleted key is another one (its own entry stays).
+    let deleted = if case == Case::Established {
+        ct_key(STRANGER, 1, WEB, 1)
+    } else {
+        flow
+    };
+    Prepared {
+        packet,
+        expect,
+        stateful,
+        deleted,
+    }
+}
+
+/// The case by every method that applies: (method, figure, for new flows how many case runs
+/// created a conntrack entry). Every case also by single runs, so that the five can be
+/// compared on one footing.
+fn measure(
+    node: &mut Node,
+    case: Case,
+    prepared: &Prepared,
+    effort: Effort,
+) -> Vec<(&'static str, Figure, Option<usize>)> {
+    let mut methods = Vec::new();
+    if !prepared.stateful {
+        let f = measure_loop(node, &prepared.packet, prepared.expect, effort);
+        methods.push(("loop", f, None));
+    }
+    let (f, created) = measure_single(
+        node,
+        &prepared.packet,
+        prepared.expect,
+        &prepared.deleted,
+        effort,
+    );
+    methods.push(("single", f, (case != Case::Established).then_some(created)));
+    methods
+}
+
+/// `NPENFORCE_BENCH_BASELINE=<object>`: the same cases with another build of the programs
+/// (its maps must have this build's layouts), both loaded in this process with the same
+/// fill, measured in alternating rounds. On a noisy machine only figures measured side by
+/// side compare.
+fn compare(effort: Effort, baseline: PathBuf, scales: &[u32]) {
+    println!();
+    println!(
+        "== Comparison: this build against {} (ns over the floor, alternating rounds)",
+        baseline.display()
+    );
+    let one_round = Effort {
+        rounds: 1,
+        ..effort
+    };
+    for &fill in scales {
+        let mut base = Node::new(fill, Some(baseline.clone()));
+        let mut this = Node::new(fill, None);
+        println!("\n-- fill N = {fill}");
+        println!(
+            "   {:<28} {:<7} {:>9} {:>9} {:>10}  rounds where this build is faster",
+            "case", "method", "baseline", "this", "this/base"
+        );
+        for case in Case::ALL {
+            if !case_selected(case) {
+                continue;
+            }
+            let base_case = prepare(&mut base, case);
+            let this_case = prepare(&mut this, case);
+            // method -> (baseline rounds, this build's rounds)
+            let mut rounds: BTreeMap<&'static str, (Vec<Figure>, Vec<Figure>)> = BTreeMap::new();
+            for _ in 0..effort.rounds {
+                for (method, f, _) in measure(&mut base, case, &base_case, one_round) {
+                    rounds.entry(method).or_default().0.push(f);
+                }
+                for (method, f, _) in measure(&mut this, case, &this_case, one_round) {
+                    rounds.entry(method).or_default().1.push(f);
+                }
+            }
+            for (method, (b, t)) in &rounds {
+                let faster = b.iter().zip(t).filter(|(b, t)| t.over < b.over).count();
+                let (b_over, t_over) = (median_of(b).over, median_of(t).over);
+                println!(
+                    "   {:<28} {:<7} {:>9.1} {:>9.1} {:>10.2}  {faster} of {}",
+                    case.label(),
+                    method,
+                    b_over,
+                    t_over,
+                    t_over / b_over,
+                    b.len().min(t.len())
+                );
+            }
+        }
+    }
+}
+
 /// Whether `NPENFORCE_BENCH_CASES` (comma-separated words) names a word of the case's label;
 /// every case when it is unset.
 fn case_selected(case: Case) -> bool {
@@ -715,6 +861,10 @@ fn dataplane(effort: Effort) {
                 .collect()
         })
         .unwrap_or_else(|| vec![10, 10_000, 1_000_000]);
+    if let Some(baseline) = std::env::var_os("NPENFORCE_BENCH_BASELINE") {
+        compare(effort, PathBuf::from(baseline), &scales);
+        return;
+    }
     println!();
     println!("== Dataplane: npe_to_pod over the npenforce_parse_only floor (BPF_PROG_TEST_RUN)");
     println!(
@@ -731,7 +881,7 @@ fn dataplane(effort: Effort) {
     let mut all: BTreeMap<u32, Results> = BTreeMap::new();
     for &fill in &scales {
         let started = Instant::now();
-        let mut node = Node::new(fill);
+        let mut node = Node::new(fill, None);
         println!(
             "\n-- fill N = {fill} (loaded and filled in {:.1} s); kernel map memory:",
             started.elapsed().as_secs_f64()
@@ -746,59 +896,18 @@ fn dataplane(effort: Effort) {
             if !case_selected(case) {
                 continue;
             }
-            let (src, sport, dst, flags, expect) = case.packet();
-            let packet = Craft::new(
-                IpAddr::V4(src),
-                IpAddr::V4(dst),
-                L4::Tcp {
-                    src_port: sport,
-                    dst_port: 80,
-                    flags,
-                },
-            )
-            .build();
-            let pod = if dst == OPEN { node.open } else { node.web };
-            node.deliver_to(pod);
-            let flow = ct_key(src, sport, dst, 80);
-            if case == Case::Established {
-                // The flow's first packet (a SYN) creates the entry.
-                let syn = Craft::new(IpAddr::V4(src), IpAddr::V4(dst), L4::tcp(sport, 80)).build();
-                let (v, _) = node.run(program_names::TO_POD, &syn, 1);
-                assert_eq!(v, verdict::PASS, "the established flow's SYN");
-                assert!(
-                    node.conntrack.get(&flow).expect("CONNTRACK_V4").is_some(),
-                    "the SYN created the entry"
-                );
-            }
-            // Whether the program tracks this packet's flow (then a repeated packet is an
-            // established one, and only single runs measure the case).
-            let stateful = case != Case::Established && {
-                node.forget(&flow);
-                node.run(program_names::TO_POD, &packet, 1);
-                node.forget(&flow)
-            };
-            let mut methods: Vec<(&'static str, Figure, String)> = Vec::new();
-            if !stateful {
-                let f = measure_loop(&mut node, &packet, expect, effort);
-                methods.push(("loop", f, String::new()));
-            }
-            // Every case also by single runs, so the five can be compared on one footing; for
-            // the established flow the deleted key is another one (its own entry stays).
-            let deleted = if case == Case::Established {
-                ct_key(STRANGER, 1, WEB, 1)
-            } else {
-                flow
-            };
-            let (f, created) = measure_single(&mut node, &packet, expect, &deleted, effort);
-            let note = if case != Case::Established {
-                format!(
-                    "  [{created}/{} case runs created a conntrack entry]",
-                    effort.rounds * effort.singles
-                )
-            } else {
-                String::new()
-            };
-            methods.push(("single", f, note));
+            let prepared = prepare(&mut node, case);
+            let measured = measure(&mut node, case, &prepared, effort);
+            let methods = measured.into_iter().map(|(method, f, created)| {
+                let note = match created {
+                    Some(created) => format!(
+                        "  [{created}/{} case runs created a conntrack entry]",
+                        effort.rounds * effort.singles
+                    ),
+                    None => String::new(),
+                };
+                (method, f, note)
+            });
             for (method, f, note) in methods {
                 let target = match case.target() {
                     Some(t) if f.over < t => format!("< {t} ok"),

@@ -43,6 +43,12 @@ pub enum DataplaneError {
     ObjectNotBuilt,
     #[error("loading the eBPF object failed")]
     Load(#[from] EbpfError),
+    #[error("reading the eBPF object {path}: {source}")]
+    ObjectFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the eBPF object has no program named {0}")]
     NoSuchProgram(String),
     #[error("program {name}: {source}")]
@@ -169,6 +175,10 @@ pub struct DataplaneOptions {
     pub bpffs: Option<PathBuf>,
     pub config: Option<DataplaneConfig>,
     pub map_sizes: MapSizes,
+    /// An eBPF object file to load instead of the embedded one: the benchmark compares
+    /// another build of the programs with this one. Its maps must have this build's names
+    /// and layouts.
+    pub object_path: Option<PathBuf>,
 }
 
 /// Result of one `BPF_PROG_TEST_RUN` call.
@@ -260,7 +270,16 @@ impl Dataplane {
                 loader.map_pin_path(name, pin);
             }
         }
-        let ebpf = loader.load(EBPF_OBJECT)?;
+        let ebpf = match &options.object_path {
+            Some(path) => {
+                let object = std::fs::read(path).map_err(|source| DataplaneError::ObjectFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                loader.load(&object)?
+            }
+            None => loader.load(EBPF_OBJECT)?,
+        };
         let mut dataplane = Self {
             ebpf,
             bpffs: options.bpffs.clone(),

@@ -319,6 +319,7 @@ impl NodeOptions {
                     conntrack: args.map_sizes.map_size_conntrack,
                     ..Default::default()
                 },
+                object_path: None,
             },
             uplinks: args.uplinks.clone(),
         }
