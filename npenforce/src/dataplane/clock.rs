@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -21,16 +21,22 @@ const BPF_FUNC_JIFFIES64: i32 = 118;
 const KNOWN_RATES: [u32; 5] = [100, 250, 300, 1000, 1024];
 /// Time between the two tick edges the rate is measured over.
 const SPAN: Duration = Duration::from_millis(40);
-const ATTEMPTS: usize = 10;
+/// Measurements before settling for the narrowest window seen: each takes about 50 ms, and
+/// on a busy machine (other tenants, threads spinning on every CPU) many in a row can be
+/// disturbed.
+const ATTEMPTS: usize = 40;
 
-/// Ticks per second of `jiffies`, measured once per process.
+/// Ticks per second of `jiffies`, measured once per process. Callers that come while it is
+/// being measured wait for that measurement.
 pub fn jiffies_per_second() -> io::Result<u32> {
-    static RATE: OnceLock<u32> = OnceLock::new();
-    if let Some(rate) = RATE.get() {
-        return Ok(*rate);
+    static RATE: Mutex<Option<u32>> = Mutex::new(None);
+    let mut rate = RATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(rate) = *rate {
+        return Ok(rate);
     }
-    let rate = measure()?;
-    Ok(*RATE.get_or_init(|| rate))
+    let measured = measure()?;
+    *rate = Some(measured);
+    Ok(measured)
 }
 
 fn measure() -> io::Result<u32> {
@@ -62,17 +68,7 @@ fn measure() -> io::Result<u32> {
     }
     // Timeouts a few percent off are harmless; not starting is not.
     let (low, high) = narrowest.ok_or_else(|| io::Error::other("jiffies did not advance"))?;
-    let middle = (low + high) / 2.0;
-    let rate = KNOWN_RATES
-        .iter()
-        .copied()
-        .min_by(|a, b| {
-            (*a as f64 - middle)
-                .abs()
-                .total_cmp(&(*b as f64 - middle).abs())
-        })
-        .filter(|rate| (*rate as f64 - middle).abs() <= middle * 0.1)
-        .unwrap_or(middle.round() as u32);
+    let rate = best_guess(low, high);
     tracing::warn!(
         low,
         high,
@@ -81,6 +77,31 @@ fn measure() -> io::Result<u32> {
          timeouts may be a few percent off"
     );
     Ok(rate)
+}
+
+/// The rate to use when no measurement was precise: a known rate inside the window `low` to
+/// `high` (the one nearest its middle), else a known rate within 10% of the middle, else the
+/// middle itself.
+fn best_guess(low: f64, high: f64) -> u32 {
+    let middle = (low + high) / 2.0;
+    let nearest = |rates: &mut dyn Iterator<Item = u32>| {
+        rates.min_by(|a, b| {
+            (*a as f64 - middle)
+                .abs()
+                .total_cmp(&(*b as f64 - middle).abs())
+        })
+    };
+    nearest(
+        &mut KNOWN_RATES
+            .iter()
+            .copied()
+            .filter(|rate| (low * 0.995..=high * 1.005).contains(&(*rate as f64))),
+    )
+    .or_else(|| {
+        nearest(&mut KNOWN_RATES.iter().copied())
+            .filter(|rate| (*rate as f64 - middle).abs() <= middle * 0.1)
+    })
+    .unwrap_or(middle.round() as u32)
 }
 
 /// An edge of `jiffies`: its new value, and the instants between which it happened.
@@ -248,6 +269,19 @@ mod tests {
             "250 or 300: measure again"
         );
         assert_eq!(rate_between(400.0, 700.0), None, "too wide");
+    }
+
+    #[test]
+    fn an_imprecise_window_settles_on_the_nearest_known_rate_inside_it() {
+        assert_eq!(
+            best_guess(240.0, 310.0),
+            250,
+            "250 and 300 inside: nearest the middle"
+        );
+        assert_eq!(best_guess(230.0, 340.0), 300);
+        assert_eq!(best_guess(150.0, 400.0), 250, "equally near: the first");
+        assert_eq!(best_guess(262.0, 271.0), 250, "none inside, 250 within 10%");
+        assert_eq!(best_guess(180.0, 230.0), 205, "none near: the middle");
     }
 
     #[test]
