@@ -26,9 +26,13 @@
 //!   the entry of the flow it holds (readers keep reading it: every entry word is written
 //!   whole). A writer that loses the race skips its write: a lost timestamp refresh or state
 //!   bit is written by a later packet, a lost insert is counted and the flow is judged again.
+//!   It releases the slot with a plain store of the new version, after its other stores: x86
+//!   makes stores visible in program order, so a reader that sees the new version sees the
+//!   words written before it. (An exchange would also wait for the store buffer to drain, on
+//!   every new flow.)
 
 use core::{
-    intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering},
+    intrinsics::{atomic_cxchg, AtomicOrdering},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
@@ -257,17 +261,16 @@ unsafe fn lock<K>(slot: *mut CtSlot<K>, seen: u64, locked: u64) -> bool {
     }
 }
 
-/// Releases a slot taken with [`lock`], setting its version (BPF_XCHG, fully ordered: the
-/// slot's other words are written before other CPUs see the new version).
+/// Releases a slot taken with [`lock`], setting its version: a volatile store after the
+/// volatile stores of the slot's other words, so neither LLVM nor (x86's store order) the CPU
+/// lets another CPU see the version before them (see the module doc).
 ///
 /// # Safety
 /// As for [`lock`], and the caller holds the slot.
 #[inline(always)]
 unsafe fn unlock<K>(slot: *mut CtSlot<K>, version: u64) {
-    // SAFETY: see `lock`.
-    unsafe {
-        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(addr_of_mut!((*slot).version), version);
-    }
+    // SAFETY: see `lock`; only the holder writes the version until this store.
+    unsafe { write_volatile(addr_of_mut!((*slot).version), version) }
 }
 
 /// # Safety

@@ -11,7 +11,7 @@
 //! mitigations).
 #![no_std]
 #![no_main]
-// Atomic compare-and-exchange and exchange on map memory (the conntrack tables).
+// Atomic compare-and-exchange on map memory (the conntrack tables).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
