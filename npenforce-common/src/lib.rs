@@ -74,6 +74,10 @@ pub mod map_names {
     /// Rate limiter state of the drop events (per-CPU array of one).
     pub const DROP_EVENT_BUDGET: &str = "DROP_EVENT_BUDGET";
 
+    /// Recent answers of `POLICY_PORTS`, per CPU (see `port_cache`). Not pinned: a new
+    /// program starts with an empty cache.
+    pub const PORT_VERDICTS: &str = "PORT_VERDICTS";
+
     /// The shared tables (`shared_table`).
     pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
 
@@ -885,6 +889,46 @@ pub struct PortValue {
     pub rule: u32,
 }
 const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
+
+/// The programs' per-CPU cache of `POLICY_PORTS` answers (`PORT_VERDICTS`): a trie lookup is
+/// a kernel call, and a node's new flows keep asking about the same few rule set, protocol
+/// and port triples. Rule set ids are reused for other contents, and a failed write can
+/// leave a rule set incomplete until a later change; every applied change bumps the policy
+/// generation after its writes, so an answer counts only under the generation that was read
+/// before its lookup.
+pub mod port_cache {
+    /// Entries per CPU, direct-mapped by [`slot`].
+    pub const ENTRIES: u32 = 256;
+    /// [`PortVerdict::flags`]: the entry holds an answer (a zeroed entry does not).
+    pub const VALID: u32 = 1;
+    /// [`PortVerdict::flags`]: the rule set allows the protocol and port.
+    pub const ALLOWED: u32 = 2;
+
+    /// What an entry answers for: the rule set, protocol and port in one word.
+    #[inline(always)]
+    pub const fn tag(ruleset: u32, protocol: u8, port: u16) -> u64 {
+        ((ruleset as u64) << 24) | ((protocol as u64) << 16) | port as u64
+    }
+
+    /// The entry a tag lives in (multiplicative hashing, the top bits of the product).
+    #[inline(always)]
+    pub const fn slot(tag: u64) -> u32 {
+        const BITS: u32 = ENTRIES.trailing_zeros();
+        (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
+    }
+}
+
+/// Value of `PORT_VERDICTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortVerdict {
+    pub tag: u64,
+    pub generation: u32,
+    /// `port_cache::VALID` and `port_cache::ALLOWED`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortVerdict>() == 16);
+const _: () = assert!(port_cache::ENTRIES.is_power_of_two());
 
 /// Return codes of the TC programs.
 ///

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    iface_slot,
+    iface_slot, port_cache,
     shared_table::{self, AddrBucket, PeerBucket},
     CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
-    PeerKey, PeerValue, PodState, PortKey, PortValue, TrafficCounters,
+    PeerKey, PeerValue, PodState, PortKey, PortValue, PortVerdict, TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
@@ -35,6 +35,11 @@ pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
     LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// Indexed by pod id; must hold the largest pod id the compiler hands out.
+/// Recent answers of `POLICY_PORTS` (see `npenforce_common::port_cache`).
+#[map(name = "PORT_VERDICTS")]
+pub static PORT_VERDICTS: PerCpuArray<PortVerdict> =
+    PerCpuArray::with_max_entries(port_cache::ENTRIES, 0);
+
 #[map(name = "POD_STATE")]
 pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);
 

@@ -2,13 +2,17 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, pod_state_flags, shared_table, DataplaneConfig,
-    PeerKey, PodState, PortKey, RULESET_NONE,
+    direction, drop_reason, endpoint_flags, pod_state_flags, port_cache, shared_table,
+    DataplaneConfig, PeerKey, PodState, PortKey, PortVerdict, RULESET_NONE,
 };
 
 use crate::{
     addr::WordAddr,
-    maps::{ENDPOINTS, NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS},
+    conntrack::generation,
+    maps::{
+        ENDPOINTS, NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS,
+        PORT_VERDICTS,
+    },
     table,
 };
 
@@ -91,6 +95,39 @@ fn side_allows(
         Some(ruleset) if ruleset != RULESET_NONE => ruleset,
         _ => return false,
     };
+    port_allowed(ruleset, protocol, port)
+}
+
+/// Whether rule set `ruleset` allows `protocol`/`port`: this CPU's cached answer when it was
+/// found under the current policy generation, else `POLICY_PORTS` (see
+/// `npenforce_common::port_cache`).
+#[inline(always)]
+fn port_allowed(ruleset: u32, protocol: u8, port: u16) -> bool {
+    // Read before the trie: an answer is filed under a generation no newer than the tables
+    // it came from (x86 keeps loads in order).
+    let generation = generation();
+    let tag = port_cache::tag(ruleset, protocol, port);
+    let Some(cached) = PORT_VERDICTS.get_ptr_mut(port_cache::slot(tag)) else {
+        return ports_allow(ruleset, protocol, port);
+    };
+    // SAFETY: per-CPU entry; a TC program runs to completion on its CPU without another
+    // program of ours running there meanwhile (as for the scratch packet).
+    let cached = unsafe { &mut *cached };
+    if cached.tag == tag && cached.generation == generation && cached.flags & port_cache::VALID != 0
+    {
+        return cached.flags & port_cache::ALLOWED != 0;
+    }
+    let allowed = ports_allow(ruleset, protocol, port);
+    *cached = PortVerdict {
+        tag,
+        generation,
+        flags: port_cache::VALID | if allowed { port_cache::ALLOWED } else { 0 },
+    };
+    allowed
+}
+
+#[inline(always)]
+fn ports_allow(ruleset: u32, protocol: u8, port: u16) -> bool {
     let port_key = Key::new(PortKey::FULL_BITS, PortKey::new(ruleset, protocol, port));
     POLICY_PORTS.get(&port_key).is_some()
 }

@@ -529,6 +529,71 @@ spec:
     assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "PASS");
 }
 
+/// The programs cache rule set answers per CPU (`PORT_VERDICTS`), and the compiler reuses the
+/// ids of rule sets that are gone for other contents. Web's allowed port moves 80 -> 443 ->
+/// 8080 and round again: some id then names a port set it did not name when its answers
+/// were cached, and every new flow must still get the current policy's verdict.
+#[test]
+fn port_answers_follow_rule_set_changes_and_reused_ids() {
+    if !kernel_tests_enabled("port_answers_follow_rule_set_changes_and_reused_ids") {
+        return;
+    }
+    // One CPU, one cache: answers cached by one run are there for the next.
+    npenforce::lab::pin_to_cpu(0);
+    let mut b = Bench::new();
+    let web = b.web_iface().pod_id;
+    let ports = [80u16, 443, 8080];
+    let mut source_port = 20000;
+    let mut ids_seen: std::collections::BTreeMap<u32, std::collections::BTreeSet<u16>> =
+        Default::default();
+    for round in 0..3 {
+        for (i, allowed) in ports.iter().enumerate() {
+            let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+                serde_yaml::from_str(&format!(
+                    r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-in, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]
+    ports: [{{port: {allowed}}}]
+"#
+                ))
+                .expect("policy");
+            b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+            let entries = b.compiler.map_entries();
+            let ruleset = entries
+                .peers
+                .iter()
+                .find(|((_, key), _)| u32::from_be_bytes(key.pod_id) == web)
+                .map(|(_, value)| value.ruleset)
+                .expect("web's peer entry");
+            ids_seen.entry(ruleset).or_default().insert(*allowed);
+            // Each port twice: the second answer may come from the cache.
+            for _ in 0..2 {
+                for port in ports {
+                    source_port += 1;
+                    let packet =
+                        Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(source_port, port)).build();
+                    let expected = if port == *allowed { "PASS" } else { "DROP" };
+                    assert_eq!(
+                        b.run_to_web(&packet),
+                        expected,
+                        "round {round}, step {i}: port {port} with only {allowed} allowed \
+                         (rule set {ruleset})"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        ids_seen.values().any(|allowed| allowed.len() > 1),
+        "some rule set id was reused for another port: {ids_seen:?}"
+    );
+}
+
 /// Single-address peer entries live in `POLICY_PEER_HOSTS`; a `POLICY_PEERS` trie pinned by
 /// an older build (before the hash existed) holds them in the trie, where hosts-only pods
 /// never look and no diff removes them. Such a trie is started afresh, and a single-address

@@ -17,7 +17,8 @@
 //!    tables are complete now.
 //! 6. `ENDPOINTS` removals, `POLICY_PORTS` removals.
 //! 7. The policy generation is bumped: tracked flows are judged again on their next packet,
-//!    against the final tables, so a flow the new policy denies is cut.
+//!    against the final tables, so a flow the new policy denies is cut; and the programs'
+//!    cached port answers (`port_cache`) no longer count, since rule set ids are reused.
 //!
 //! A failed write (a full map) is logged and counted, never retried into an inconsistent
 //! state: a missing peer or port entry denies, a missing endpoint fails the source check, and
