@@ -78,6 +78,9 @@ pub mod map_names {
     /// program starts with an empty cache.
     pub const PORT_VERDICTS: &str = "PORT_VERDICTS";
 
+    /// Recent answers of `POLICY_PEERS`, per CPU (see `peer_cache`). Not pinned.
+    pub const PEER_ANSWERS: &str = "PEER_ANSWERS";
+
     /// The shared tables (`shared_table`).
     pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
 
@@ -929,6 +932,50 @@ pub struct PortVerdict {
 }
 const _: () = assert!(core::mem::size_of::<PortVerdict>() == 16);
 const _: () = assert!(port_cache::ENTRIES.is_power_of_two());
+
+/// The programs' per-CPU cache of `POLICY_PEERS` answers (`PEER_ANSWERS`): the longest
+/// prefix match of a pod, direction and peer address, or that there is none. A trie lookup
+/// is a kernel call, made for every new flow from a peer that no single-address entry
+/// names, and new flows keep coming from the same peers.
+///
+/// An answer counts only under the policy generation read before its lookup (as in
+/// [`port_cache`]), and only after a miss in `POLICY_PEER_HOSTS`, which is always searched
+/// first. Within one generation it gives the old or the new policy's verdict: a policy
+/// change writes the new entries before it removes the old ones, and bumps the generation
+/// before it removes the port entries of rule sets nothing points at any more, which an
+/// answer from before the change may still name.
+pub mod peer_cache {
+    /// Entries per CPU, direct-mapped by [`slot`].
+    pub const ENTRIES: u32 = 256;
+    /// [`PeerAnswer::flags`]: the entry holds an answer (a zeroed entry does not).
+    pub const VALID: u32 = 1;
+    /// [`PeerAnswer::flags`]: a prefix matched, with rule set [`PeerAnswer::ruleset`].
+    pub const FOUND: u32 = 2;
+
+    /// The entry a key (`PeerKey::words`) lives in. Not keyed with a secret: keys aimed at
+    /// one entry only make each other miss (and look the trie up).
+    #[inline(always)]
+    pub const fn slot(key: &[u64; 3]) -> u32 {
+        const BITS: u32 = ENTRIES.trailing_zeros();
+        let mixed = key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42);
+        (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
+    }
+}
+
+/// Value of `PEER_ANSWERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerAnswer {
+    /// The `PeerKey` asked about, as words.
+    pub key: [u64; 3],
+    pub generation: u32,
+    /// `peer_cache::VALID` and `peer_cache::FOUND`.
+    pub flags: u32,
+    pub ruleset: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerAnswer>() == 40);
+const _: () = assert!(peer_cache::ENTRIES.is_power_of_two());
 
 /// Return codes of the TC programs.
 ///

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    iface_slot, port_cache,
+    iface_slot, peer_cache, port_cache,
     shared_table::{self, AddrBucket, PeerBucket},
     CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
-    PeerKey, PeerValue, PodState, PortKey, PortValue, PortVerdict, TrafficCounters,
+    PeerAnswer, PeerKey, PeerValue, PodState, PortKey, PortValue, PortVerdict, TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
@@ -39,6 +39,11 @@ pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
 #[map(name = "PORT_VERDICTS")]
 pub static PORT_VERDICTS: PerCpuArray<PortVerdict> =
     PerCpuArray::with_max_entries(port_cache::ENTRIES, 0);
+
+/// Recent answers of `POLICY_PEERS` (see `npenforce_common::peer_cache`).
+#[map(name = "PEER_ANSWERS")]
+pub static PEER_ANSWERS: PerCpuArray<PeerAnswer> =
+    PerCpuArray::with_max_entries(peer_cache::ENTRIES, 0);
 
 #[map(name = "POD_STATE")]
 pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);

@@ -2,16 +2,16 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, pod_state_flags, port_cache, shared_table,
-    DataplaneConfig, PeerKey, PodState, PortKey, PortVerdict, RULESET_NONE,
+    direction, drop_reason, endpoint_flags, peer_cache, pod_state_flags, port_cache, shared_table,
+    DataplaneConfig, PeerAnswer, PeerKey, PodState, PortKey, PortVerdict, RULESET_NONE,
 };
 
 use crate::{
     addr::WordAddr,
     conntrack::generation,
     maps::{
-        ENDPOINTS, NODE_ADDRS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS, POLICY_PORTS,
-        PORT_VERDICTS,
+        ENDPOINTS, NODE_ADDRS, PEER_ANSWERS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS,
+        POLICY_PORTS, PORT_VERDICTS,
     },
     table,
 };
@@ -72,7 +72,51 @@ fn peer_ruleset(
     if state & prefixes == 0 {
         return None;
     }
-    let key = Key::new(PeerKey::FIXED_PREFIX_BITS + 128, key);
+    prefix_ruleset(&key)
+}
+
+/// The rule set of the longest prefix in `POLICY_PEERS` that holds `key`: this CPU's cached
+/// answer when it was found under the current policy generation, else the trie (see
+/// `npenforce_common::peer_cache`). Only asked after `POLICY_PEER_HOSTS` missed.
+#[inline(always)]
+fn prefix_ruleset(key: &PeerKey) -> Option<u32> {
+    // Read before the trie, as for the port answers.
+    let generation = generation();
+    let words = key.words();
+    let Some(cached) = PEER_ANSWERS.get_ptr_mut(peer_cache::slot(&words)) else {
+        return trie_ruleset(key);
+    };
+    // SAFETY: per-CPU entry, used by one program at a time (see `port_allowed`).
+    let cached = unsafe { &mut *cached };
+    if cached.key[0] == words[0]
+        && cached.key[1] == words[1]
+        && cached.key[2] == words[2]
+        && cached.generation == generation
+        && cached.flags & peer_cache::VALID != 0
+    {
+        return if cached.flags & peer_cache::FOUND != 0 {
+            Some(cached.ruleset)
+        } else {
+            None
+        };
+    }
+    let found = trie_ruleset(key);
+    *cached = PeerAnswer {
+        key: words,
+        generation,
+        flags: match found {
+            Some(_) => peer_cache::VALID | peer_cache::FOUND,
+            None => peer_cache::VALID,
+        },
+        ruleset: found.unwrap_or(0),
+        _pad: 0,
+    };
+    found
+}
+
+#[inline(always)]
+fn trie_ruleset(key: &PeerKey) -> Option<u32> {
+    let key = Key::new(PeerKey::FIXED_PREFIX_BITS + 128, *key);
     POLICY_PEERS.get(&key).map(|value| value.ruleset)
 }
 

@@ -594,6 +594,54 @@ spec:
     );
 }
 
+/// The programs cache prefix answers per CPU (`PEER_ANSWERS`), found or not. Web's ingress
+/// ipBlock moves between a /31 holding monitor and one holding client: each change must
+/// turn both the cached match and the cached miss around.
+#[test]
+fn prefix_answers_follow_policy_changes() {
+    if !kernel_tests_enabled("prefix_answers_follow_policy_changes") {
+        return;
+    }
+    // One CPU, one cache (see the port answers test).
+    npenforce::lab::pin_to_cpu(0);
+    let mut b = Bench::new();
+    let mut source_port = 30000;
+    for round in 0..3 {
+        for (block, allowed, denied) in [
+            ("10.244.1.12/31", MONITOR4, CLIENT4),
+            ("10.244.1.10/31", CLIENT4, MONITOR4),
+        ] {
+            let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+                serde_yaml::from_str(&format!(
+                    r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-in, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: {block}}}}}]
+    ports: [{{port: 80}}]
+"#
+                ))
+                .expect("policy");
+            b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+            // Each source twice: the second answer may come from the cache.
+            for _ in 0..2 {
+                for (src, expected) in [(allowed, "PASS"), (denied, "DROP")] {
+                    source_port += 1;
+                    let packet = Craft::new(ip(src), ip(WEB4), L4::tcp(source_port, 80)).build();
+                    assert_eq!(
+                        b.run_to_web(&packet),
+                        expected,
+                        "round {round}: {src} with only {block} allowed"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Single-address peer entries live in `POLICY_PEER_HOSTS`; a `POLICY_PEERS` trie pinned by
 /// an older build (before the hash existed) holds them in the trie, where hosts-only pods
 /// never look and no diff removes them. Such a trie is started afresh, and a single-address

@@ -15,10 +15,12 @@
 //! 4. Peer removals (stale prefixes).
 //! 5. `POD_STATE` for pods whose isolation is tightened, and the final table flags: the
 //!    tables are complete now.
-//! 6. `ENDPOINTS` removals, `POLICY_PORTS` removals.
-//! 7. The policy generation is bumped: tracked flows are judged again on their next packet,
+//! 6. The policy generation is bumped: tracked flows are judged again on their next packet,
 //!    against the final tables, so a flow the new policy denies is cut; and the programs'
-//!    cached port answers (`port_cache`) no longer count, since rule set ids are reused.
+//!    cached answers (`port_cache`, `peer_cache`) no longer count, since rule set ids are
+//!    reused. This comes before the port removals: a cached peer answer from before the
+//!    change may still name a rule set whose ports are about to go.
+//! 7. `ENDPOINTS` removals, `POLICY_PORTS` removals (rule sets nothing points at any more).
 //!
 //! A failed write (a full map) is logged and counted, never retried into an inconsistent
 //! state: a missing peer or port entry denies, a missing endpoint fails the source check, and
@@ -253,7 +255,7 @@ impl PolicyMaps {
         Ok(entries)
     }
 
-    /// Applies a diff in the order described in the module docs and bumps the generation.
+    /// Applies a diff in the order described in the module docs, bumping the generation.
     pub fn apply(&mut self, diff: &MapDiff) -> Result<ApplyStats, DataplaneError> {
         let mut stats = ApplyStats::default();
         for ((len, key), value) in &diff.ports.upserts {
@@ -325,6 +327,7 @@ impl PolicyMaps {
         for (pod_id, flags) in tighten {
             self.write_pod_state(pod_id, flags, &mut stats);
         }
+        let bumped = self.bump_generation();
         for key in &diff.endpoints.removals {
             self.endpoints.remove(&key.words());
             stats.removed += 1;
@@ -336,7 +339,7 @@ impl PolicyMaps {
         diff.peers.apply_to(&mut self.mirror.peers);
         diff.ports.apply_to(&mut self.mirror.ports);
         self.pod_flags = new_flags;
-        self.bump_generation()?;
+        bumped?;
         Ok(stats)
     }
 
