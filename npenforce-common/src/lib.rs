@@ -74,11 +74,11 @@ pub mod map_names {
     /// Rate limiter state of the drop events (per-CPU array of one).
     pub const DROP_EVENT_BUDGET: &str = "DROP_EVENT_BUDGET";
 
-    /// Recent answers of `POLICY_PORTS`, per CPU (see `port_cache`). Not pinned: a new
+    /// Recent answers of `POLICY_PORTS`, per CPU (see `answer_cache`). Not pinned: a new
     /// program starts with an empty cache.
     pub const PORT_VERDICTS: &str = "PORT_VERDICTS";
 
-    /// Recent answers of `POLICY_PEERS`, per CPU (see `peer_cache`). Not pinned.
+    /// Recent answers of `POLICY_PEERS`, per CPU (see `answer_cache`). Not pinned.
     pub const PEER_ANSWERS: &str = "PEER_ANSWERS";
 
     /// The shared tables (`shared_table`).
@@ -893,89 +893,68 @@ pub struct PortValue {
 }
 const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 
-/// The programs' per-CPU cache of `POLICY_PORTS` answers (`PORT_VERDICTS`): a trie lookup is
-/// a kernel call, and a node's new flows keep asking about the same few rule set, protocol
-/// and port triples. Rule set ids are reused for other contents, and a failed write can
-/// leave a rule set incomplete until a later change; every applied change bumps the policy
-/// generation after its writes, so an answer counts only under the generation that was read
-/// before its lookup.
-pub mod port_cache {
-    /// Entries per CPU, direct-mapped by [`slot`].
-    pub const ENTRIES: u32 = 256;
-    /// [`PortVerdict::flags`]: the entry holds an answer (a zeroed entry does not).
-    pub const VALID: u32 = 1;
-    /// [`PortVerdict::flags`]: the rule set allows the protocol and port.
-    pub const ALLOWED: u32 = 2;
-
-    /// What an entry answers for: the rule set, protocol and port in one word.
-    #[inline(always)]
-    pub const fn tag(ruleset: u32, protocol: u8, port: u16) -> u64 {
-        ((ruleset as u64) << 24) | ((protocol as u64) << 16) | port as u64
-    }
-
-    /// The entry a tag lives in (multiplicative hashing, the top bits of the product).
-    #[inline(always)]
-    pub const fn slot(tag: u64) -> u32 {
-        const BITS: u32 = ENTRIES.trailing_zeros();
-        (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
-    }
-}
-
-/// Value of `PORT_VERDICTS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortVerdict {
-    pub tag: u64,
-    pub generation: u32,
-    /// `port_cache::VALID` and `port_cache::ALLOWED`.
-    pub flags: u32,
-}
-const _: () = assert!(core::mem::size_of::<PortVerdict>() == 16);
-const _: () = assert!(port_cache::ENTRIES.is_power_of_two());
-
-/// The programs' per-CPU cache of `POLICY_PEERS` answers (`PEER_ANSWERS`): the longest
-/// prefix match of a pod, direction and peer address, or that there is none. A trie lookup
-/// is a kernel call, made for every new flow from a peer that no single-address entry
-/// names, and new flows keep coming from the same peers.
+/// The programs' per-CPU caches of trie answers, a kernel call each: `PORT_VERDICTS` for
+/// `POLICY_PORTS` (does a rule set allow this protocol and port: new flows keep asking about
+/// the same few) and `PEER_ANSWERS` for `POLICY_PEERS` (the rule set of the longest prefix
+/// that holds a pod, direction and peer, or none: new flows keep coming from the same
+/// peers, and every one that no single-address entry names walks the trie).
 ///
-/// An answer counts only under the policy generation read before its lookup (as in
-/// [`port_cache`]), and only after a miss in `POLICY_PEER_HOSTS`, which is always searched
-/// first. Within one generation it gives the old or the new policy's verdict: a policy
-/// change writes the new entries before it removes the old ones, and bumps the generation
-/// before it removes the port entries of rule sets nothing points at any more, which an
-/// answer from before the change may still name.
-pub mod peer_cache {
-    /// Entries per CPU, direct-mapped by [`slot`].
+/// An answer counts only under the policy generation read before its lookup. Every applied
+/// change bumps the generation after writing its new entries, and before it removes the
+/// port entries of rule sets nothing points at any more (a cached peer answer from before
+/// the change may still name one); rule set ids are reused for other contents, and a failed
+/// write can leave a table incomplete until a later change. Peer answers are asked only
+/// after `POLICY_PEER_HOSTS` missed, which is always searched first; within one generation
+/// they give the old or the new policy's verdict, since a change writes new entries before
+/// it removes old ones.
+pub mod answer_cache {
+    /// Entries per CPU in each cache, direct-mapped by [`slot`].
     pub const ENTRIES: u32 = 256;
-    /// [`PeerAnswer::flags`]: the entry holds an answer (a zeroed entry does not).
+    /// [`CachedAnswer::flags`]: the entry holds an answer (a zeroed entry does not).
     pub const VALID: u32 = 1;
-    /// [`PeerAnswer::flags`]: a prefix matched, with rule set [`PeerAnswer::ruleset`].
+    /// [`CachedAnswer::flags`]: the trie had an entry (with value [`CachedAnswer::value`]).
     pub const FOUND: u32 = 2;
 
-    /// The entry a key (`PeerKey::words`) lives in. Not keyed with a secret: keys aimed at
-    /// one entry only make each other miss (and look the trie up).
+    /// The port cache's key: the rule set, protocol and port in one word.
     #[inline(always)]
-    pub const fn slot(key: &[u64; 3]) -> u32 {
+    pub const fn port_key(ruleset: u32, protocol: u8, port: u16) -> [u64; 1] {
+        [((ruleset as u64) << 24) | ((protocol as u64) << 16) | port as u64]
+    }
+
+    /// The entry a key lives in (multiplicative hashing, the top bits of the product). Not
+    /// keyed with a secret: keys aimed at one entry only make each other miss.
+    #[inline(always)]
+    pub const fn slot<const W: usize>(key: &[u64; W]) -> u32 {
         const BITS: u32 = ENTRIES.trailing_zeros();
-        let mixed = key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42);
+        let mut mixed = 0u64;
+        let mut i = 0;
+        while i < W {
+            mixed ^= key[i].rotate_left(21 * i as u32);
+            i += 1;
+        }
         (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
     }
 }
 
-/// Value of `PEER_ANSWERS`.
+/// Value of the answer caches: `W` key words (`answer_cache::port_key`, `PeerKey::words`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerAnswer {
-    /// The `PeerKey` asked about, as words.
-    pub key: [u64; 3],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedAnswer<const W: usize> {
+    pub key: [u64; W],
     pub generation: u32,
-    /// `peer_cache::VALID` and `peer_cache::FOUND`.
+    /// `answer_cache::VALID` and `answer_cache::FOUND`.
     pub flags: u32,
-    pub ruleset: u32,
+    /// What the trie held (a rule set), when `FOUND`.
+    pub value: u32,
     pub _pad: u32,
 }
+/// `PORT_VERDICTS`' value.
+pub type PortAnswer = CachedAnswer<1>;
+/// `PEER_ANSWERS`' value.
+pub type PeerAnswer = CachedAnswer<3>;
+const _: () = assert!(core::mem::size_of::<PortAnswer>() == 24);
 const _: () = assert!(core::mem::size_of::<PeerAnswer>() == 40);
-const _: () = assert!(peer_cache::ENTRIES.is_power_of_two());
+const _: () = assert!(answer_cache::ENTRIES.is_power_of_two());
 
 /// Return codes of the TC programs.
 ///

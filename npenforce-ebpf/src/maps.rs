@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    iface_slot, peer_cache, port_cache,
+    answer_cache, iface_slot,
     shared_table::{self, AddrBucket, PeerBucket},
     CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
-    PeerAnswer, PeerKey, PeerValue, PodState, PortKey, PortValue, PortVerdict, TrafficCounters,
+    PeerAnswer, PeerKey, PeerValue, PodState, PortAnswer, PortKey, PortValue, TrafficCounters,
 };
 
 /// LPM tries and hash maps created without preallocation only use memory for the entries
@@ -35,15 +35,15 @@ pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
     LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// Indexed by pod id; must hold the largest pod id the compiler hands out.
-/// Recent answers of `POLICY_PORTS` (see `npenforce_common::port_cache`).
+/// Recent answers of `POLICY_PORTS` (see `npenforce_common::answer_cache`).
 #[map(name = "PORT_VERDICTS")]
-pub static PORT_VERDICTS: PerCpuArray<PortVerdict> =
-    PerCpuArray::with_max_entries(port_cache::ENTRIES, 0);
+pub static PORT_VERDICTS: PerCpuArray<PortAnswer> =
+    PerCpuArray::with_max_entries(answer_cache::ENTRIES, 0);
 
-/// Recent answers of `POLICY_PEERS` (see `npenforce_common::peer_cache`).
+/// Recent answers of `POLICY_PEERS` (see `npenforce_common::answer_cache`).
 #[map(name = "PEER_ANSWERS")]
 pub static PEER_ANSWERS: PerCpuArray<PeerAnswer> =
-    PerCpuArray::with_max_entries(peer_cache::ENTRIES, 0);
+    PerCpuArray::with_max_entries(answer_cache::ENTRIES, 0);
 
 #[map(name = "POD_STATE")]
 pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);

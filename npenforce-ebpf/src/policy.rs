@@ -1,9 +1,9 @@
 //! Policy lookups: is this peer, protocol and port allowed for this pod and direction?
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{lpm_trie::Key, PerCpuArray};
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, peer_cache, pod_state_flags, port_cache, shared_table,
-    DataplaneConfig, PeerAnswer, PeerKey, PodState, PortKey, PortVerdict, RULESET_NONE,
+    answer_cache, direction, drop_reason, endpoint_flags, pod_state_flags, shared_table,
+    CachedAnswer, DataplaneConfig, PeerKey, PodState, PortKey, RULESET_NONE,
 };
 
 use crate::{
@@ -75,40 +75,48 @@ fn peer_ruleset(
     prefix_ruleset(&key)
 }
 
-/// The rule set of the longest prefix in `POLICY_PEERS` that holds `key`: this CPU's cached
-/// answer when it was found under the current policy generation, else the trie (see
-/// `npenforce_common::peer_cache`). Only asked after `POLICY_PEER_HOSTS` missed.
+/// The rule set of the longest prefix in `POLICY_PEERS` that holds `key`. Only asked after
+/// `POLICY_PEER_HOSTS` missed (see `npenforce_common::answer_cache`).
 #[inline(always)]
 fn prefix_ruleset(key: &PeerKey) -> Option<u32> {
-    // Read before the trie, as for the port answers.
+    cached_answer(&PEER_ANSWERS, key.words(), || trie_ruleset(key))
+}
+
+/// What `lookup` answers for `key`: this CPU's cached answer when it was found under the
+/// current policy generation, else `lookup`'s, which is then cached.
+#[inline(always)]
+fn cached_answer<const W: usize>(
+    cache: &PerCpuArray<CachedAnswer<W>>,
+    key: [u64; W],
+    lookup: impl FnOnce() -> Option<u32>,
+) -> Option<u32> {
+    // Read before the lookup: an answer is filed under a generation no newer than the
+    // tables it came from (x86 keeps loads in order).
     let generation = generation();
-    let words = key.words();
-    let Some(cached) = PEER_ANSWERS.get_ptr_mut(peer_cache::slot(&words)) else {
-        return trie_ruleset(key);
+    let Some(cached) = cache.get_ptr_mut(answer_cache::slot(&key)) else {
+        return lookup();
     };
-    // SAFETY: per-CPU entry, used by one program at a time (see `port_allowed`).
+    // SAFETY: per-CPU entry; a TC program runs to completion on its CPU without another
+    // program of ours running there meanwhile (as for the scratch packet).
     let cached = unsafe { &mut *cached };
-    if cached.key[0] == words[0]
-        && cached.key[1] == words[1]
-        && cached.key[2] == words[2]
-        && cached.generation == generation
-        && cached.flags & peer_cache::VALID != 0
-    {
-        return if cached.flags & peer_cache::FOUND != 0 {
-            Some(cached.ruleset)
-        } else {
-            None
-        };
+    let mut same = cached.generation == generation && cached.flags & answer_cache::VALID != 0;
+    let mut i = 0;
+    while i < W {
+        same &= cached.key[i] == key[i];
+        i += 1;
     }
-    let found = trie_ruleset(key);
-    *cached = PeerAnswer {
-        key: words,
+    if same {
+        return (cached.flags & answer_cache::FOUND != 0).then_some(cached.value);
+    }
+    let found = lookup();
+    *cached = CachedAnswer {
+        key,
         generation,
         flags: match found {
-            Some(_) => peer_cache::VALID | peer_cache::FOUND,
-            None => peer_cache::VALID,
+            Some(_) => answer_cache::VALID | answer_cache::FOUND,
+            None => answer_cache::VALID,
         },
-        ruleset: found.unwrap_or(0),
+        value: found.unwrap_or(0),
         _pad: 0,
     };
     found
@@ -142,32 +150,15 @@ fn side_allows(
     port_allowed(ruleset, protocol, port)
 }
 
-/// Whether rule set `ruleset` allows `protocol`/`port`: this CPU's cached answer when it was
-/// found under the current policy generation, else `POLICY_PORTS` (see
-/// `npenforce_common::port_cache`).
+/// Whether rule set `ruleset` allows `protocol`/`port` (`POLICY_PORTS`, through this CPU's
+/// cache of answers, see `npenforce_common::answer_cache`).
 #[inline(always)]
 fn port_allowed(ruleset: u32, protocol: u8, port: u16) -> bool {
-    // Read before the trie: an answer is filed under a generation no newer than the tables
-    // it came from (x86 keeps loads in order).
-    let generation = generation();
-    let tag = port_cache::tag(ruleset, protocol, port);
-    let Some(cached) = PORT_VERDICTS.get_ptr_mut(port_cache::slot(tag)) else {
-        return ports_allow(ruleset, protocol, port);
-    };
-    // SAFETY: per-CPU entry; a TC program runs to completion on its CPU without another
-    // program of ours running there meanwhile (as for the scratch packet).
-    let cached = unsafe { &mut *cached };
-    if cached.tag == tag && cached.generation == generation && cached.flags & port_cache::VALID != 0
-    {
-        return cached.flags & port_cache::ALLOWED != 0;
-    }
-    let allowed = ports_allow(ruleset, protocol, port);
-    *cached = PortVerdict {
-        tag,
-        generation,
-        flags: port_cache::VALID | if allowed { port_cache::ALLOWED } else { 0 },
-    };
-    allowed
+    let key = answer_cache::port_key(ruleset, protocol, port);
+    cached_answer(&PORT_VERDICTS, key, || {
+        ports_allow(ruleset, protocol, port).then_some(ruleset)
+    })
+    .is_some()
 }
 
 #[inline(always)]

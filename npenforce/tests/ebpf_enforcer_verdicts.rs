@@ -529,6 +529,25 @@ spec:
     assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "PASS");
 }
 
+/// web's ingress policy `web-in` with one rule: from the peer `from` (YAML flow style), on
+/// TCP `port`.
+fn web_in(from: &str, port: u16) -> Change {
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-in, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from: [{from}]
+    ports: [{{port: {port}}}]
+"#
+    ))
+    .expect("policy");
+    Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy"))
+}
+
 /// The programs cache rule set answers per CPU (`PORT_VERDICTS`), and the compiler reuses the
 /// ids of rule sets that are gone for other contents. Web's allowed port moves 80 -> 443 ->
 /// 8080 and round again: some id then names a port set it did not name when its answers
@@ -548,21 +567,10 @@ fn port_answers_follow_rule_set_changes_and_reused_ids() {
         Default::default();
     for round in 0..3 {
         for (i, allowed) in ports.iter().enumerate() {
-            let np: k8s_openapi::api::networking::v1::NetworkPolicy =
-                serde_yaml::from_str(&format!(
-                    r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: web-in, namespace: default}}
-spec:
-  podSelector: {{matchLabels: {{app: web}}}}
-  ingress:
-  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]
-    ports: [{{port: {allowed}}}]
-"#
-                ))
-                .expect("policy");
-            b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+            b.change(web_in(
+                "{podSelector: {matchLabels: {role: client}}}",
+                *allowed,
+            ));
             let entries = b.compiler.map_entries();
             let ruleset = entries
                 .peers
@@ -611,21 +619,7 @@ fn prefix_answers_follow_policy_changes() {
             ("10.244.1.12/31", MONITOR4, CLIENT4),
             ("10.244.1.10/31", CLIENT4, MONITOR4),
         ] {
-            let np: k8s_openapi::api::networking::v1::NetworkPolicy =
-                serde_yaml::from_str(&format!(
-                    r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: web-in, namespace: default}}
-spec:
-  podSelector: {{matchLabels: {{app: web}}}}
-  ingress:
-  - from: [{{ipBlock: {{cidr: {block}}}}}]
-    ports: [{{port: 80}}]
-"#
-                ))
-                .expect("policy");
-            b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+            b.change(web_in(&format!("{{ipBlock: {{cidr: {block}}}}}"), 80));
             // Each source twice: the second answer may come from the cache.
             for _ in 0..2 {
                 for (src, expected) in [(allowed, "PASS"), (denied, "DROP")] {

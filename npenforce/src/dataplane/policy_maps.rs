@@ -17,7 +17,7 @@
 //!    tables are complete now.
 //! 6. The policy generation is bumped: tracked flows are judged again on their next packet,
 //!    against the final tables, so a flow the new policy denies is cut; and the programs'
-//!    cached answers (`port_cache`, `peer_cache`) no longer count, since rule set ids are
+//!    cached answers (`answer_cache`) no longer count, since rule set ids are
 //!    reused. This comes before the port removals: a cached peer answer from before the
 //!    change may still name a rule set whose ports are about to go.
 //! 7. `ENDPOINTS` removals, `POLICY_PORTS` removals (rule sets nothing points at any more).
