@@ -81,6 +81,10 @@ pub mod map_names {
     /// Recent answers of `POLICY_PEERS`, per CPU (see `answer_cache`). Not pinned.
     pub const PEER_ANSWERS: &str = "PEER_ANSWERS";
 
+    /// The program the benchmark drivers tail-call (program array of one). Never set by the
+    /// agent.
+    pub const BENCH_TARGET: &str = "BENCH_TARGET";
+
     /// The shared tables (`shared_table`).
     pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
 
@@ -110,6 +114,8 @@ pub mod program_names {
     pub const SOURCE_FILTER: &str = "npenforce_source_filter";
     /// Parses Ethernet, IP and L4 headers and passes: the floor for benchmarks.
     pub const PARSE_ONLY: &str = "npenforce_parse_only";
+    /// Parses and looks the flow up in the conntrack tables: a benchmark reference.
+    pub const LOOKUP_ONLY: &str = "npenforce_lookup_only";
     /// Host veth TC ingress: what a pod sends (the pod's egress side).
     pub const FROM_POD: &str = "npe_from_pod";
     /// Host veth TC egress: what is delivered to a pod (the pod's ingress side).
@@ -118,6 +124,12 @@ pub mod program_names {
     pub const FROM_UPLINK: &str = "npe_from_uplink";
     /// Uplink TC egress: what leaves the node toward the network.
     pub const TO_UPLINK: &str = "npe_to_uplink";
+    /// Benchmark driver: gives each run of a repeated test run its own flow (the TCP or UDP
+    /// source port goes up by one), then tail-calls the program in `BENCH_TARGET`.
+    pub const NEW_FLOWS: &str = "npenforce_new_flows";
+    /// Benchmark driver: like `NEW_FLOWS`, and the low 16 bits of the IPv4 source go up by
+    /// one too, so that each run also comes from a new peer.
+    pub const NEW_PEERS: &str = "npenforce_new_peers";
 }
 
 /// Name of the load-time configuration global in the object.

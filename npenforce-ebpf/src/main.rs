@@ -16,6 +16,7 @@
 #![feature(core_intrinsics)]
 
 mod addr;
+mod bench;
 mod conntrack;
 mod maps;
 mod observe;
@@ -93,6 +94,38 @@ pub fn npenforce_parse_only(ctx: TcContext) -> i32 {
             }
         }
         Err(_) => verdict::DROP,
+    }
+}
+
+/// Benchmark driver: a new flow per run of a repeated test run (see `bench`).
+#[classifier]
+pub fn npenforce_new_flows(ctx: TcContext) -> i32 {
+    bench::drive(&ctx, false)
+}
+
+/// Benchmark driver: a new flow from a new peer per run of a repeated test run (see `bench`).
+#[classifier]
+pub fn npenforce_new_peers(ctx: TcContext) -> i32 {
+    bench::drive(&ctx, true)
+}
+
+/// Parses, looks the packet's flow up in the conntrack tables and passes if it is not
+/// tracked (drops if it is): the least a stateful program does for a new flow, which
+/// benchmarks measure as a reference.
+#[classifier]
+pub fn npenforce_lookup_only(ctx: TcContext) -> i32 {
+    let cfg = config();
+    let Some(packet) = scratch() else {
+        return verdict::DROP;
+    };
+    match parse_into(&ctx, packet) {
+        Ok(true) => {}
+        Ok(false) => return verdict::PASS,
+        Err(_) => return verdict::DROP,
+    }
+    match conntrack::lookup(packet, cfg, conntrack::now()) {
+        Tracked::Unknown => verdict::PASS,
+        Tracked::Allowed | Tracked::Denied(_) => verdict::DROP,
     }
 }
 
@@ -413,10 +446,19 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         receiver,
         cfg,
     );
+    // A TCP segment of a connection opened before we were attached (agent start on a busy
+    // node) may be adopted below, whatever the receiver's policy says of it this way round.
+    let adoptable = conntrack::is_tcp_mid_flow(packet) && conntrack::in_adoption_window();
     // The tracked flow records the sending pod even when it is not egress-isolated now (its
     // egress check passes then), so that an egress policy it gets later applies when the
-    // flow is judged again.
-    let sender = sender_pod(m, packet, cfg);
+    // flow is judged again. A packet the receiver refuses and that cannot be adopted needs
+    // no sender: its search of `ENDPOINTS` would be a cache miss on a large table, paid by
+    // every denied new flow. (One call site: the search is inlined where it is called.)
+    let sender = if ingress.is_ok() || adoptable {
+        sender_pod(m, packet, cfg)
+    } else {
+        0
+    };
     let forward = match ingress {
         Ok(()) => side_verdict(
             direction::EGRESS,
@@ -451,12 +493,12 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         }
         return finish(packet, now, Ok(()));
     }
-    // A TCP segment of a connection opened before we were attached (agent start on a busy
-    // node): admit it if the connection is allowed in the direction it must have been
-    // opened in, the other way round. Only TCP (a non-SYN segment cannot open anything), and
-    // only in the adoption window after the agent first attached: later, every flow was seen
-    // from its first packet, and a segment of an untracked flow is one that was cut.
-    if conntrack::is_tcp_mid_flow(packet) && conntrack::in_adoption_window() {
+    // An adoptable segment: admit it if the connection is allowed in the direction it must
+    // have been opened in, the other way round. Only TCP (a non-SYN segment cannot open
+    // anything), and only in the adoption window after the agent first attached: later,
+    // every flow was seen from its first packet, and a segment of an untracked flow is one
+    // that was cut.
+    if adoptable {
         let (reverse_egress, reverse_ingress) = (receiver, sender);
         if judge(
             &packet.dst,

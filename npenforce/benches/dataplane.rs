@@ -84,7 +84,14 @@ struct Effort {
     repeat: u32,
     /// Single runs per round of the new-flow method (each for the case and for the floor).
     singles: usize,
+    /// `repeat` of the driven methods: new flows per call (at most [`MAX_DRIVEN`]).
+    flows: u32,
 }
+
+/// The driven packets' first source port; each run adds one.
+const DRIVEN_BASE_PORT: u16 = 1024;
+/// Runs per driven call: the source ports stay below 65536 and every run is a new flow.
+const MAX_DRIVEN: u32 = 60_000;
 
 fn main() {
     if let Some(reason) = cannot_run() {
@@ -101,12 +108,14 @@ fn main() {
             rounds: 3,
             repeat: 200_000,
             singles: 1_000,
+            flows: 10_000,
         }
     } else {
         Effort {
             rounds: 7,
             repeat: 2_000_000,
             singles: 5_000,
+            flows: 50_000,
         }
     };
     let only = std::env::var("NPENFORCE_BENCH_ONLY").unwrap_or_default();
@@ -504,6 +513,15 @@ impl Node {
             .expect("IFACES");
     }
 
+    /// `repeat` runs of benchmark driver `driver` in front of program `target`.
+    fn run_driven(&mut self, driver: &str, target: &str, packet: &[u8], repeat: u32) -> (i32, u64) {
+        self.enforcer
+            .dataplane()
+            .set_bench_target(target)
+            .expect("BENCH_TARGET");
+        self.run(driver, packet, repeat)
+    }
+
     fn run(&mut self, program: &str, packet: &[u8], repeat: u32) -> (i32, u64) {
         let out = self
             .enforcer
@@ -699,8 +717,69 @@ fn measure_single(
     (median_of(&rounds), created)
 }
 
+/// The driven method: `effort.flows` runs per call of `driver` (`NEW_FLOWS` or `NEW_PEERS`),
+/// each run a new flow, in front of the floor and of `npe_to_pod`, each round bracketed by
+/// floor calls. After each round the flows the case created are deleted from userspace, so
+/// that every round meets the fill's table. Returns the figure and how many case runs created
+/// a conntrack entry.
+fn measure_driven(
+    node: &mut Node,
+    prepared: &Prepared,
+    driver: &str,
+    effort: Effort,
+) -> (Figure, usize) {
+    let flows = effort.flows.min(MAX_DRIVEN);
+    let packet = Craft::new(
+        IpAddr::V4(prepared.src),
+        IpAddr::V4(prepared.dst),
+        L4::Tcp {
+            src_port: DRIVEN_BASE_PORT,
+            dst_port: 80,
+            flags: prepared.flags,
+        },
+    )
+    .build();
+    let new_peers = driver == program_names::NEW_PEERS;
+    let mut rounds = Vec::new();
+    let mut created = 0;
+    // Round 0 warms up and is not counted.
+    for round in 0..=effort.rounds {
+        let (_, f1) = node.run_driven(driver, program_names::PARSE_ONLY, &packet, flows);
+        let (v, c) = node.run_driven(driver, program_names::TO_POD, &packet, flows);
+        let (_, f2) = node.run_driven(driver, program_names::PARSE_ONLY, &packet, flows);
+        assert_eq!(
+            v, prepared.expect,
+            "verdict of the measured path ({driver})"
+        );
+        let mut forgotten = 0;
+        for run in 1..=flows {
+            let mut src = prepared.src.octets();
+            if new_peers {
+                let low = u16::from_be_bytes([src[2], src[3]]).wrapping_add(run as u16);
+                src[2..].copy_from_slice(&low.to_be_bytes());
+            }
+            let port = DRIVEN_BASE_PORT.wrapping_add(run as u16);
+            forgotten += usize::from(node.forget(&ct_key(src.into(), port, prepared.dst, 80)));
+        }
+        if round == 0 {
+            continue;
+        }
+        created += forgotten;
+        let floor = (f1 + f2) as f64 / 2.0;
+        rounds.push(Figure {
+            floor,
+            case: c as f64,
+            over: c as f64 - floor,
+        });
+    }
+    (median_of(&rounds), created)
+}
+
 /// A case made ready on a node: its packet, and how it is measured.
 struct Prepared {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    flags: u8,
     packet: Vec<u8>,
     expect: i32,
     /// The case's first run creates a conntrack entry (a repeated packet would be an
@@ -749,6 +828,9 @@ fn prepare(node: &mut Node, case: Case) -> Prepared {
         flow
     };
     Prepared {
+        src,
+        dst,
+        flags,
         packet,
         expect,
         stateful,
@@ -756,19 +838,32 @@ fn prepare(node: &mut Node, case: Case) -> Prepared {
     }
 }
 
-/// The case by every method that applies: (method, figure, for new flows how many case runs
-/// created a conntrack entry). Every case also by single runs, so that the five can be
-/// compared on one footing.
-fn measure(
-    node: &mut Node,
-    case: Case,
-    prepared: &Prepared,
-    effort: Effort,
-) -> Vec<(&'static str, Figure, Option<usize>)> {
+/// (method, figure, for new flows how many runs created a conntrack entry, out of how many).
+type Measured = (&'static str, Figure, Option<(usize, usize)>);
+
+/// The case by every method that applies: (method, figure, for new flows how many runs
+/// created a conntrack entry, out of how many). Every case also by single runs, so that the
+/// five can be compared on one footing.
+/// - `loop`: the same packet repeated (cases that leave no state behind or meet the state
+///   they expect);
+/// - `flows`: a new flow per run, from the same peer (cases whose first packet creates a
+///   flow);
+/// - `peers`: a new flow per run from a new peer address (the cases whose peer is matched by
+///   a prefix, where a peer seen before finds its answer cached);
+/// - `single`: one run per call after deleting the flow.
+fn measure(node: &mut Node, case: Case, prepared: &Prepared, effort: Effort) -> Vec<Measured> {
     let mut methods = Vec::new();
-    if !prepared.stateful {
+    let driven_runs = effort.rounds * effort.flows.min(MAX_DRIVEN) as usize;
+    if prepared.stateful {
+        let (f, created) = measure_driven(node, prepared, program_names::NEW_FLOWS, effort);
+        methods.push(("flows", f, Some((created, driven_runs))));
+    } else {
         let f = measure_loop(node, &prepared.packet, prepared.expect, effort);
         methods.push(("loop", f, None));
+    }
+    if matches!(case, Case::AllowedByCidr | Case::Denied) {
+        let (f, created) = measure_driven(node, prepared, program_names::NEW_PEERS, effort);
+        methods.push(("peers", f, Some((created, driven_runs))));
     }
     let (f, created) = measure_single(
         node,
@@ -777,7 +872,12 @@ fn measure(
         &prepared.deleted,
         effort,
     );
-    methods.push(("single", f, (case != Case::Established).then_some(created)));
+    let singles = effort.rounds * effort.singles;
+    methods.push((
+        "single",
+        f,
+        (case != Case::Established).then_some((created, singles)),
+    ));
     methods
 }
 
@@ -869,8 +969,12 @@ fn dataplane(effort: Effort) {
     println!("== Dataplane: npe_to_pod over the npenforce_parse_only floor (BPF_PROG_TEST_RUN)");
     println!(
         "   packets: IPv4 TCP, 54 bytes, delivered to the pod under test (ingress side); \
-         {} rounds, loop repeat {}, {} single runs per round and program",
-        effort.rounds, effort.repeat, effort.singles
+         {} rounds, loop repeat {}, driven repeat {} (a new flow per run), {} single runs \
+         per round and program",
+        effort.rounds,
+        effort.repeat,
+        effort.flows.min(MAX_DRIVEN),
+        effort.singles
     );
     println!(
         "   fill: N unrelated peer entries over {FILL_PODS} pods (half single addresses in \
@@ -900,10 +1004,9 @@ fn dataplane(effort: Effort) {
             let measured = measure(&mut node, case, &prepared, effort);
             let methods = measured.into_iter().map(|(method, f, created)| {
                 let note = match created {
-                    Some(created) => format!(
-                        "  [{created}/{} case runs created a conntrack entry]",
-                        effort.rounds * effort.singles
-                    ),
+                    Some((created, runs)) => {
+                        format!("  [{created}/{runs} case runs created a conntrack entry]")
+                    }
                     None => String::new(),
                 };
                 (method, f, note)
@@ -968,6 +1071,29 @@ fn decompose(node: &mut Node, effort: Effort) {
     node.deliver_to(node.open);
     // The first run tracks the flow; the rest are its established packets.
     let unisolated = time(node, program_names::TO_POD);
+    // The least a new flow costs: its conntrack lookup, in a bucket that a packet of the
+    // same flow just warmed (loop), and in the bucket of a flow never seen (driven: each
+    // run a new source port, so a random bucket of the table).
+    let lookup_warm = time(node, program_names::LOOKUP_ONLY);
+    let flows = effort.flows.min(MAX_DRIVEN);
+    let driven = Craft::new(
+        IpAddr::V4(CLIENT),
+        IpAddr::V4(OPEN),
+        L4::tcp(DRIVEN_BASE_PORT, 80),
+    )
+    .build();
+    let time_driven = |node: &mut Node, target: &str| {
+        let mut rounds: Vec<f64> = (0..effort.rounds)
+            .map(|_| {
+                let (v, ns) = node.run_driven(program_names::NEW_FLOWS, target, &driven, flows);
+                assert_eq!(v, verdict::PASS, "driven {target}: every flow new");
+                ns as f64
+            })
+            .collect();
+        median(&mut rounds)
+    };
+    let parse_driven = time_driven(node, program_names::PARSE_ONLY);
+    let lookup_cold = time_driven(node, program_names::LOOKUP_ONLY);
     println!("   where the time goes (loop method, ns per run, medians of rounds):");
     println!("     test-run loop with a program that returns at once   {empty:>7.1}");
     println!(
@@ -990,6 +1116,15 @@ fn decompose(node: &mut Node, effort: Effort) {
         "     npe_to_pod, established flow of an unisolated pod    {unisolated:>7.1}  (+{:.1} over the floor)",
         unisolated - parse
     );
+    println!(
+        "     parse + conntrack lookup, a miss in a warm bucket    {lookup_warm:>7.1}  (+{:.1} over the floor)",
+        lookup_warm - parse
+    );
+    println!("     driven (a new flow per run), parse-only floor        {parse_driven:>7.1}");
+    println!(
+        "     driven, parse + conntrack lookup (a random bucket)   {lookup_cold:>7.1}  (+{:.1} over the driven floor)",
+        lookup_cold - parse_driven
+    );
 }
 
 /// The table for BENCHMARKS.md and the growth from the smallest to the largest fill.
@@ -1010,7 +1145,7 @@ fn summary(all: &BTreeMap<u32, Results>) {
         "---|".repeat(header.matches('|').count().saturating_sub(1))
     );
     for (index, case) in Case::ALL.into_iter().enumerate() {
-        for method in ["loop", "single"] {
+        for method in ["loop", "flows", "peers", "single"] {
             if !first.contains_key(&(index, method)) {
                 continue;
             }

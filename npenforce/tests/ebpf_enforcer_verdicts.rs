@@ -1129,3 +1129,119 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
         "PASS"
     );
 }
+
+/// The benchmark drivers (`npenforce_new_flows`, `npenforce_new_peers`) give every run of a
+/// repeated test run its own flow, and the benchmark's reference program
+/// (`npenforce_lookup_only`) tells tracked flows from new ones: what the dataplane bench's
+/// new-flow figures rest on.
+#[test]
+fn benchmark_drivers_give_each_run_a_new_flow() {
+    if !kernel_tests_enabled("benchmark_drivers_give_each_run_a_new_flow") {
+        return;
+    }
+    use aya::maps::{Map, MapData};
+    use npenforce::dataplane::conntrack_table::ConntrackTable;
+    use npenforce_common::{
+        ip_proto, map_names,
+        program_names::{LOOKUP_ONLY, NEW_FLOWS, NEW_PEERS},
+        CtKeyV4,
+    };
+
+    let (_bpffs, pin_dir, options) = pinned("drivers");
+    let mut b = Bench::with_options(&options);
+    let open = |name: &str| {
+        Map::Array(MapData::from_pin(pin_dir.join("maps").join(name)).expect("a pinned map"))
+    };
+    let v4: ConntrackTable<CtKeyV4> = ConntrackTable::new(
+        open(map_names::CONNTRACK_V4),
+        open(map_names::CONNTRACK_KEY),
+    )
+    .expect("the IPv4 table");
+    let tracked = |src: &str, port: u16| {
+        let octets = |s: &str| match ip(s) {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => unreachable!("an IPv4 literal"),
+        };
+        let (key, _) = CtKeyV4::for_flow(octets(src), port, octets(WEB4), 80, ip_proto::TCP);
+        v4.get(&key).expect("read").is_some()
+    };
+    let syn = |src: &str, port: u16| Craft::new(ip(src), ip(WEB4), L4::tcp(port, 80)).build();
+    let run = |b: &mut Bench, program: &str, packet: &[u8], repeat: u32| {
+        b.enforcer
+            .dataplane()
+            .test_run(program, packet, repeat)
+            .expect("BPF_PROG_TEST_RUN")
+            .verdict
+    };
+
+    // No target yet: the driver says so with a code that is neither a pass nor a drop.
+    let not_driven = run(&mut b, NEW_FLOWS, &syn(CLIENT4, 40000), 1);
+    assert!(
+        not_driven != verdict::PASS && not_driven != verdict::DROP,
+        "a driver without a target returned {not_driven}"
+    );
+    b.enforcer
+        .dataplane()
+        .set_bench_target(TO_POD)
+        .expect("BENCH_TARGET");
+
+    // 50 runs, 50 flows: source ports 40001 to 40050, each the first packet of its flow.
+    assert_eq!(
+        run(&mut b, NEW_FLOWS, &syn(CLIENT4, 40000), 50),
+        verdict::PASS
+    );
+    assert!(!tracked(CLIENT4, 40000), "the packet as given never ran");
+    for port in 40001..=40050 {
+        assert!(
+            tracked(CLIENT4, port),
+            "run with source port {port} tracked"
+        );
+    }
+    assert!(!tracked(CLIENT4, 40051), "only 50 runs");
+    // Without a driver the same packet repeated is one flow.
+    assert_eq!(run(&mut b, TO_POD, &syn(CLIENT4, 41000), 50), verdict::PASS);
+    assert!(tracked(CLIENT4, 41000) && !tracked(CLIENT4, 41001));
+
+    // New peers: from .9, the runs come from .10 (client: allowed and tracked), .11 (web
+    // itself) and .12 (monitor), which web's policy refuses; the last run's verdict is
+    // monitor's.
+    assert_eq!(
+        run(&mut b, NEW_PEERS, &syn("10.244.1.9", 42000), 3),
+        verdict::DROP
+    );
+    assert!(tracked(CLIENT4, 42001));
+    assert!(!tracked(MONITOR4, 42003));
+    assert_eq!(
+        run(&mut b, NEW_PEERS, &syn("10.244.1.9", 42100), 1),
+        verdict::PASS,
+        "one run: from client"
+    );
+
+    // The reference program: a tracked flow is found (DROP), a new one is not (PASS), and
+    // driven in front of it every run is a new flow.
+    assert_eq!(
+        run(&mut b, LOOKUP_ONLY, &syn(CLIENT4, 40007), 1),
+        verdict::DROP
+    );
+    assert_eq!(
+        run(&mut b, LOOKUP_ONLY, &syn(CLIENT4, 43000), 1),
+        verdict::PASS
+    );
+    b.enforcer
+        .dataplane()
+        .set_bench_target(LOOKUP_ONLY)
+        .expect("BENCH_TARGET");
+    assert_eq!(
+        run(&mut b, NEW_FLOWS, &syn(CLIENT4, 43000), 100),
+        verdict::PASS
+    );
+    assert_eq!(
+        run(&mut b, NEW_FLOWS, &syn(CLIENT4, 40000), 1),
+        verdict::DROP,
+        "40001 is tracked"
+    );
+
+    // A packet a driver cannot vary (IPv6) is refused with the same code as before.
+    let v6 = Craft::new(ip(CLIENT6), ip(WEB6), L4::tcp(40000, 80)).build();
+    assert_eq!(run(&mut b, NEW_FLOWS, &v6, 1), not_driven);
+}

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError},
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, ProgramArray},
     programs::{
         links::{FdLink, PinnedLink},
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
@@ -455,6 +455,31 @@ impl Dataplane {
                 );
             }
         }
+    }
+
+    /// Makes the benchmark drivers (`program_names::NEW_FLOWS`, `NEW_PEERS`) tail-call
+    /// program `name`, loading it if needed. Benchmarks only; the agent never runs the
+    /// drivers.
+    pub fn set_bench_target(&mut self, name: &str) -> Result<(), DataplaneError> {
+        let program = self
+            .classifier(name)?
+            .fd()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source,
+            })?
+            .try_clone()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source: ProgramError::IOError(source),
+            })?;
+        let map_name = map_names::BENCH_TARGET;
+        let map_err = |source| DataplaneError::Map {
+            name: map_name,
+            source,
+        };
+        let mut targets = ProgramArray::try_from(self.map_mut(map_name)?).map_err(map_err)?;
+        targets.set(0, &program, 0).map_err(map_err)
     }
 
     /// Runs program `name` on `packet` with `BPF_PROG_TEST_RUN`, `repeat` times.
