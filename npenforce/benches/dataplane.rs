@@ -16,21 +16,27 @@
 //!   passes) run in the same process on the same packet, in the same way: the test-run loop,
 //!   the skb setup and the parsing cancel out.
 //! - Repeatable cases (the packet leaves no state behind: a denied flow; or meets the state
-//!   it expects: an established flow) run `repeat` = millions in one call; the kernel reports
-//!   the mean per run. Whether a case is repeatable is checked, not assumed: a case whose
-//!   first run creates a conntrack entry (the unisolated pod's new flow, since the programs
-//!   track every flow) is measured by single runs only.
+//!   it expects: an established flow) run `repeat` = millions in one call (`loop`); the
+//!   kernel reports the mean per run. Whether a case is repeatable is checked, not assumed: a
+//!   case whose first run creates a conntrack entry (the unisolated pod's new flow, since the
+//!   programs track every flow) is not repeatable.
 //!   Each round brackets the case between two floor runs; the result is the median of rounds.
-//! - New flows cannot be repeated: the first run of an allowed packet creates its conntrack
-//!   entry and every later run is an established packet. They run with `repeat` = 1, many
-//!   times, the conntrack entry being deleted from userspace before each run; the floor runs
-//!   the same way (one delete syscall, then `repeat` = 1), alternating with the case, and the
-//!   figure is mean(case) - mean(floor) per round (interquartile means: the middle half of
-//!   the runs, robust against outliers without the median's whole-ns steps), then the median
-//!   of rounds. A run of
-//!   one packet right after a syscall finds colder caches than a tight loop, so these figures
-//!   are upper bounds of the hot-loop cost; the denied case, repeatable, is reported both ways
-//!   to show the size of that effect.
+//! - New flows (`flows`, `peers`): a repeated allowed packet would be an established one after
+//!   its first run. So a driver program (`npenforce_new_flows`) runs first in every run: it
+//!   adds one to the packet's source port, which persists between the runs of one call, and
+//!   tail-calls the measured program; every run is the first packet of its own flow. The
+//!   floor runs behind the same driver. `npenforce_new_peers` also adds one to the source
+//!   address, so that each run comes from a peer no cache has seen (the CIDR and denied
+//!   cases). Each round is floor, case, floor of 50,000 runs; the case's flows are deleted
+//!   from userspace after each round. A new flow's conntrack bucket is a random one of a
+//!   large table, which this method pays for and the single runs below do not.
+//! - Single runs (`single`): `repeat` = 1, many times, the conntrack entry being deleted from
+//!   userspace before each run; the floor runs the same way (one delete syscall, then
+//!   `repeat` = 1), alternating with the case, and the figure is mean(case) - mean(floor) per
+//!   round (interquartile means: the middle half of the runs, robust against outliers
+//!   without the median's whole-ns steps), then the median of rounds. A run of one packet
+//!   right after a syscall finds colder code caches than a tight loop; but the delete has
+//!   just read the flow's bucket, so its data is warm.
 //! - The fills are unrelated to the packets: peer entries of 110 pods (the pod under test
 //!   included), half single addresses (POLICY_PEER_HOSTS) and half /28 prefixes (the
 //!   POLICY_PEERS trie), ENDPOINTS addresses of other pods (both written through

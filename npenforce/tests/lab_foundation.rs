@@ -163,3 +163,100 @@ fn lab_is_removed_when_a_test_panics() {
         "{name} must be removed by the lab's Drop during unwinding"
     );
 }
+
+/// Kernels before 6.6 have no TCX: the programs go into a clsact qdisc as cls_bpf filters,
+/// which outlive the agent (they cannot be pinned). A restarted agent must replace its
+/// predecessor's filter in place, not add a second one that would keep the old program
+/// judging packets. Forced here on a kernel with TCX (`clsact_only`).
+#[test]
+fn a_restarted_agent_replaces_its_clsact_filter() {
+    if !kernel_tests_enabled("a_restarted_agent_replaces_its_clsact_filter") {
+        return;
+    }
+    let mut lab = Lab::new("clsact").expect("creating the lab");
+    let client = lab.add_pod("client").expect("adding client");
+    let web = lab.add_pod("web").expect("adding web");
+    lab.serve_tcp(&web, 8080).expect("TCP server");
+    let bpffs = npenforce::lab::BpffsMount::new("clsact").expect("a private bpffs");
+    let options = npenforce::dataplane::DataplaneOptions {
+        bpffs: Some(bpffs.root().join("npenforce")),
+        clsact_only: true,
+        ..Default::default()
+    };
+    let veth = web.host_veth.clone();
+    let start_agent = |deny: &[IpAddr]| {
+        lab.node()
+            .run(|| {
+                let mut dp = Dataplane::load_with(&options).expect("loading the eBPF object");
+                for ip in deny {
+                    dp.deny_source(*ip, 1).expect("SOURCE_DENYLIST");
+                }
+                dp.attach(program_names::SOURCE_FILTER, &veth, Hook::Egress)
+                    .expect("attaching through clsact");
+                dp
+            })
+            .expect("entering the node")
+    };
+    let filters = || {
+        let out = lab
+            .node()
+            .run(|| {
+                std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", &veth, "egress"])
+                    .output()
+            })
+            .expect("entering the node")
+            .expect("tc filter show");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.contains(" bpf ") && l.contains(" handle "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let to_web = |lab: &Lab| lab.probe(&client, IpAddr::V4(web.ipv4), 8080, Protocol::Tcp);
+
+    // The first agent denies client; its filter is the only one and it judges.
+    let first = start_agent(&client.ips());
+    assert_eq!(filters().len(), 1, "one filter: {:?}", filters());
+    assert_eq!(to_web(&lab), Outcome::Blocked, "the first agent's program");
+    drop(first);
+    assert_eq!(
+        to_web(&lab),
+        Outcome::Blocked,
+        "the filter outlives the agent that attached it"
+    );
+
+    // The restarted agent (its source denylist empty) replaces it: client passes, so the
+    // first program no longer runs, and there is still one filter.
+    let mut second = start_agent(&[]);
+    assert_eq!(
+        filters().len(),
+        1,
+        "still one filter after the restart: {:?}",
+        filters()
+    );
+    assert_eq!(
+        to_web(&lab),
+        Outcome::Allowed,
+        "only the new program judges"
+    );
+    // Attaching again (a reconcile) changes nothing, and the new program does judge.
+    lab.node()
+        .run(|| second.attach(program_names::SOURCE_FILTER, &veth, Hook::Egress))
+        .expect("entering the node")
+        .expect("attaching again");
+    assert_eq!(filters().len(), 1, "{:?}", filters());
+    for ip in client.ips() {
+        second.deny_source(ip, 2).expect("SOURCE_DENYLIST");
+    }
+    assert_eq!(to_web(&lab), Outcome::Blocked, "the new program's denylist");
+
+    // `npenforce uninstall` removes the filter, which no pin holds.
+    let removed = lab
+        .node()
+        .run(npenforce::dataplane::loader::detach_clsact_filters)
+        .expect("entering the node");
+    assert_eq!(removed, 1, "web's egress filter");
+    assert_eq!(filters(), Vec::<String>::new());
+    assert_eq!(to_web(&lab), Outcome::Allowed, "nothing judges any more");
+}

@@ -20,8 +20,11 @@ pub struct UninstallArgs {
 pub fn run(args: &UninstallArgs) -> anyhow::Result<i32> {
     let removed = crate::dataplane::pins::uninstall(&args.bpffs)
         .with_context(|| format!("removing {}", args.bpffs.display()))?;
+    // Kernels without TCX: the programs run as clsact filters, which cannot be pinned.
+    let filters = crate::dataplane::loader::detach_clsact_filters();
     println!(
-        "npenforce uninstalled from {}: {} links detached, {} programs and {} maps unpinned",
+        "npenforce uninstalled from {}: {} links detached, {filters} clsact filters removed, \
+         {} programs and {} maps unpinned",
         args.bpffs.display(),
         removed.links,
         removed.programs,

@@ -12,9 +12,14 @@ use std::{
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, MapError, ProgramArray},
     programs::{
-        links::{FdLink, PinnedLink},
+        links::{FdLink, Link, LinkOrder, PinnedLink},
+        tc::{
+            qdisc_add_clsact, NlOptions, SchedClassifierLink, SchedClassifierLinkId,
+            TcAttachOptions, TcHandle,
+        },
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
     },
+    util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use npenforce_common::{
@@ -179,7 +184,17 @@ pub struct DataplaneOptions {
     /// another build of the programs with this one. Its maps must have this build's names
     /// and layouts.
     pub object_path: Option<PathBuf>,
+    /// Attach through clsact + cls_bpf even where the kernel has TCX: what kernels before
+    /// 6.6 get, so that tests can run that path here.
+    pub clsact_only: bool,
 }
+
+/// Where our clsact filter sits on an interface's hook: one filter per interface and hook,
+/// at a fixed priority and handle, so that a restarted agent replaces the earlier agent's
+/// filter in place (cls_bpf swaps the program atomically, as `bpf_link_update` does for a
+/// TCX link) instead of adding a second filter that would keep the old program running.
+const CLSACT_PRIORITY: u16 = 0x4e50;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0x4e50, 1);
 
 /// Result of one `BPF_PROG_TEST_RUN` call.
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +212,88 @@ pub struct Dataplane {
     bpffs: Option<PathBuf>,
     /// Pinned maps whose earlier pins this load adopted (the rest were created empty).
     adopted: BTreeSet<&'static str>,
+    /// See [`DataplaneOptions::clsact_only`].
+    clsact_only: bool,
+}
+
+/// Whether the kernel has TCX links (Linux 6.6), as aya decides it.
+fn kernel_has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Attaches through clsact + cls_bpf at our fixed place: replaces our earlier filter there
+/// in place, or adds the filter (and the clsact qdisc) when there is none.
+fn attach_clsact(
+    classifier: &mut SchedClassifier,
+    interface: &str,
+    hook: Hook,
+) -> Result<SchedClassifierLinkId, ProgramError> {
+    // The qdisc must exist first; an existing one (ours or another tool's) is fine.
+    let _ = qdisc_add_clsact(interface);
+    let earlier =
+        SchedClassifierLink::attached(interface, hook.into(), CLSACT_PRIORITY, CLSACT_HANDLE, None)
+            .map_err(ProgramError::IOError)?;
+    match classifier.attach_to_link(earlier) {
+        Ok(id) => Ok(id),
+        // No filter at our place yet (the kernel refuses to replace what is not there).
+        Err(_) => classifier.attach_with_options(
+            interface,
+            hook.into(),
+            TcAttachOptions::Netlink(NlOptions {
+                priority: CLSACT_PRIORITY,
+                handle: CLSACT_HANDLE,
+                ..NlOptions::default()
+            }),
+        ),
+    }
+}
+
+/// Removes our clsact filters (at [`CLSACT_PRIORITY`]) from every interface of the calling
+/// thread's network namespace, both hooks: what `npenforce uninstall` does for kernels
+/// without TCX, where filters cannot be pinned. Returns how many it removed.
+pub fn detach_clsact_filters() -> usize {
+    let mut removed = 0;
+    for interface in interface_names() {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            // An interface without our filter (or without clsact) refuses the removal.
+            if let Ok(link) = SchedClassifierLink::attached(
+                &interface,
+                hook.into(),
+                CLSACT_PRIORITY,
+                CLSACT_HANDLE,
+                None,
+            ) {
+                if link.detach().is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// The names of the calling thread's network namespace's interfaces.
+fn interface_names() -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, or null; it is freed
+    // once, after the names are copied.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            names.push(
+                std::ffi::CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
@@ -284,6 +381,7 @@ impl Dataplane {
             ebpf,
             bpffs: options.bpffs.clone(),
             adopted,
+            clsact_only: options.clsact_only,
         };
         if !dataplane.adopted(map_names::CONNTRACK_KEY) {
             dataplane.set_conntrack_key()?;
@@ -386,7 +484,9 @@ impl Dataplane {
     ///
     /// With a bpffs folder the TCX link is pinned there, and a link pinned earlier for the same
     /// interface and hook is taken over in place: the kernel swaps the program atomically, so
-    /// a restarted agent never leaves a moment without enforcement.
+    /// a restarted agent never leaves a moment without enforcement. A clsact filter cannot be
+    /// pinned; it stays in the interface's qdisc after the agent exits, and the next agent
+    /// replaces it in place (see [`CLSACT_PRIORITY`]).
     pub fn attach(
         &mut self,
         name: &str,
@@ -406,7 +506,18 @@ impl Dataplane {
             name: name.to_owned(),
             source,
         };
+        let clsact = self.clsact_only || !kernel_has_tcx();
         let classifier = self.classifier(name)?;
+        if clsact {
+            let link_id = attach_clsact(classifier, interface, hook).map_err(program_err)?;
+            if link_pin.is_some() {
+                // Taken out of the program's links, the filter outlives this process (the
+                // program's drop would detach it): the next agent takes it over.
+                let link = classifier.take_link(link_id).map_err(program_err)?;
+                std::mem::forget(link);
+            }
+            return Ok(());
+        }
         if let Some(pin) = &link_pin {
             if let Ok(pinned) = PinnedLink::from_pin(pin) {
                 let link = FdLink::from(pinned).try_into().map_err(
@@ -419,27 +530,23 @@ impl Dataplane {
                 return Ok(());
             }
         }
-        let link_id = match classifier.attach(interface, hook.into()) {
-            Ok(id) => id,
-            Err(ProgramError::TcError(_)) => {
-                // Kernels before 6.6 attach through clsact, which must exist first.
-                let _ = aya::programs::tc::qdisc_add_clsact(interface);
-                classifier
-                    .attach(interface, hook.into())
-                    .map_err(program_err)?
-            }
-            Err(source) => return Err(program_err(source)),
-        };
+        let link_id = classifier
+            .attach_with_options(
+                interface,
+                hook.into(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(program_err)?;
         if let Some(pin) = link_pin {
             let link = classifier.take_link(link_id).map_err(program_err)?;
-            // Only TCX links are fd links that can be pinned; clsact filters live in the
-            // kernel's qdisc until removed.
-            if let Ok(fd_link) = FdLink::try_from(link) {
-                fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
-                    path: pin.clone(),
-                    source: io::Error::other(e.to_string()),
-                })?;
-            }
+            let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
         }
         Ok(())
     }

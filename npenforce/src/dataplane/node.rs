@@ -320,6 +320,7 @@ impl NodeOptions {
                     ..Default::default()
                 },
                 object_path: None,
+                clsact_only: false,
             },
             uplinks: args.uplinks.clone(),
         }
