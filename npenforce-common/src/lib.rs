@@ -302,7 +302,8 @@ pub mod iface_slot {
 pub mod mark {
     /// Every bit npenforce owns.
     pub const MASK: u32 = 0xffff_0f00;
-    /// Set on every packet npenforce has classified at its entry point.
+    /// Set on every packet npenforce has classified at its entry point: a pod's veth (the
+    /// pod id in the high bits) or the uplink (pod id 0: no sending pod of this node).
     pub const CLASSIFIED: u32 = 0x0100;
     /// The packet belongs to a tracked, allowed flow (a reply, possibly un-NATed later).
     pub const ESTABLISHED: u32 = 0x0200;

@@ -336,7 +336,10 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
 }
 
 /// What enters the node from the network: uplink TC ingress. Never drops (the receiving pod's
-/// veth judges); it recognises replies of tracked flows before netfilter un-NATs them.
+/// veth judges). It marks every IP packet as classified with no sending pod (pod id 0), so
+/// that the veth that judges it knows there is no local sender without searching `ENDPOINTS`
+/// (a miss in a large table for every new flow from another node); and it recognises
+/// replies of tracked flows before netfilter un-NATs them.
 #[classifier]
 #[inline(always)]
 pub fn npe_from_uplink(ctx: TcContext) -> i32 {
@@ -346,6 +349,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
     };
     if let Ok(true) = parse_into(&ctx, packet) {
         let packet: &Packet = packet;
+        let mut ours = mark::CLASSIFIED;
         if packet.fragment != Fragment::Later {
             let now = conntrack::now();
             let known = match conntrack::lookup(packet, cfg, now) {
@@ -355,9 +359,10 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
                 }
             };
             if known {
-                set_our_mark(&ctx, mark::CLASSIFIED | mark::ESTABLISHED);
+                ours |= mark::ESTABLISHED;
             }
         }
+        set_our_mark(&ctx, ours);
     }
     verdict::PASS
 }
@@ -368,7 +373,9 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     let m = skb_mark(&ctx);
-    if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 {
+    // Not from a pod of this node (the node's own traffic, or traffic from the network that
+    // the node routes on), or judged where it entered.
+    if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 || m >> mark::POD_SHIFT == 0 {
         return verdict::PASS;
     }
     let cfg = config();
@@ -394,9 +401,10 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     }
 }
 
-/// The sending pod of this node: from the mark `npe_from_pod` set (it survives SNAT), or, for
-/// a packet not classified on entry (a pod veth we are not attached to yet), from the
-/// address map; 0 when the sender is not a pod of this node.
+/// The sending pod of this node: from the mark `npe_from_pod` set (it survives SNAT; 0 from
+/// `npe_from_uplink`), or, for a packet not classified on entry (the node's own traffic, a
+/// pod veth we are not attached to yet), from the address map; 0 when the sender is not a
+/// pod of this node.
 #[inline(always)]
 fn sender_pod(m: u32, packet: &Packet, cfg: &DataplaneConfig) -> u32 {
     if m & mark::CLASSIFIED != 0 {

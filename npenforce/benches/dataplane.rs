@@ -68,8 +68,8 @@ use npenforce::{
     },
 };
 use npenforce_common::{
-    ct_state, direction, ip_proto, map_names, program_names, v4_mapped, verdict, AddrKey, CtEntry,
-    CtKeyV4, EndpointInfo, IfaceInfo, PeerKey,
+    ct_state, direction, ip_proto, map_names, mark, program_names, v4_mapped, verdict, AddrKey,
+    CtEntry, CtKeyV4, EndpointInfo, IfaceInfo, PeerKey,
 };
 
 const NODE: &str = "bench-node";
@@ -338,6 +338,9 @@ struct Node {
     lo: u32,
     web: u32,
     open: u32,
+    /// The measured packets' `skb->mark`: what `npe_from_uplink` leaves on a packet from
+    /// another node (classified, no sending pod of this node).
+    mark: u32,
 }
 
 fn bench_sizes() -> MapSizes {
@@ -479,6 +482,7 @@ impl Node {
             lo,
             web,
             open,
+            mark: mark::CLASSIFIED,
         };
         node.fill_conntrack(fill);
         node
@@ -532,7 +536,7 @@ impl Node {
         let out = self
             .enforcer
             .dataplane()
-            .test_run(program, packet, repeat)
+            .test_run_with_mark(program, packet, repeat, self.mark)
             .expect("BPF_PROG_TEST_RUN");
         (out.verdict, out.per_run.as_nanos() as u64)
     }
@@ -1052,7 +1056,7 @@ fn decompose(node: &mut Node, effort: Effort) {
             .collect();
         median(&mut rounds)
     };
-    // npe_to_uplink returns at once for a packet without npenforce's mark.
+    // npe_to_uplink returns at once for a packet not from a pod of this node.
     let empty = time(node, program_names::TO_UPLINK);
     let parse = time(node, program_names::PARSE_ONLY);
     // Parse plus one miss in a 16-byte-key hash map (SOURCE_DENYLIST, empty).

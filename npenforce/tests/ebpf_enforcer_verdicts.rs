@@ -1245,3 +1245,62 @@ fn benchmark_drivers_give_each_run_a_new_flow() {
     let v6 = Craft::new(ip(CLIENT6), ip(WEB6), L4::tcp(40000, 80)).build();
     assert_eq!(run(&mut b, NEW_FLOWS, &v6, 1), not_driven);
 }
+
+/// `npe_from_uplink` marks every IP packet from the network as classified with no sending pod
+/// of this node, so that the veth that judges it needs no `ENDPOINTS` search for the sender;
+/// a reply of a tracked flow is marked established too. `npe_to_uplink` leaves such packets
+/// alone (the node routing traffic on is none of a local pod's egress).
+#[test]
+fn the_uplink_marks_what_enters_from_the_network() {
+    if !kernel_tests_enabled("the_uplink_marks_what_enters_from_the_network") {
+        return;
+    }
+    use npenforce_common::{
+        mark,
+        program_names::{FROM_UPLINK, LOOKUP_ONLY, TO_UPLINK},
+    };
+    const KUBE_PROXY_MASQ: u32 = 0x4000;
+    let mut b = Bench::new();
+    let marked = |b: &mut Bench, program: &str, packet: &[u8], m: u32| {
+        b.enforcer
+            .dataplane()
+            .test_run_marked(program, packet, m)
+            .expect("BPF_PROG_TEST_RUN")
+    };
+    let syn = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(45000, 80)).build();
+    let reply = Craft::new(
+        ip(WEB4),
+        ip(CLIENT4),
+        L4::Tcp {
+            src_port: 80,
+            dst_port: 45000,
+            flags: L4::TCP_SYN | L4::TCP_ACK,
+        },
+    )
+    .build();
+
+    // A new flow from the network: classified, pod 0, not established; other bits kept.
+    let (v, m) = marked(&mut b, FROM_UPLINK, &syn, KUBE_PROXY_MASQ);
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(m, KUBE_PROXY_MASQ | mark::CLASSIFIED, "mark {m:#x}");
+    // Delivered with that mark, it is judged by web's ingress policy and tracked.
+    let (v, _) = marked(&mut b, TO_POD, &syn, m);
+    assert_eq!(v, verdict::PASS, "client -> web:80 is allowed");
+    let (v, _) = marked(
+        &mut b,
+        TO_POD,
+        &Craft::new(ip(MONITOR4), ip(WEB4), L4::tcp(45000, 80)).build(),
+        m,
+    );
+    assert_eq!(v, verdict::DROP, "monitor -> web:80 is not");
+    // Its reply, coming back from the network, is recognised.
+    let (_, m) = marked(&mut b, FROM_UPLINK, &reply, 0);
+    assert_eq!(m, mark::CLASSIFIED | mark::ESTABLISHED, "mark {m:#x}");
+
+    // Routed on toward the network, a packet from the network is not judged or tracked.
+    let transit = Craft::new(ip("192.0.2.1"), ip("198.51.100.1"), L4::tcp(45001, 443)).build();
+    let (v, _) = marked(&mut b, TO_UPLINK, &transit, mark::CLASSIFIED);
+    assert_eq!(v, verdict::PASS);
+    let (v, _) = marked(&mut b, LOOKUP_ONLY, &transit, 0);
+    assert_eq!(v, verdict::PASS, "no conntrack entry for transit traffic");
+}

@@ -216,6 +216,18 @@ pub struct Dataplane {
     clsact_only: bool,
 }
 
+/// `struct __sk_buff`'s size and where its `mark` (its third u32) is; the kernel takes the
+/// fields it allows from a test run's input context (the rest must be zero) and writes the
+/// context back.
+const SK_BUFF_SIZE: usize = 192;
+const SK_BUFF_MARK: std::ops::Range<usize> = 8..12;
+
+fn sk_buff_with_mark(mark: u32) -> [u8; SK_BUFF_SIZE] {
+    let mut ctx = [0u8; SK_BUFF_SIZE];
+    ctx[SK_BUFF_MARK].copy_from_slice(&mark.to_ne_bytes());
+    ctx
+}
+
 /// Whether the kernel has TCX links (Linux 6.6), as aya decides it.
 fn kernel_has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
@@ -630,12 +642,7 @@ impl Dataplane {
         packet: &[u8],
         mark: u32,
     ) -> Result<(i32, u32), DataplaneError> {
-        // `struct __sk_buff`: `mark` is its third u32; the kernel takes the fields it allows
-        // from the input (the rest must be zero) and writes the context back.
-        const SK_BUFF_SIZE: usize = 192;
-        const MARK: std::ops::Range<usize> = 8..12;
-        let mut ctx_in = [0u8; SK_BUFF_SIZE];
-        ctx_in[MARK].copy_from_slice(&mark.to_ne_bytes());
+        let ctx_in = sk_buff_with_mark(mark);
         let mut ctx_out = [0u8; SK_BUFF_SIZE];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
@@ -643,8 +650,25 @@ impl Dataplane {
         opts.ctx_out = Some(&mut ctx_out);
         opts.repeat = 1;
         let outcome = self.run_classifier(name, opts)?;
-        let mark_out: [u8; 4] = ctx_out[MARK].try_into().expect("four bytes");
+        let mark_out: [u8; 4] = ctx_out[SK_BUFF_MARK].try_into().expect("four bytes");
         Ok((outcome.verdict, u32::from_ne_bytes(mark_out)))
+    }
+
+    /// [`Dataplane::test_run`] on a packet whose `skb->mark` is `mark` (the programs do not
+    /// change the mark of a packet they judge, so every run sees it).
+    pub fn test_run_with_mark(
+        &mut self,
+        name: &str,
+        packet: &[u8],
+        repeat: u32,
+        mark: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let ctx_in = sk_buff_with_mark(mark);
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx_in);
+        opts.repeat = repeat.max(1);
+        self.run_classifier(name, opts)
     }
 
     pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {
