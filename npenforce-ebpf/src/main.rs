@@ -111,8 +111,9 @@ pub fn npenforce_new_peers(ctx: TcContext) -> i32 {
 
 /// Parses, looks the packet's flow up in the conntrack tables and passes if it is not
 /// tracked (drops if it is): the least a stateful program does for a new flow, which
-/// benchmarks measure as a reference.
+/// benchmarks measure as a reference. Inlined into its entry like the enforcing programs.
 #[classifier]
+#[inline(always)]
 pub fn npenforce_lookup_only(ctx: TcContext) -> i32 {
     let cfg = config();
     let Some(packet) = scratch() else {
