@@ -115,16 +115,11 @@ pub fn npenforce_new_peers(ctx: TcContext) -> i32 {
 #[classifier]
 #[inline(always)]
 pub fn npenforce_lookup_only(ctx: TcContext) -> i32 {
-    let cfg = config();
-    let Some(packet) = scratch() else {
-        return verdict::DROP;
+    let packet = match parsed(&ctx) {
+        Ok(packet) => packet,
+        Err(code) => return code,
     };
-    match parse_into(&ctx, packet) {
-        Ok(true) => {}
-        Ok(false) => return verdict::PASS,
-        Err(_) => return verdict::DROP,
-    }
-    match conntrack::lookup(packet, cfg, conntrack::now()) {
+    match conntrack::lookup(packet, config(), conntrack::now()) {
         Tracked::Unknown => verdict::PASS,
         Tracked::Allowed | Tracked::Denied(_) => verdict::DROP,
     }
@@ -141,6 +136,18 @@ fn config() -> &'static DataplaneConfig {
     // the whole value before the program runs, and the map is frozen); the read is of a
     // local.
     unsafe { &*core::ptr::read_volatile(&at) }
+}
+
+/// The packet parsed into the scratch slot, or the verdict for one that is not ours (not IP:
+/// pass) or cannot be judged (no slot, malformed: drop).
+#[inline(always)]
+fn parsed(ctx: &TcContext) -> Result<&'static Packet, i32> {
+    let packet = scratch().ok_or(verdict::DROP)?;
+    match parse_into(ctx, packet) {
+        Ok(true) => Ok(packet),
+        Ok(false) => Err(verdict::PASS),
+        Err(_) => Err(verdict::DROP),
+    }
 }
 
 #[inline(always)]
@@ -380,15 +387,10 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
         return verdict::PASS;
     }
     let cfg = config();
-    let Some(packet) = scratch() else {
-        return verdict::DROP;
+    let packet = match parsed(&ctx) {
+        Ok(packet) => packet,
+        Err(code) => return code,
     };
-    match parse_into(&ctx, packet) {
-        Ok(false) => return verdict::PASS,
-        Ok(true) => {}
-        Err(_) => return verdict::DROP,
-    }
-    let packet: &Packet = packet;
     let sender = m >> mark::POD_SHIFT;
     match exit_verdict(packet, cfg, m, 0) {
         Ok(()) => {

@@ -34,7 +34,6 @@ pub static POLICY_PEER_HOSTS: Array<PeerBucket> =
 pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =
     LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
-/// Indexed by pod id; must hold the largest pod id the compiler hands out.
 /// Recent answers of `POLICY_PORTS` (see `npenforce_common::answer_cache`).
 #[map(name = "PORT_VERDICTS")]
 pub static PORT_VERDICTS: PerCpuArray<PortAnswer> =
@@ -45,6 +44,7 @@ pub static PORT_VERDICTS: PerCpuArray<PortAnswer> =
 pub static PEER_ANSWERS: PerCpuArray<PeerAnswer> =
     PerCpuArray::with_max_entries(answer_cache::ENTRIES, 0);
 
+/// Indexed by pod id; must hold the largest pod id the compiler hands out.
 #[map(name = "POD_STATE")]
 pub static POD_STATE: Array<PodState> = Array::with_max_entries(65536, 0);
 

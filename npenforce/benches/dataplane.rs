@@ -90,7 +90,8 @@ struct Effort {
     repeat: u32,
     /// Single runs per round of the new-flow method (each for the case and for the floor).
     singles: usize,
-    /// `repeat` of the driven methods: new flows per call (at most [`MAX_DRIVEN`]).
+    /// `repeat` of the driven methods: new flows per call (at most [`MAX_DRIVEN`], checked
+    /// in `main`).
     flows: u32,
 }
 
@@ -124,6 +125,10 @@ fn main() {
             flows: 50_000,
         }
     };
+    assert!(
+        effort.flows <= MAX_DRIVEN,
+        "driven source ports must not wrap"
+    );
     let only = std::env::var("NPENFORCE_BENCH_ONLY").unwrap_or_default();
     print_machine();
     if only.is_empty() || only == "dataplane" {
@@ -738,17 +743,8 @@ fn measure_driven(
     driver: &str,
     effort: Effort,
 ) -> (Figure, usize) {
-    let flows = effort.flows.min(MAX_DRIVEN);
-    let packet = Craft::new(
-        IpAddr::V4(prepared.src),
-        IpAddr::V4(prepared.dst),
-        L4::Tcp {
-            src_port: DRIVEN_BASE_PORT,
-            dst_port: 80,
-            flags: prepared.flags,
-        },
-    )
-    .build();
+    let flows = effort.flows;
+    let packet = tcp_to_80(prepared.src, DRIVEN_BASE_PORT, prepared.dst, prepared.flags);
     let new_peers = driver == program_names::NEW_PEERS;
     let mut rounds = Vec::new();
     let mut created = 0;
@@ -793,31 +789,36 @@ struct Prepared {
     packet: Vec<u8>,
     expect: i32,
     /// The case's first run creates a conntrack entry (a repeated packet would be an
-    /// established one), so only single runs measure it.
+    /// established one), so the driven method measures it instead of the loop.
     stateful: bool,
     /// The conntrack entry single runs delete before each run.
     deleted: CtKeyV4,
 }
 
-/// Points `lo` at the case's pod, and for the established case creates its flow.
-fn prepare(node: &mut Node, case: Case) -> Prepared {
-    let (src, sport, dst, flags, expect) = case.packet();
-    let packet = Craft::new(
+/// An IPv4 TCP packet to port 80, the port the pod under test's policy allows.
+fn tcp_to_80(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, flags: u8) -> Vec<u8> {
+    Craft::new(
         IpAddr::V4(src),
         IpAddr::V4(dst),
         L4::Tcp {
-            src_port: sport,
+            src_port,
             dst_port: 80,
             flags,
         },
     )
-    .build();
+    .build()
+}
+
+/// Points `lo` at the case's pod, and for the established case creates its flow.
+fn prepare(node: &mut Node, case: Case) -> Prepared {
+    let (src, sport, dst, flags, expect) = case.packet();
+    let packet = tcp_to_80(src, sport, dst, flags);
     let pod = if dst == OPEN { node.open } else { node.web };
     node.deliver_to(pod);
     let flow = ct_key(src, sport, dst, 80);
     if case == Case::Established {
         // The flow's first packet (a SYN) creates the entry.
-        let syn = Craft::new(IpAddr::V4(src), IpAddr::V4(dst), L4::tcp(sport, 80)).build();
+        let syn = tcp_to_80(src, sport, dst, L4::TCP_SYN);
         let (v, _) = node.run(program_names::TO_POD, &syn, 1);
         assert_eq!(v, verdict::PASS, "the established flow's SYN");
         assert!(
@@ -851,9 +852,8 @@ fn prepare(node: &mut Node, case: Case) -> Prepared {
 /// (method, figure, for new flows how many runs created a conntrack entry, out of how many).
 type Measured = (&'static str, Figure, Option<(usize, usize)>);
 
-/// The case by every method that applies: (method, figure, for new flows how many runs
-/// created a conntrack entry, out of how many). Every case also by single runs, so that the
-/// five can be compared on one footing.
+/// The case by every method that applies. Every case also by single runs, so that the five
+/// can be compared on one footing.
 /// - `loop`: the same packet repeated (cases that leave no state behind or meet the state
 ///   they expect);
 /// - `flows`: a new flow per run, from the same peer (cases whose first packet creates a
@@ -863,7 +863,7 @@ type Measured = (&'static str, Figure, Option<(usize, usize)>);
 /// - `single`: one run per call after deleting the flow.
 fn measure(node: &mut Node, case: Case, prepared: &Prepared, effort: Effort) -> Vec<Measured> {
     let mut methods = Vec::new();
-    let driven_runs = effort.rounds * effort.flows.min(MAX_DRIVEN) as usize;
+    let driven_runs = effort.rounds * effort.flows as usize;
     if prepared.stateful {
         let (f, created) = measure_driven(node, prepared, program_names::NEW_FLOWS, effort);
         methods.push(("flows", f, Some((created, driven_runs))));
@@ -981,10 +981,7 @@ fn dataplane(effort: Effort) {
         "   packets: IPv4 TCP, 54 bytes, delivered to the pod under test (ingress side); \
          {} rounds, loop repeat {}, driven repeat {} (a new flow per run), {} single runs \
          per round and program",
-        effort.rounds,
-        effort.repeat,
-        effort.flows.min(MAX_DRIVEN),
-        effort.singles
+        effort.rounds, effort.repeat, effort.flows, effort.singles
     );
     println!(
         "   fill: N unrelated peer entries over {FILL_PODS} pods (half single addresses in \
@@ -1049,7 +1046,7 @@ fn dataplane(effort: Effort) {
 
 /// Where the fixed cost goes: the loop method on programs that stop early.
 fn decompose(node: &mut Node, effort: Effort) {
-    let packet = Craft::new(IpAddr::V4(CLIENT), IpAddr::V4(OPEN), L4::tcp(40000, 80)).build();
+    let packet = tcp_to_80(CLIENT, 40000, OPEN, L4::TCP_SYN);
     let time = |node: &mut Node, program: &str| {
         let mut rounds: Vec<f64> = (0..effort.rounds)
             .map(|_| node.run(program, &packet, effort.repeat).1 as f64)
@@ -1085,13 +1082,8 @@ fn decompose(node: &mut Node, effort: Effort) {
     // same flow just warmed (loop), and in the bucket of a flow never seen (driven: each
     // run a new source port, so a random bucket of the table).
     let lookup_warm = time(node, program_names::LOOKUP_ONLY);
-    let flows = effort.flows.min(MAX_DRIVEN);
-    let driven = Craft::new(
-        IpAddr::V4(CLIENT),
-        IpAddr::V4(OPEN),
-        L4::tcp(DRIVEN_BASE_PORT, 80),
-    )
-    .build();
+    let flows = effort.flows;
+    let driven = tcp_to_80(CLIENT, DRIVEN_BASE_PORT, OPEN, L4::TCP_SYN);
     let time_driven = |node: &mut Node, target: &str| {
         let mut rounds: Vec<f64> = (0..effort.rounds)
             .map(|_| {

@@ -31,6 +31,40 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
 }
 
+fn octets4(s: &str) -> [u8; 4] {
+    match ip(s) {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => unreachable!("an IPv4 literal"),
+    }
+}
+
+fn octets6(s: &str) -> [u8; 16] {
+    match ip(s) {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => unreachable!("an IPv6 literal"),
+    }
+}
+
+/// A conntrack table (`table`: `CONNTRACK_V4` or `CONNTRACK_V6`) pinned under `pin_dir`,
+/// seen from userspace.
+fn pinned_conntrack<K: npenforce_common::CtTableKey + 'static>(
+    pin_dir: &std::path::Path,
+    table: &str,
+) -> npenforce::dataplane::conntrack_table::ConntrackTable<K>
+where
+    npenforce_common::CtBucket<K>: aya::Pod,
+{
+    use aya::maps::{Map, MapData};
+    let open = |name: &str| {
+        Map::Array(MapData::from_pin(pin_dir.join("maps").join(name)).expect("a pinned map"))
+    };
+    npenforce::dataplane::conntrack_table::ConntrackTable::new(
+        open(table),
+        open(npenforce_common::map_names::CONNTRACK_KEY),
+    )
+    .expect("a conntrack table and its key")
+}
+
 struct Bench {
     enforcer: KernelEnforcer,
     compiler: Compiler,
@@ -1026,34 +1060,13 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     if !kernel_tests_enabled("userspace_finds_and_places_flows_where_the_programs_do") {
         return;
     }
-    use aya::maps::{Map, MapData};
-    use npenforce::dataplane::conntrack_table::ConntrackTable;
     use npenforce_common::{ct_state, ip_proto, map_names, CtEntry, CtKey, CtKeyV4};
 
     let (_bpffs, pin_dir, options) = pinned("ctuser");
     let mut b = Bench::with_options(&options);
     let web = b.web_iface().pod_id;
-    let open = |name: &str| {
-        Map::Array(MapData::from_pin(pin_dir.join("maps").join(name)).expect("a pinned map"))
-    };
-    let mut v4: ConntrackTable<CtKeyV4> = ConntrackTable::new(
-        open(map_names::CONNTRACK_V4),
-        open(map_names::CONNTRACK_KEY),
-    )
-    .expect("the IPv4 table");
-    let mut v6: ConntrackTable<CtKey> = ConntrackTable::new(
-        open(map_names::CONNTRACK_V6),
-        open(map_names::CONNTRACK_KEY),
-    )
-    .expect("the IPv6 table");
-    let octets4 = |s: &str| match ip(s) {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(_) => unreachable!("an IPv4 literal"),
-    };
-    let octets6 = |s: &str| match ip(s) {
-        IpAddr::V6(a) => a.octets(),
-        IpAddr::V4(_) => unreachable!("an IPv6 literal"),
-    };
+    let mut v4 = pinned_conntrack::<CtKeyV4>(&pin_dir, map_names::CONNTRACK_V4);
+    let mut v6 = pinned_conntrack::<CtKey>(&pin_dir, map_names::CONNTRACK_V6);
 
     // A flow the program tracked is in userspace's view, with its receiving pod.
     assert_eq!(
@@ -1139,8 +1152,6 @@ fn benchmark_drivers_give_each_run_a_new_flow() {
     if !kernel_tests_enabled("benchmark_drivers_give_each_run_a_new_flow") {
         return;
     }
-    use aya::maps::{Map, MapData};
-    use npenforce::dataplane::conntrack_table::ConntrackTable;
     use npenforce_common::{
         ip_proto, map_names,
         program_names::{LOOKUP_ONLY, NEW_FLOWS, NEW_PEERS},
@@ -1149,20 +1160,9 @@ fn benchmark_drivers_give_each_run_a_new_flow() {
 
     let (_bpffs, pin_dir, options) = pinned("drivers");
     let mut b = Bench::with_options(&options);
-    let open = |name: &str| {
-        Map::Array(MapData::from_pin(pin_dir.join("maps").join(name)).expect("a pinned map"))
-    };
-    let v4: ConntrackTable<CtKeyV4> = ConntrackTable::new(
-        open(map_names::CONNTRACK_V4),
-        open(map_names::CONNTRACK_KEY),
-    )
-    .expect("the IPv4 table");
+    let v4 = pinned_conntrack::<CtKeyV4>(&pin_dir, map_names::CONNTRACK_V4);
     let tracked = |src: &str, port: u16| {
-        let octets = |s: &str| match ip(s) {
-            IpAddr::V4(a) => a.octets(),
-            IpAddr::V6(_) => unreachable!("an IPv4 literal"),
-        };
-        let (key, _) = CtKeyV4::for_flow(octets(src), port, octets(WEB4), 80, ip_proto::TCP);
+        let (key, _) = CtKeyV4::for_flow(octets4(src), port, octets4(WEB4), 80, ip_proto::TCP);
         v4.get(&key).expect("read").is_some()
     };
     let syn = |src: &str, port: u16| Craft::new(ip(src), ip(WEB4), L4::tcp(port, 80)).build();

@@ -255,7 +255,8 @@ fn a_restarted_agent_replaces_its_clsact_filter() {
     let removed = lab
         .node()
         .run(npenforce::dataplane::loader::detach_clsact_filters)
-        .expect("entering the node");
+        .expect("entering the node")
+        .expect("listing interfaces");
     assert_eq!(removed, 1, "web's egress filter");
     assert_eq!(filters(), Vec::<String>::new());
     assert_eq!(to_web(&lab), Outcome::Allowed, "nothing judges any more");

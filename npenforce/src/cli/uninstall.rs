@@ -21,7 +21,8 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<i32> {
     let removed = crate::dataplane::pins::uninstall(&args.bpffs)
         .with_context(|| format!("removing {}", args.bpffs.display()))?;
     // Kernels without TCX: the programs run as clsact filters, which cannot be pinned.
-    let filters = crate::dataplane::loader::detach_clsact_filters();
+    let filters = crate::dataplane::loader::detach_clsact_filters()
+        .context("removing clsact filters (listing interfaces)")?;
     println!(
         "npenforce uninstalled from {}: {} links detached, {filters} clsact filters removed, \
          {} programs and {} maps unpinned",

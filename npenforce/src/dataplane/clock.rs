@@ -84,24 +84,22 @@ fn measure() -> io::Result<u32> {
 /// middle itself.
 fn best_guess(low: f64, high: f64) -> u32 {
     let middle = (low + high) / 2.0;
-    let nearest = |rates: &mut dyn Iterator<Item = u32>| {
-        rates.min_by(|a, b| {
-            (*a as f64 - middle)
-                .abs()
-                .total_cmp(&(*b as f64 - middle).abs())
+    let inside = |rate: &u32| (low * 0.995..=high * 1.005).contains(&(*rate as f64));
+    nearest(middle, KNOWN_RATES.iter().copied().filter(inside))
+        .or_else(|| {
+            nearest(middle, KNOWN_RATES.iter().copied())
+                .filter(|rate| (*rate as f64 - middle).abs() <= middle * 0.1)
         })
-    };
-    nearest(
-        &mut KNOWN_RATES
-            .iter()
-            .copied()
-            .filter(|rate| (low * 0.995..=high * 1.005).contains(&(*rate as f64))),
-    )
-    .or_else(|| {
-        nearest(&mut KNOWN_RATES.iter().copied())
-            .filter(|rate| (*rate as f64 - middle).abs() <= middle * 0.1)
+        .unwrap_or(middle.round() as u32)
+}
+
+/// The rate nearest `middle` (the first of equally near ones).
+fn nearest(middle: f64, rates: impl Iterator<Item = u32>) -> Option<u32> {
+    rates.min_by(|a, b| {
+        (*a as f64 - middle)
+            .abs()
+            .total_cmp(&(*b as f64 - middle).abs())
     })
-    .unwrap_or(middle.round() as u32)
 }
 
 /// An edge of `jiffies`: its new value, and the instants between which it happened.

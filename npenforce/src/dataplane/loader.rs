@@ -263,13 +263,13 @@ fn attach_clsact(
 /// Removes our clsact filters (at [`CLSACT_PRIORITY`]) from every interface of the calling
 /// thread's network namespace, both hooks: what `npenforce uninstall` does for kernels
 /// without TCX, where filters cannot be pinned. Returns how many it removed.
-pub fn detach_clsact_filters() -> usize {
+pub fn detach_clsact_filters() -> io::Result<usize> {
     let mut removed = 0;
-    for interface in interface_names() {
+    for interface in super::links::links()? {
         for hook in [Hook::Ingress, Hook::Egress] {
             // An interface without our filter (or without clsact) refuses the removal.
             if let Ok(link) = SchedClassifierLink::attached(
-                &interface,
+                &interface.name,
                 hook.into(),
                 CLSACT_PRIORITY,
                 CLSACT_HANDLE,
@@ -281,31 +281,7 @@ pub fn detach_clsact_filters() -> usize {
             }
         }
     }
-    removed
-}
-
-/// The names of the calling thread's network namespace's interfaces.
-fn interface_names() -> Vec<String> {
-    let mut names = Vec::new();
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, or null; it is freed
-    // once, after the names are copied.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return names;
-        }
-        let mut entry = list;
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            names.push(
-                std::ffi::CStr::from_ptr((*entry).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    names
+    Ok(removed)
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
