@@ -42,6 +42,13 @@
 //!   POLICY_PEERS trie), ENDPOINTS addresses of other pods (both written through
 //!   `PolicyMaps::apply`, the agent's write path), and IPv4 flows in CONNTRACK_V4 (written
 //!   directly). The policy of the pod under test goes through the compiler.
+//! - First of all, what one random memory access costs here (a userspace pointer chase over a
+//!   buffer the size of the conntrack table, with 4 KiB and with 2 MiB pages): the least a
+//!   new flow pays for its bucket, set against the new-flow target.
+
+// In a folder of its own: a file next to this one would be built as a bench of its own.
+#[path = "dataplane/memory_latency.rs"]
+mod memory_latency;
 
 use std::{
     collections::BTreeMap,
@@ -68,8 +75,8 @@ use npenforce::{
     },
 };
 use npenforce_common::{
-    ct_state, direction, ip_proto, map_names, mark, program_names, v4_mapped, verdict, AddrKey,
-    CtEntry, CtKeyV4, EndpointInfo, IfaceInfo, PeerKey,
+    ct_state, ct_table, direction, ip_proto, map_names, mark, program_names, v4_mapped, verdict,
+    AddrKey, CtBucket, CtEntry, CtKeyV4, EndpointInfo, IfaceInfo, PeerKey,
 };
 
 const NODE: &str = "bench-node";
@@ -989,6 +996,7 @@ fn dataplane(effort: Effort) {
          flows; map sizes {:?}",
         bench_sizes()
     );
+    print_memory_latency(effort);
     let mut all: BTreeMap<u32, Results> = BTreeMap::new();
     for &fill in &scales {
         let started = Instant::now();
@@ -1042,6 +1050,42 @@ fn dataplane(effort: Effort) {
         drop(node);
     }
     summary(&all);
+}
+
+/// What a random access to memory costs here, at the conntrack table's size: the least a new
+/// flow pays for its bucket (see `memory_latency`).
+fn print_memory_latency(effort: Effort) {
+    let bucket = std::mem::size_of::<CtBucket<CtKeyV4>>();
+    let table = |flows: u32| ct_table::buckets_for(flows) as usize * bucket;
+    let sizes = [
+        ("CONNTRACK_V4 here", table(bench_sizes().conntrack)),
+        (
+            "CONNTRACK_V4, agent default",
+            table(MapSizes::default().conntrack),
+        ),
+        ("a buffer that fits in L2", 1 << 20),
+    ];
+    let loads = effort.repeat as usize / 2;
+    println!();
+    println!(
+        "== This machine's memory: one load of a random cache line, each waiting for the last \
+         (userspace, median of {} runs of {loads})",
+        effort.rounds
+    );
+    println!("   {:<40} {:>12}   2 MiB pages", "buffer", "4 KiB pages");
+    for (what, bytes) in sizes {
+        let figure = |huge: bool| match memory_latency::chase_ns(bytes, huge, loads, effort.rounds)
+        {
+            Ok(mut runs) => format!("{:.1} ns", median(&mut runs)),
+            Err(why) => why,
+        };
+        let label = format!("{what} ({:.0} MiB)", mib(bytes as u64));
+        println!("   {label:<40} {:>12}   {}", figure(false), figure(true));
+    }
+    println!(
+        "   (the kernel maps a large array map with 4 KiB pages: /proc/vmallocinfo, \
+         array_map_alloc)"
+    );
 }
 
 /// Where the fixed cost goes: the loop method on programs that stop early.
