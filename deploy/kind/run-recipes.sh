@@ -26,6 +26,8 @@ CLIENT_IMAGE="${CLIENT_IMAGE:-alpine}"
 SETTLE_SECONDS="${SETTLE_SECONDS:-2}"
 POD_TIMEOUT="${POD_TIMEOUT:-3m}"
 RECIPES=(01 02 02a 03 04 05 06 07 08 09 10 11 12 14)
+# The cards' policies as files, the same files that `npenforce demo` and its tests apply.
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../recipes" && pwd)"
 
 ROWS=()
 MISMATCHES=0
@@ -56,8 +58,8 @@ new_namespace() { # NAME [KEY=VALUE...]: `kubectl create namespace` + `kubectl l
   fi
 }
 
-apply_policy() { # manifest on stdin, as `kubectl apply -f FILE.yaml`
-  k apply --namespace=default -f - >/dev/null
+apply_policy() { # FILE of deploy/recipes/: the cards' `kubectl apply -f FILE.yaml`
+  k apply --namespace=default -f "${RECIPE_DIR}/$1" >/dev/null
   sleep "${SETTLE_SECONDS}"
 }
 
@@ -180,83 +182,27 @@ external_probe() {
 recipe_01() { # DENY all traffic to an application
   run_web
   probe default "" "http:allowed" wget -qO- --timeout=2 http://web
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-deny-all
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress: []
-EOF
+  apply_policy 01-web-deny-all.yaml
   probe default "" "http:blocked" wget -qO- --timeout=2 http://web
 }
 
 recipe_02() { # LIMIT traffic to an application
   k run apiserver --namespace=default --image=nginx --labels="app=bookstore,role=api" --expose --port=80 >/dev/null
   wait_ready default apiserver
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: api-allow
-spec:
-  podSelector:
-    matchLabels:
-      app: bookstore
-      role: api
-  ingress:
-  - from:
-      - podSelector:
-          matchLabels:
-            app: bookstore
-EOF
+  apply_policy 02-api-allow.yaml
   probe default "" "http:blocked" wget -qO- --timeout=2 http://apiserver
   probe default "app=bookstore,role=frontend" "http:allowed" wget -qO- --timeout=2 http://apiserver
 }
 
 recipe_02a() { # ALLOW all traffic to an application (and it voids web-deny-all)
   run_web
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-all
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - {}
-EOF
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-deny-all
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress: []
-EOF
+  apply_policy 02a-web-allow-all.yaml
+  apply_policy 01-web-deny-all.yaml
   probe default "" "http:allowed" wget -qO- --timeout=2 http://web
 }
 
 policy_default_deny_all() { # recipe 03's manifest, also used by 08
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: default-deny-all
-  namespace: default
-spec:
-  podSelector: {}
-  ingress: []
-EOF
+  apply_policy 03-default-deny-all.yaml
 }
 
 recipe_03() { # DENY all non-whitelisted traffic to a namespace (the card has no probe)
@@ -270,19 +216,7 @@ recipe_03() { # DENY all non-whitelisted traffic to a namespace (the card has no
 
 recipe_04() { # DENY all traffic from other namespaces
   run_web
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  namespace: default
-  name: deny-from-other-namespaces
-spec:
-  podSelector:
-    matchLabels:
-  ingress:
-  - from:
-    - podSelector: {}
-EOF
+  apply_policy 04-deny-from-other-namespaces.yaml
   new_namespace foo
   probe foo "" "http:blocked" wget -qO- --timeout=2 http://web.default
   probe default "" "http:allowed" wget -qO- --timeout=2 http://web.default
@@ -290,20 +224,7 @@ EOF
 
 recipe_05() { # ALLOW traffic to an application from all namespaces: seed card NP-05
   run_web
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  namespace: default
-  name: web-allow-all-namespaces
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - namespaceSelector: {}
-EOF
+  apply_policy 05-web-allow-all-namespaces.yaml
   new_namespace secondary
   probe secondary "" "http:allowed" wget -qO- --timeout=2 http://web.default
   probe default "" "http:allowed" wget -qO- --timeout=2 http://web.default
@@ -313,21 +234,7 @@ recipe_06() { # ALLOW all traffic from a namespace
   run_web
   new_namespace dev purpose=testing
   new_namespace prod purpose=production
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-prod
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - namespaceSelector:
-        matchLabels:
-          purpose: production
-EOF
+  apply_policy 06-web-allow-prod.yaml
   probe dev "" "http:blocked" wget -qO- --timeout=2 http://web.default
   probe prod "" "http:allowed" wget -qO- --timeout=2 http://web.default
 }
@@ -335,25 +242,7 @@ EOF
 recipe_07() { # ALLOW traffic from some pods in another namespace: seed card NP-07
   run_web
   new_namespace other team=operations
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-all-ns-monitoring
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - from:
-      - namespaceSelector:     # chooses all pods in namespaces labelled with team=operations
-          matchLabels:
-            team: operations
-        podSelector:           # chooses pods with type=monitoring
-          matchLabels:
-            type: monitoring
-EOF
+  apply_policy 07-web-allow-all-ns-monitoring.yaml
   probe default "" "http:blocked" wget -qO- --timeout=2 http://web.default
   probe default "type=monitoring" "http:blocked" wget -qO- --timeout=2 http://web.default
   probe other "" "http:blocked" wget -qO- --timeout=2 http://web.default
@@ -370,18 +259,7 @@ recipe_08() { # ALLOW traffic from external clients (NodePort instead of LoadBal
   # The card's use case: a namespace that denies all non-whitelisted traffic (recipe 03).
   policy_default_deny_all
   external_probe blocked
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-external
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - {}
-EOF
+  apply_policy 08-web-allow-external.yaml
   external_probe allowed
   probe foo "" "http:allowed" wget -qO- --timeout=2 http://web.default
 }
@@ -390,23 +268,7 @@ recipe_09() { # ALLOW traffic only to a port of an application
   k run apiserver --namespace=default --image=ahmet/app-on-two-ports --labels="app=apiserver" >/dev/null
   k create service clusterip apiserver --namespace=default --tcp 8001:8000 --tcp 5001:5000 >/dev/null
   wait_ready default apiserver
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: api-allow-5000
-spec:
-  podSelector:
-    matchLabels:
-      app: apiserver
-  ingress:
-  - ports:
-    - port: 5000
-    from:
-    - podSelector:
-        matchLabels:
-          role: monitoring
-EOF
+  apply_policy 09-api-allow-5000.yaml
   probe default "" "http:blocked" wget -qO- --timeout=2 http://apiserver:8001
   probe default "" "http:blocked" wget -qO- --timeout=2 http://apiserver:5001/metrics
   probe default "role=monitoring" "http:blocked" wget -qO- --timeout=2 http://apiserver:8001
@@ -416,80 +278,19 @@ EOF
 recipe_10() { # ALLOW traffic from apps using multiple selectors
   k run db --namespace=default --image=redis:4 --labels="app=bookstore,role=db" --expose --port=6379 >/dev/null
   wait_ready default db
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: redis-allow-services
-spec:
-  podSelector:
-    matchLabels:
-      app: bookstore
-      role: db
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: bookstore
-          role: search
-    - podSelector:
-        matchLabels:
-          app: bookstore
-          role: api
-    - podSelector:
-        matchLabels:
-          app: inventory
-          role: web
-EOF
+  apply_policy 10-redis-allow-services.yaml
   probe default "app=inventory,role=web" "tcp:allowed" nc -v -w 2 db 6379
   probe default "app=other" "tcp:blocked" nc -v -w 2 db 6379
 }
 
 recipe_11() { # DENY egress traffic from an application
   run_web
-  apply_policy <<'EOF'
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress: []
-EOF
+  apply_policy 11-foo-deny-egress.yaml
   probe default "app=foo" "egress:blocked dns:blocked" wget -qO- --timeout 1 http://web:80/
   probe default "app=foo" "egress:blocked" wget -qO- --timeout 1 http://www.example.com/
   probe default "" "http:allowed" wget -qO- --timeout=2 http://web # (derived) not app=foo
   # The card's second version: DNS to kube-dns allowed, everything else still denied.
-  apply_policy <<'EOF'
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress:
-  # allow DNS resolution
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kubernetes.io/metadata.name: kube-system
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
-    ports:
-      - port: 53
-        protocol: UDP
-      - port: 53
-        protocol: TCP
-EOF
+  apply_policy 11b-foo-deny-egress.yaml
   probe default "app=foo" "dns:allowed http:blocked" wget --timeout 1 -O- http://web
   probe default "app=foo" "egress:blocked" wget --timeout 1 -O- http://www.example.com
 }
@@ -497,48 +298,13 @@ EOF
 recipe_12() { # DENY all non-whitelisted traffic from a namespace (the card has no probe)
   run_web
   new_namespace foo
-  apply_policy <<'EOF'
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: default-deny-all-egress
-  namespace: default
-spec:
-  policyTypes:
-  - Egress
-  podSelector: {}
-  egress: []
-EOF
+  apply_policy 12-default-deny-all-egress.yaml
   probe default "" "egress:blocked" wget -qO- --timeout=2 http://web.default
   probe foo "" "http:allowed" wget -qO- --timeout=2 http://web.default
 }
 
 recipe_14() { # DENY external egress traffic
-  apply_policy <<'EOF'
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-external-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress:
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kubernetes.io/metadata.name: kube-system
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
-    ports:
-      - port: 53
-        protocol: UDP
-      - port: 53
-        protocol: TCP
-EOF
+  apply_policy 14-foo-deny-external-egress.yaml
   run_web
   # The card reports this one as connected, but its policy admits only DNS to kube-dns: by
   # the NetworkPolicy API the connection to web (a pod, port 80) is denied. Expect that.

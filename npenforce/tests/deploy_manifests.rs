@@ -22,6 +22,7 @@ use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
         core::v1::{Container, Namespace, PodSpec, Probe, ServiceAccount, Toleration},
+        networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -177,6 +178,66 @@ fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, Vec<Strin
     }
 }
 
+/// [`strict`] for a manifest as published elsewhere (the recipes): a field set to null is
+/// unset for kubectl and the API server, and some published manifests have one (recipe 04's
+/// `matchLabels:` with nothing under it). Such a field is taken out before the strict parse
+/// when `T` knows it (an empty object, list or string in its place survives a round trip);
+/// a null in a field `T` does not know is still an error.
+fn strict_published<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, Vec<String>> {
+    let mut value = value.clone();
+    for pointer in null_fields(&value, "") {
+        if knows_field::<T>(&value, &pointer) {
+            let (parent, key) = pointer.rsplit_once('/').expect("a field's pointer");
+            if let Some(Value::Object(fields)) = value.pointer_mut(parent) {
+                fields.remove(key);
+            }
+        }
+    }
+    strict(&value)
+}
+
+/// JSON pointers of the object fields under `value` whose value is null.
+fn null_fields(value: &Value, at: &str) -> Vec<String> {
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .flat_map(|(key, field)| {
+                let pointer = format!("{at}/{key}");
+                if field.is_null() {
+                    vec![pointer]
+                } else {
+                    null_fields(field, &pointer)
+                }
+            })
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, item)| null_fields(item, &format!("{at}/{i}")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `T` has the field at `pointer`: some empty value there survives a round trip.
+fn knows_field<T: DeserializeOwned + Serialize>(value: &Value, pointer: &str) -> bool {
+    let empties = [
+        Value::Object(Default::default()),
+        Value::Array(Vec::new()),
+        Value::String(String::new()),
+    ];
+    empties.into_iter().any(|empty| {
+        let mut probe = value.clone();
+        if let Some(field) = probe.pointer_mut(pointer) {
+            *field = empty;
+        }
+        serde_json::from_value::<T>(probe)
+            .ok()
+            .and_then(|typed| serde_json::to_value(typed).ok())
+            .is_some_and(|back| back.pointer(pointer).is_some())
+    })
+}
+
 fn parse<T: DeserializeOwned + Serialize>(doc: &Doc) -> T {
     strict(&doc.value).unwrap_or_else(|errors| {
         panic!(
@@ -230,6 +291,8 @@ enum Manifest {
     DaemonSet(Box<DaemonSet>),
     Kustomization(Kustomization),
     KindCluster(KindCluster),
+    /// A recipe's policy (`deploy/recipes/`).
+    NetworkPolicy,
 }
 
 fn manifest(doc: &Doc) -> Manifest {
@@ -251,6 +314,16 @@ fn manifest(doc: &Doc) -> Manifest {
         ("apps/v1", "DaemonSet") => Manifest::DaemonSet(parse(doc)),
         ("kustomize.config.k8s.io/v1beta1", "Kustomization") => Manifest::Kustomization(parse(doc)),
         ("kind.x-k8s.io/v1alpha4", "Cluster") => Manifest::KindCluster(parse(doc)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            // The recipes' policies, as the recipes publish them.
+            strict_published::<NetworkPolicy>(&doc.value).unwrap_or_else(|errors| {
+                panic!(
+                    "{doc} is not a valid NetworkPolicy:\n  {}",
+                    errors.join("\n  ")
+                )
+            });
+            Manifest::NetworkPolicy
+        }
         _ => panic!(
             "{doc}: apiVersion {api_version:?} kind {kind:?} is not a type this test knows; \
              teach manifest() to parse it strictly"
@@ -326,16 +399,19 @@ fn every_manifest_parses_strictly() {
             Manifest::DaemonSet(_) => "DaemonSet",
             Manifest::Kustomization(_) => "Kustomization",
             Manifest::KindCluster(_) => "kind Cluster",
+            Manifest::NetworkPolicy => "NetworkPolicy",
         };
         *kinds.entry(kind).or_default() += 1;
     }
-    // The agent's five objects, the uninstall DaemonSet, kindnet's four, kind's cluster.
+    // The agent's five objects, the uninstall DaemonSet, kindnet's four, kind's cluster, and
+    // the recipes' policies.
     let expected = BTreeMap::from([
         ("ClusterRole", 2),
         ("ClusterRoleBinding", 2),
         ("DaemonSet", 3),
         ("Kustomization", 1),
         ("Namespace", 1),
+        ("NetworkPolicy", 17),
         ("ServiceAccount", 2),
         ("kind Cluster", 1),
     ]);
@@ -370,6 +446,11 @@ fn strict_parsing_rejects_unknown_and_misplaced_fields() {
     let null = manifest("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: null}\n");
     let errors = strict::<Namespace>(&null).expect_err("a null where a value belongs");
     assert_eq!(errors, [".metadata.labels: null value"]);
+    // A published manifest may leave a known field null (unset), but not an unknown one.
+    strict_published::<Namespace>(&null).expect("a known field set to null, as published");
+    let bogus = manifest("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, bogus: null}\n");
+    let errors = strict_published::<Namespace>(&bogus).expect_err("an unknown field set to null");
+    assert_eq!(errors, [".metadata.bogus: null value"]);
 
     let wrong_kind = manifest("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
     strict::<Namespace>(&wrong_kind).expect_err("a Pod is not a Namespace");
@@ -933,4 +1014,58 @@ fn scripts_pass_shellcheck() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+// --- recipes --------------------------------------------------------------------------------
+
+/// `run-recipes.sh` applies the files of `deploy/recipes/` by name, and the demo builds them
+/// in: a misspelt name would only show on a machine with a kind cluster, so every name the
+/// script applies must be a file there, and every file there must be applied by the script or
+/// run by the demo.
+#[test]
+fn the_kind_script_applies_the_recipe_files_the_demo_runs() {
+    let script = read(&deploy_dir().join("kind/run-recipes.sh"));
+    let applied: BTreeSet<String> = script
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("apply_policy "))
+        .map(|file| file.trim().to_string())
+        .collect();
+    assert!(
+        applied.len() >= 10,
+        "the script applies the recipes: {applied:?}"
+    );
+    let files: BTreeSet<String> = files_with(&deploy_dir().join("recipes"), &["yaml"])
+        .iter()
+        .map(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .expect("a file name")
+                .to_string()
+        })
+        .collect();
+    let missing: Vec<_> = applied.difference(&files).collect();
+    assert!(
+        missing.is_empty(),
+        "run-recipes.sh applies files that do not exist: {missing:?}"
+    );
+    let demo: BTreeSet<String> = npenforce::demo::recipes::recipes()
+        .iter()
+        .flat_map(|recipe| recipe.policies.clone())
+        .map(str::to_string)
+        .collect();
+    for file in &files {
+        let text = read(&deploy_dir().join("recipes").join(file));
+        assert!(
+            applied.contains(file) || demo.contains(&text),
+            "deploy/recipes/{file} is neither applied by run-recipes.sh nor run by the demo"
+        );
+    }
+    // Whatever the script applies, the demo runs too (the files are what the lab tests).
+    for file in &applied {
+        let text = read(&deploy_dir().join("recipes").join(file));
+        assert!(
+            demo.contains(&text),
+            "deploy/recipes/{file}: not in the demo's recipes"
+        );
+    }
 }

@@ -101,6 +101,18 @@ pub fn world() -> World {
     w
 }
 
+/// A policy manifest of `deploy/recipes/`, the folder that `deploy/kind/run-recipes.sh`
+/// applies to a kind cluster: the demo and the tests run the very files the cluster gets.
+macro_rules! manifest {
+    ($file:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/recipes/",
+            $file
+        ))
+    };
+}
+
 /// A recipe: its policies as published and its probes.
 #[derive(Clone, Debug)]
 pub struct Recipe {
@@ -151,50 +163,13 @@ fn web(note: &str, from: Source, allowed: bool) -> Probe {
 const ALLOWED: bool = true;
 const BLOCKED: bool = false;
 
-pub const WEB_DENY_ALL: &str = "\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-deny-all
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress: []
-";
+pub const WEB_DENY_ALL: &str = manifest!("01-web-deny-all.yaml");
 
-pub const DEFAULT_DENY_ALL: &str = "\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: default-deny-all
-  namespace: default
-spec:
-  podSelector: {}
-  ingress: []
-";
+pub const DEFAULT_DENY_ALL: &str = manifest!("03-default-deny-all.yaml");
 
 /// Recipe 14 before the recipe was changed to allow DNS to kube-dns only.
-pub const FOO_DENY_EXTERNAL_EGRESS_EARLIER: &str = "\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-external-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress:
-  - ports:
-    - port: 53
-      protocol: UDP
-    - port: 53
-      protocol: TCP
-  - to:
-    - namespaceSelector: {}
-";
+pub const FOO_DENY_EXTERNAL_EGRESS_EARLIER: &str =
+    manifest!("14-earlier-foo-deny-external-egress.yaml");
 
 /// Every recipe, in order.
 pub fn recipes() -> Vec<Recipe> {
@@ -251,22 +226,7 @@ pub fn recipes() -> Vec<Recipe> {
             id: "02",
             title: "LIMIT traffic to an application",
             source: "02-limit-traffic-to-an-application.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: api-allow
-spec:
-  podSelector:
-    matchLabels:
-      app: bookstore
-      role: api
-  ingress:
-  - from:
-      - podSelector:
-          matchLabels:
-            app: bookstore
-"],
+            policies: vec![manifest!("02-api-allow.yaml")],
             probes: vec![
                 http("pod without app=bookstore: blocked", pod("default/test"), svc("apiserver.default"), 80, BLOCKED),
                 http("app=bookstore,role=frontend: allowed", pod("default/frontend"), svc("apiserver.default"), 80, ALLOWED),
@@ -279,19 +239,7 @@ spec:
             title: "ALLOW all traffic to an application (over web-deny-all)",
             source: "02a-allow-all-traffic-to-an-application.md",
             policies: vec![
-                "\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-all
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - {}
-",
+                manifest!("02a-web-allow-all.yaml"),
                 WEB_DENY_ALL,
             ],
             probes: vec![
@@ -318,19 +266,7 @@ spec:
             id: "04",
             title: "DENY all traffic from other namespaces",
             source: "04-deny-traffic-from-other-namespaces.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  namespace: default
-  name: deny-from-other-namespaces
-spec:
-  podSelector:
-    matchLabels:
-  ingress:
-  - from:
-    - podSelector: {}
-"],
+            policies: vec![manifest!("04-deny-from-other-namespaces.yaml")],
             probes: vec![
                 web("Try it out: from namespace foo: blocked", pod("foo/test"), BLOCKED),
                 web("any pod in default works", pod("default/test"), ALLOWED),
@@ -342,20 +278,7 @@ spec:
             id: "05",
             title: "ALLOW traffic to an application from all namespaces (seed card NP-05)",
             source: "05-allow-traffic-from-all-namespaces.md, seed card NP-05",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  namespace: default
-  name: web-allow-all-namespaces
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - namespaceSelector: {}
-"],
+            policies: vec![manifest!("05-web-allow-all-namespaces.yaml")],
             probes: vec![
                 web("NP-05 Task 4: from secondary: allowed", pod("secondary/test"), ALLOWED),
                 web("NP-05 acceptance: from default too", pod("default/test"), ALLOWED),
@@ -368,21 +291,7 @@ spec:
             id: "06",
             title: "ALLOW all traffic from a namespace",
             source: "06-allow-traffic-from-a-namespace.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-prod
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - namespaceSelector:
-        matchLabels:
-          purpose: production
-"],
+            policies: vec![manifest!("06-web-allow-prod.yaml")],
             probes: vec![
                 web("from dev (purpose=testing): blocked", pod("dev/test"), BLOCKED),
                 web("from prod (purpose=production): allowed", pod("prod/test"), ALLOWED),
@@ -394,25 +303,7 @@ spec:
             id: "07",
             title: "ALLOW traffic from some pods in another namespace (seed card NP-07)",
             source: "07-allow-traffic-from-some-pods-in-another-namespace.md, seed card NP-07",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-all-ns-monitoring
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - from:
-      - namespaceSelector:     # chooses all pods in namespaces labelled with team=operations
-          matchLabels:
-            team: operations
-        podSelector:           # chooses pods with type=monitoring
-          matchLabels:
-            type: monitoring
-"],
+            policies: vec![manifest!("07-web-allow-all-ns-monitoring.yaml")],
             probes: vec![
                 web("NP-07 Task 4: default, no labels", pod("default/test"), BLOCKED),
                 web("NP-07 Task 5: default, type=monitoring", pod("default/test-monitoring"), BLOCKED),
@@ -425,25 +316,7 @@ spec:
             id: "07-or",
             title: "the OR form of NP-07 (two peers instead of one)",
             source: "seed card NP-07, \"AND vs OR Conditions\"",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-or
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - from:
-      - namespaceSelector:     # OR condition
-          matchLabels:
-            team: operations
-      - podSelector:           # These are separate items
-          matchLabels:
-            type: monitoring
-"],
+            policies: vec![manifest!("07-or-web-allow-or.yaml")],
             probes: vec![
                 web("default, no labels", pod("default/test"), BLOCKED),
                 web("type=monitoring in the same namespace", pod("default/test-monitoring"), ALLOWED),
@@ -457,18 +330,7 @@ spec:
             title: "ALLOW traffic from external clients",
             source: "08-allow-external-traffic.md",
             policies: vec![
-                "\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: web-allow-external
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - {}
-",
+                manifest!("08-web-allow-external.yaml"),
                 DEFAULT_DENY_ALL,
             ],
             probes: vec![
@@ -486,23 +348,7 @@ spec:
             id: "09",
             title: "ALLOW traffic only to a port of an application",
             source: "09-allow-traffic-only-to-a-port.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: api-allow-5000
-spec:
-  podSelector:
-    matchLabels:
-      app: apiserver
-  ingress:
-  - ports:
-    - port: 5000
-    from:
-    - podSelector:
-        matchLabels:
-          role: monitoring
-"],
+            policies: vec![manifest!("09-api-allow-5000.yaml")],
             probes: vec![
                 http("no labels: 8001 (-> 8000) blocked", pod("default/test"), svc("app-on-two-ports.default"), 8001, BLOCKED),
                 http("no labels: 5001 (-> 5000) blocked", pod("default/test"), svc("app-on-two-ports.default"), 5001, BLOCKED),
@@ -517,31 +363,7 @@ spec:
             id: "10",
             title: "ALLOW traffic from apps using multiple selectors",
             source: "10-allowing-traffic-with-multiple-selectors.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: redis-allow-services
-spec:
-  podSelector:
-    matchLabels:
-      app: bookstore
-      role: db
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: bookstore
-          role: search
-    - podSelector:
-        matchLabels:
-          app: bookstore
-          role: api
-    - podSelector:
-        matchLabels:
-          app: inventory
-          role: web
-"],
+            policies: vec![manifest!("10-redis-allow-services.yaml")],
             probes: vec![
                 probe("catalog (app=inventory,role=web): works", pod("default/catalog"), svc("db.default"), 6379, Via::Tcp, ALLOWED),
                 probe("app=other: blocked", pod("default/other-app"), svc("db.default"), 6379, Via::Tcp, BLOCKED),
@@ -554,19 +376,7 @@ spec:
             id: "11",
             title: "DENY egress traffic from an application",
             source: "11-deny-egress-traffic-from-an-application.md",
-            policies: vec!["\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress: []
-"],
+            policies: vec![manifest!("11-foo-deny-egress.yaml")],
             probes: vec![
                 dns_udp("DNS fails (\"bad address\")", "default/foo", BLOCKED),
                 web("app=foo to web", pod("default/foo"), BLOCKED),
@@ -579,32 +389,7 @@ spec:
             id: "11b",
             title: "DENY egress traffic from an application, allowing DNS",
             source: "11-deny-egress-traffic-from-an-application.md (\"Allowing DNS traffic\")",
-            policies: vec!["\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress:
-  # allow DNS resolution
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kubernetes.io/metadata.name: kube-system
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
-    ports:
-      - port: 53
-        protocol: UDP
-      - port: 53
-        protocol: TCP
-"],
+            policies: vec![manifest!("11b-foo-deny-egress.yaml")],
             probes: vec![
                 dns_udp("DNS to kube-dns resolves (udp)", "default/foo", ALLOWED),
                 dns_tcp("DNS to kube-dns resolves (tcp)", "default/foo", ALLOWED),
@@ -618,18 +403,7 @@ spec:
             id: "12",
             title: "DENY all non-whitelisted traffic from a namespace (egress)",
             source: "12-deny-all-non-whitelisted-traffic-from-the-namespace.md",
-            policies: vec!["\
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: default-deny-all-egress
-  namespace: default
-spec:
-  policyTypes:
-  - Egress
-  podSelector: {}
-  egress: []
-"],
+            policies: vec![manifest!("12-default-deny-all-egress.yaml")],
             probes: vec![
                 web("within default", pod("default/test"), BLOCKED),
                 dns_udp("DNS resolution too", "default/test", BLOCKED),
@@ -642,31 +416,7 @@ spec:
             id: "14",
             title: "DENY external egress traffic (current text: DNS to kube-dns only)",
             source: "14-deny-external-egress-traffic.md",
-            policies: vec!["\
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: foo-deny-external-egress
-spec:
-  podSelector:
-    matchLabels:
-      app: foo
-  policyTypes:
-  - Egress
-  egress:
-  - to:
-    - namespaceSelector:
-        matchLabels:
-          kubernetes.io/metadata.name: kube-system
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
-    ports:
-      - port: 53
-        protocol: UDP
-      - port: 53
-        protocol: TCP
-"],
+            policies: vec![manifest!("14-foo-deny-external-egress.yaml")],
             probes: vec![
                 dns_udp("able to resolve (udp)", "default/foo", ALLOWED),
                 dns_tcp("able to resolve (tcp)", "default/foo", ALLOWED),
