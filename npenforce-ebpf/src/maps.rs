@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use npenforce_common::{
-    answer_cache, iface_slot,
+    answer_cache, host_filter, iface_slot,
     shared_table::{self, AddrBucket, PeerBucket},
     CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
     PeerAnswer, PeerKey, PeerValue, PodState, PortAnswer, PortKey, PortValue, TrafficCounters,
@@ -29,6 +29,12 @@ pub static POLICY_PEERS: LpmTrie<PeerKey, PeerValue> =
 #[map(name = "POLICY_PEER_HOSTS")]
 pub static POLICY_PEER_HOSTS: Array<PeerBucket> =
     Array::with_max_entries(1 << 19, shared_table::MAP_FLAGS);
+
+/// Which addresses `POLICY_PEER_HOSTS` may hold (see `npenforce_common::host_filter`);
+/// mappable, so that the agent sets bits with atomic instructions.
+#[map(name = "PEER_HOST_BITS")]
+pub static PEER_HOST_BITS: Array<u64> =
+    Array::with_max_entries(host_filter::WORDS, shared_table::MAP_FLAGS);
 
 #[map(name = "POLICY_PORTS")]
 pub static POLICY_PORTS: LpmTrie<PortKey, PortValue> =

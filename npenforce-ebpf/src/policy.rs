@@ -1,17 +1,19 @@
 //! Policy lookups: is this peer, protocol and port allowed for this pod and direction?
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::maps::{lpm_trie::Key, PerCpuArray};
 use npenforce_common::{
-    answer_cache, direction, drop_reason, endpoint_flags, pod_state_flags, shared_table,
-    CachedAnswer, DataplaneConfig, PeerKey, PodState, PortKey, RULESET_NONE,
+    answer_cache, direction, drop_reason, endpoint_flags, host_filter, pod_state_flags,
+    shared_table, CachedAnswer, DataplaneConfig, PeerKey, PodState, PortKey, RULESET_NONE,
 };
 
 use crate::{
     addr::WordAddr,
     conntrack::generation,
     maps::{
-        ENDPOINTS, NODE_ADDRS, PEER_ANSWERS, POD_STATE, POLICY_PEERS, POLICY_PEER_HOSTS,
-        POLICY_PORTS, PORT_VERDICTS,
+        ENDPOINTS, NODE_ADDRS, PEER_ANSWERS, PEER_HOST_BITS, POD_STATE, POLICY_PEERS,
+        POLICY_PEER_HOSTS, POLICY_PORTS, PORT_VERDICTS,
     },
     table,
 };
@@ -63,7 +65,7 @@ fn peer_ruleset(
 ) -> Option<u32> {
     let (hosts, prefixes) = pod_state_flags::tables_of(dir);
     let key = PeerKey::from_words(pod_id, dir, peer.words());
-    if state & hosts != 0 {
+    if state & hosts != 0 && hosts_may_hold(peer) {
         let mask = cfg.peer_hosts_bucket_mask;
         if let Some(ruleset) = table::find(&POLICY_PEER_HOSTS, &key.words(), mask) {
             return Some(ruleset);
@@ -73,6 +75,20 @@ fn peer_ruleset(
         return None;
     }
     prefix_ruleset(&key)
+}
+
+/// Whether `POLICY_PEER_HOSTS` may hold an entry for `addr`: its bit in `PEER_HOST_BITS`
+/// (see `npenforce_common::host_filter`). A clear bit spares a new peer a search of the
+/// large table, often a miss all the way to DRAM.
+#[inline(always)]
+fn hosts_may_hold(addr: &WordAddr) -> bool {
+    let (word, bit) = host_filter::place(addr.words());
+    match PEER_HOST_BITS.get_ptr(word) {
+        // SAFETY: an array value, valid for the program's run; the agent changes it with
+        // whole-word atomic writes.
+        Some(bits) => (unsafe { read_volatile(bits) } & bit) != 0,
+        None => true,
+    }
 }
 
 /// The rule set of the longest prefix in `POLICY_PEERS` that holds `key`. Only asked after

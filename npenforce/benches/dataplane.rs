@@ -1007,6 +1007,12 @@ fn dataplane(effort: Effort) {
         );
         print_memory(&own_maps());
         println!(
+            "   PEER_HOST_BITS: {} of {} bits set (a new peer whose bit is clear skips \
+             POLICY_PEER_HOSTS)",
+            node.enforcer.maps().peer_host_bits().count(),
+            npenforce_common::host_filter::WORDS * 64
+        );
+        println!(
             "   {:<28} {:<9} {:>9} {:>9} {:>11}  target",
             "case", "method", "floor ns", "case ns", "over floor"
         );

@@ -1304,3 +1304,97 @@ fn the_uplink_marks_what_enters_from_the_network() {
     let (v, _) = marked(&mut b, LOOKUP_ONLY, &transit, 0);
     assert_eq!(v, verdict::PASS, "no conntrack entry for transit traffic");
 }
+
+/// The programs skip `POLICY_PEER_HOSTS` for an address whose bit in `PEER_HOST_BITS` is
+/// clear. A restarted agent fills the filter from the table it adopts before its programs
+/// judge anything: that clears the bits of entries removed since, and, where the filter is
+/// not adopted with the table (a first start over an older build's pins), it is what makes
+/// the adopted pod-IP peers visible at all.
+#[test]
+fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
+    if !kernel_tests_enabled("a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts") {
+        return;
+    }
+    use npenforce_common::{
+        host_filter,
+        map_names::{PEER_HOST_BITS, POLICY_PEER_HOSTS},
+        v4_mapped, CtKey,
+    };
+
+    let words = |s: &str| match ip(s) {
+        IpAddr::V4(a) => CtKey::addr_words(&v4_mapped(a.octets())),
+        IpAddr::V6(a) => CtKey::addr_words(&a.octets()),
+    };
+    assert_ne!(
+        host_filter::place(words(CLIENT4)),
+        host_filter::place(words(MONITOR4)),
+        "the test's addresses have bits of their own"
+    );
+    let (_bpffs, pin_dir, options) = pinned("hostbits");
+    let mut port = 45000;
+    let mut new_flow = |b: &mut Bench, from: &str| {
+        port += 1;
+        b.run_to_web(&Craft::new(ip(from), ip(WEB4), L4::tcp(port, 80)).build())
+    };
+    {
+        let mut b = Bench::with_options(&options);
+        let bits = |b: &mut Bench, s: &str| b.enforcer.maps().peer_host_bits().may_hold(words(s));
+        assert!(
+            bits(&mut b, CLIENT4) && bits(&mut b, CLIENT6),
+            "client, a peer by pod IP"
+        );
+        assert!(!bits(&mut b, MONITOR4), "monitor is in no peer entry");
+        assert_eq!(new_flow(&mut b, CLIENT4), "PASS");
+        assert_eq!(new_flow(&mut b, MONITOR4), "DROP");
+        // monitor becomes a peer, then is one no more: its bit stays set (a stale bit only
+        // costs a search) and the verdict follows the table.
+        b.change(web_in("{podSelector: {}}", 80));
+        assert!(bits(&mut b, MONITOR4));
+        assert_eq!(new_flow(&mut b, MONITOR4), "PASS");
+        b.change(web_in("{podSelector: {matchLabels: {role: client}}}", 80));
+        assert!(bits(&mut b, MONITOR4), "stale until the next fill");
+        assert_eq!(new_flow(&mut b, MONITOR4), "DROP");
+    }
+    // The restarted agent, before it writes anything: the table and the filter adopted.
+    let restart = || Bench {
+        enforcer: KernelEnforcer::new(&options).expect("loading over the pins"),
+        compiler: Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![])),
+    };
+    let mut b = restart();
+    assert!(b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
+    assert!(b.enforcer.dataplane().adopted(PEER_HOST_BITS));
+    let bits = b.enforcer.maps().peer_host_bits();
+    assert!(bits.may_hold(words(CLIENT4)) && bits.may_hold(words(CLIENT6)));
+    assert!(!bits.may_hold(words(MONITOR4)), "the stale bit is cleared");
+    assert_eq!(new_flow(&mut b, CLIENT4), "PASS");
+    assert_eq!(new_flow(&mut b, MONITOR4), "DROP");
+    // The table adopted without its filter: a new, empty one, filled from the table.
+    drop(b);
+    std::fs::remove_file(pin_dir.join("maps").join(PEER_HOST_BITS)).expect("unpinning");
+    let mut b = restart();
+    assert!(b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
+    assert!(!b.enforcer.dataplane().adopted(PEER_HOST_BITS));
+    let bits = b.enforcer.maps().peer_host_bits();
+    assert!(bits.may_hold(words(CLIENT4)) && bits.may_hold(words(CLIENT6)));
+    assert_eq!(
+        new_flow(&mut b, CLIENT4),
+        "PASS",
+        "found through the filled filter"
+    );
+    // The programs trust the filter: with client's bits cleared, its entry is not searched.
+    let held: Vec<[u64; 2]> = b
+        .enforcer
+        .maps()
+        .kernel_peer_hosts()
+        .iter()
+        .map(|key| CtKey::addr_words(&key.addr))
+        .collect();
+    b.enforcer.maps().peer_host_bits().rebuild([]);
+    assert_eq!(
+        new_flow(&mut b, CLIENT4),
+        "DROP",
+        "entry skipped on a clear bit"
+    );
+    b.enforcer.maps().peer_host_bits().rebuild(held);
+    assert_eq!(new_flow(&mut b, CLIENT4), "PASS");
+}

@@ -87,6 +87,12 @@ pub enum DataplaneError {
         source: super::shared_table::SharedTableError,
     },
     #[error("map {name}: {source}")]
+    MappedArray {
+        name: &'static str,
+        #[source]
+        source: super::mapped_array::MappedArrayError,
+    },
+    #[error("map {name}: {source}")]
     TableFull {
         name: &'static str,
         #[source]
@@ -772,6 +778,7 @@ fn expected_layout(name: &str, sizes: &MapSizes) -> Option<(u32, u32, u32)> {
             s(size_of::<shared_table::PeerBucket>()),
             shared_table::buckets_for(sizes.policy_peers),
         ),
+        map_names::PEER_HOST_BITS => (4, 8, host_filter::WORDS),
         map_names::NODE_ADDRS => (
             4,
             s(size_of::<shared_table::AddrBucket>()),
@@ -845,7 +852,7 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         // The shared tables are mapped into the agent: an array with their layout but without
         // the flag (a build in between) could not be.
         let mappable = info.is_some_and(|info| info.map_flags() & shared_table::MAP_FLAGS != 0);
-        let shared = map_names::SHARED_TABLES.contains(name);
+        let shared = map_names::SHARED_TABLES.contains(name) || *name == map_names::PEER_HOST_BITS;
         if found != Some(expected) || (shared && !mappable) {
             tracing::warn!(
                 map = name,

@@ -7,8 +7,10 @@
 pub mod clock;
 pub mod conntrack_table;
 pub mod enforcer;
+pub mod host_bits;
 pub mod links;
 pub mod loader;
+pub mod mapped_array;
 pub mod netlink;
 pub mod node;
 pub mod pins;

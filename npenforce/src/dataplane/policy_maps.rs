@@ -38,6 +38,7 @@ use npenforce_common::{
 };
 
 use super::{
+    host_bits::HostBits,
     loader::{is_full, is_not_found, Dataplane, DataplaneError},
     shared_table::{SharedTable, TableFull},
 };
@@ -58,6 +59,11 @@ fn peer_map_name(prefix_len: u32) -> &'static str {
     }
 }
 
+/// The address of a `POLICY_PEER_HOSTS` key (`PeerKey::words`), as its filter hashes it.
+fn host_addr(key: [u64; 3]) -> [u64; 2] {
+    [key[1], key[2]]
+}
+
 /// What one apply did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -72,6 +78,8 @@ pub struct PolicyMaps {
     endpoints: SharedTable<2>,
     peers: LpmTrie<MapData, PeerKey, PeerValue>,
     peer_hosts: SharedTable<3>,
+    /// Which addresses `peer_hosts` may hold (set before each entry is written).
+    peer_host_bits: HostBits,
     ports: LpmTrie<MapData, PortKey, PortValue>,
     pod_state: Array<MapData, PodState>,
     ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
@@ -126,6 +134,12 @@ impl PolicyMaps {
             endpoints: mapped_table(dp, map_names::ENDPOINTS, secret)?,
             peers: typed_map!(dp, LpmTrie, map_names::POLICY_PEERS),
             peer_hosts: mapped_table(dp, map_names::POLICY_PEER_HOSTS, secret)?,
+            peer_host_bits: HostBits::new(dp.take_map(map_names::PEER_HOST_BITS)?).map_err(
+                |source| DataplaneError::MappedArray {
+                    name: map_names::PEER_HOST_BITS,
+                    source,
+                },
+            )?,
             ports: typed_map!(dp, LpmTrie, map_names::POLICY_PORTS),
             pod_state: typed_map!(dp, Array, map_names::POD_STATE),
             ifaces: typed_map!(dp, BpfHashMap, map_names::IFACES),
@@ -140,6 +154,15 @@ impl PolicyMaps {
             failed_total: 0,
         };
         maps.sync_iface_slots()?;
+        // The table may be an adopted one, full of entries, and the filter new (a first
+        // start over an older build's pins) or holding bits of entries removed since: make
+        // it hold exactly the table's addresses before anything reads or writes them.
+        maps.peer_host_bits.rebuild(
+            maps.peer_hosts
+                .entries()
+                .into_iter()
+                .map(|(key, _)| host_addr(key)),
+        );
         Ok(maps)
     }
 
@@ -186,6 +209,11 @@ impl PolicyMaps {
                 )
             })
             .collect()
+    }
+
+    /// The filter in front of `POLICY_PEER_HOSTS` (`PEER_HOST_BITS`).
+    pub fn peer_host_bits(&self) -> &HostBits {
+        &self.peer_host_bits
     }
 
     /// The keys of every `POLICY_PEER_HOSTS` entry in the kernel.
@@ -264,6 +292,8 @@ impl PolicyMaps {
         }
         for ((len, key), value) in &diff.peers.upserts {
             if *len == HOST_PREFIX_BITS {
+                // The bit first: a program that finds it clear does not search the table.
+                self.peer_host_bits.add(host_addr(key.words()));
                 let r = self.peer_hosts.insert(key.words(), value.ruleset);
                 self.note_table(
                     &mut stats,

@@ -5,36 +5,28 @@
 //! This process is the only writer: the caller serializes writes (`&mut self`).
 
 use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{Map, MapData, MapError};
+use aya::maps::Map;
 use npenforce_common::{
     ct_table,
     shared_table::{
-        head, is_live, next_version, value_of, version_of, TableBucket, MAP_FLAGS, MAX_PROBES,
-        OCCUPIED, WAYS, WRITING,
+        head, is_live, next_version, value_of, version_of, TableBucket, MAX_PROBES, OCCUPIED, WAYS,
+        WRITING,
     },
     CtHashKey,
 };
 
+use super::mapped_array::{MappedArray, MappedArrayError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SharedTableError {
-    #[error("not an array map")]
-    NotArray,
-    #[error("reading the map's info: {0}")]
-    Info(MapError),
-    #[error("created without BPF_F_MMAPABLE (flags {0:#x})")]
-    NotMappable(u32),
-    #[error("values of {found} bytes, where this build's buckets have {expected}")]
-    Layout { found: u32, expected: usize },
+    #[error(transparent)]
+    Map(#[from] MappedArrayError),
     #[error("{0} buckets, not a power of two")]
     Buckets(u32),
-    #[error("mapping it into memory: {0}")]
-    Mmap(io::Error),
 }
 
 /// No free slot within `MAX_PROBES` buckets of the key's home.
@@ -44,16 +36,15 @@ pub struct TableFull;
 
 /// A shared table of `K`-word keys, mapped into this process.
 pub struct SharedTable<const K: usize> {
-    /// Keeps the map (and so the mapping's object) alive.
-    _map: MapData,
+    /// The mapping `base` points into.
+    _array: MappedArray,
     base: NonNull<TableBucket<K>>,
     buckets: u32,
-    mapped_len: usize,
     secret: CtHashKey,
 }
 
-// SAFETY: the mapping belongs to this value alone (it is unmapped on drop); the kernel side
-// only reads it, and every access from here goes through `&self`/`&mut self`.
+// SAFETY: the mapping belongs to `array` alone; the kernel side only reads it, and every
+// access from here goes through `&self`/`&mut self`.
 unsafe impl<const K: usize> Send for SharedTable<K> {}
 
 /// A key's place: its bucket, way and distance from its home bucket.
@@ -68,53 +59,18 @@ impl<const K: usize> SharedTable<K> {
     /// Maps the table `map` (an array of `TableBucket<K>` created mappable), whose keys are
     /// hashed with `secret` (`CONNTRACK_KEY`).
     pub fn new(map: Map, secret: CtHashKey) -> Result<Self, SharedTableError> {
-        let Map::Array(map) = map else {
-            return Err(SharedTableError::NotArray);
-        };
-        let info = map.info().map_err(SharedTableError::Info)?;
-        if info.map_flags() & MAP_FLAGS == 0 {
-            return Err(SharedTableError::NotMappable(info.map_flags()));
-        }
-        let expected = std::mem::size_of::<TableBucket<K>>();
-        if info.value_size() as usize != expected {
-            return Err(SharedTableError::Layout {
-                found: info.value_size(),
-                expected,
-            });
-        }
-        let buckets = info.max_entries();
+        // The kernel lays array values out back to back (each rounded up to 8 bytes, which
+        // the bucket sizes are), from the start of the mapping.
+        let array = MappedArray::new(map, std::mem::size_of::<TableBucket<K>>())?;
+        let buckets = array.entries();
         if !buckets.is_power_of_two() {
             return Err(SharedTableError::Buckets(buckets));
         }
-        // The kernel lays array values out back to back (each rounded up to 8 bytes, which
-        // the bucket sizes are), from the start of the mapping.
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let mapped_len = (expected * buckets as usize).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of the map's fd at offset 0, of no more than its size
-        // rounded up to pages (what the kernel allows for BPF_F_MMAPABLE arrays).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(SharedTableError::Mmap(io::Error::last_os_error()));
-        }
-        let base = NonNull::new(ptr.cast::<TableBucket<K>>()).ok_or(SharedTableError::Mmap(
-            io::Error::other("mmap returned null"),
-        ))?;
+        let base = array.base().cast::<TableBucket<K>>();
         Ok(Self {
-            _map: map,
+            _array: array,
             base,
             buckets,
-            mapped_len,
             secret,
         })
     }
@@ -260,14 +216,5 @@ impl<const K: usize> SharedTable<K> {
             }
         }
         found
-    }
-}
-
-impl<const K: usize> Drop for SharedTable<K> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.mapped_len);
-        }
     }
 }
