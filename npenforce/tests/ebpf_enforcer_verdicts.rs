@@ -1317,7 +1317,7 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     }
     use npenforce_common::{
         host_filter,
-        map_names::{PEER_HOST_BITS, POLICY_PEER_HOSTS},
+        map_names::{PEER_HOST_BITS, POLICY_GENERATION, POLICY_PEER_HOSTS},
         v4_mapped, CtKey,
     };
 
@@ -1397,4 +1397,14 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     );
     b.enforcer.maps().peer_host_bits().rebuild(held);
     assert_eq!(new_flow(&mut b, CLIENT4), "PASS");
+    // A filter pinned with another layout (here: another map's pin in its place) is not
+    // adopted, and then neither is the table: the old programs would go on reading the old
+    // filter, which nobody writes any more, and skip the entries the new agent writes.
+    drop(b);
+    let maps = pin_dir.join("maps");
+    std::fs::rename(maps.join(POLICY_GENERATION), maps.join(PEER_HOST_BITS))
+        .expect("a map of another layout pinned as PEER_HOST_BITS");
+    let mut b = restart();
+    assert!(!b.enforcer.dataplane().adopted(PEER_HOST_BITS));
+    assert!(!b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
 }

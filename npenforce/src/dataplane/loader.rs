@@ -837,6 +837,7 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         );
         let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEERS));
     }
+    let had_host_filter = dir.join(map_names::PEER_HOST_BITS).exists();
     for name in map_names::PINNED {
         let path = dir.join(name);
         if !path.exists() {
@@ -862,6 +863,20 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             );
             let _ = std::fs::remove_file(&path);
         }
+    }
+    // The old programs skip `POLICY_PEER_HOSTS` for addresses whose bit is clear in their
+    // filter. A filter that is not adopted is never written again, so those programs would
+    // miss the entries this agent writes until its own programs take over, an except among
+    // them: the table starts afresh with it. (A build without the filter reads no filter.)
+    if had_host_filter
+        && !dir.join(map_names::PEER_HOST_BITS).exists()
+        && dir.join(map_names::POLICY_PEER_HOSTS).exists()
+    {
+        tracing::warn!(
+            map = map_names::POLICY_PEER_HOSTS,
+            "its filter PEER_HOST_BITS is not adopted: starting it afresh"
+        );
+        let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEER_HOSTS));
     }
     drop_conntrack_without_key(dir);
     drop_pod_maps_without_endpoints(dir);
