@@ -43,10 +43,11 @@ impl HostBits {
     }
 
     fn word(&self, index: u32) -> &AtomicU64 {
-        assert!(index < WORDS, "host filter word {index} out of range");
-        // SAFETY: an 8-aligned word of the mapping (page-aligned base, 8-byte values), which
-        // lives as long as `self`; the programs only load it.
-        unsafe { AtomicU64::from_ptr(self.words.as_ptr().add(index as usize)) }
+        debug_assert!(index < WORDS, "host filter word {index} out of range");
+        // SAFETY: an 8-aligned word of the mapping (page-aligned base, 8-byte values; the
+        // index masked to the `WORDS` that `new` checked), which lives as long as `self`; the
+        // programs only load it.
+        unsafe { AtomicU64::from_ptr(self.words.as_ptr().add((index & (WORDS - 1)) as usize)) }
     }
 
     /// Marks `addr` (two words in memory order) as one the table may hold: call it before

@@ -850,11 +850,11 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         let found = info
             .as_ref()
             .map(|info| (info.key_size(), info.value_size(), info.max_entries()));
-        // The shared tables are mapped into the agent: an array with their layout but without
-        // the flag (a build in between) could not be.
+        // The shared tables and the filter are mapped into the agent: an array with their
+        // layout but without the flag (a build in between) could not be.
         let mappable = info.is_some_and(|info| info.map_flags() & shared_table::MAP_FLAGS != 0);
-        let shared = map_names::SHARED_TABLES.contains(name) || *name == map_names::PEER_HOST_BITS;
-        if found != Some(expected) || (shared && !mappable) {
+        let mapped = map_names::SHARED_TABLES.contains(name) || *name == map_names::PEER_HOST_BITS;
+        if found != Some(expected) || (mapped && !mappable) {
             tracing::warn!(
                 map = name,
                 ?found,
