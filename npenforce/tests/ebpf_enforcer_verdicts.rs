@@ -1317,7 +1317,7 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     }
     use npenforce_common::{
         host_filter,
-        map_names::{PEER_HOST_BITS, POLICY_GENERATION, POLICY_PEER_HOSTS},
+        map_names::{ENDPOINTS, PEER_HOST_BITS, POLICY_GENERATION, POLICY_PEER_HOSTS},
         v4_mapped, CtKey,
     };
 
@@ -1407,4 +1407,12 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     let mut b = restart();
     assert!(!b.enforcer.dataplane().adopted(PEER_HOST_BITS));
     assert!(!b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
+    // And the other way round: a table that is not adopted (here: ENDPOINTS is gone, whose
+    // pod ids it names) takes its filter with it; filling the adopted filter from the new
+    // table would clear the bits of entries the old programs still search.
+    drop(b);
+    std::fs::remove_file(maps.join(ENDPOINTS)).expect("unpinning ENDPOINTS");
+    let mut b = restart();
+    assert!(!b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
+    assert!(!b.enforcer.dataplane().adopted(PEER_HOST_BITS));
 }

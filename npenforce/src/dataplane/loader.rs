@@ -864,22 +864,31 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
             let _ = std::fs::remove_file(&path);
         }
     }
-    // The old programs skip `POLICY_PEER_HOSTS` for addresses whose bit is clear in their
-    // filter. A filter that is not adopted is never written again, so those programs would
-    // miss the entries this agent writes until its own programs take over, an except among
-    // them: the table starts afresh with it. (A build without the filter reads no filter.)
-    if had_host_filter
-        && !dir.join(map_names::PEER_HOST_BITS).exists()
-        && dir.join(map_names::POLICY_PEER_HOSTS).exists()
-    {
-        tracing::warn!(
-            map = map_names::POLICY_PEER_HOSTS,
-            "its filter PEER_HOST_BITS is not adopted: starting it afresh"
-        );
-        let _ = std::fs::remove_file(dir.join(map_names::POLICY_PEER_HOSTS));
-    }
     drop_conntrack_without_key(dir);
     drop_pod_maps_without_endpoints(dir);
+    keep_peer_hosts_with_their_filter(dir, had_host_filter);
+}
+
+/// `POLICY_PEER_HOSTS` and its filter `PEER_HOST_BITS` are adopted together or not at all.
+/// The old programs skip the table for addresses whose bit is clear, until the new ones take
+/// over. A filter not adopted is never written again, so they would miss the entries this
+/// agent writes into the table; a table not adopted leaves them their own, whose bits the
+/// new agent's fill of the filter (from the new table) would clear. Either way they could
+/// skip an entry that narrows a prefix (an except): the other one starts afresh too. A
+/// table pinned by a build without the filter is adopted alone (that build reads none).
+fn keep_peer_hosts_with_their_filter(dir: &Path, had_filter: bool) {
+    let table = dir.join(map_names::POLICY_PEER_HOSTS);
+    let filter = dir.join(map_names::PEER_HOST_BITS);
+    let orphan = match (table.exists(), filter.exists()) {
+        (true, false) if had_filter => (&table, map_names::POLICY_PEER_HOSTS),
+        (false, true) => (&filter, map_names::PEER_HOST_BITS),
+        _ => return,
+    };
+    tracing::warn!(
+        map = orphan.1,
+        "pinned without its partner (POLICY_PEER_HOSTS with PEER_HOST_BITS): starting it afresh"
+    );
+    let _ = std::fs::remove_file(orphan.0);
 }
 
 /// Maps that name pods by id: peer keys, `POD_STATE`'s index, interface entries, tracked
