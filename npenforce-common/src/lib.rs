@@ -92,6 +92,9 @@ pub mod map_names {
 
     /// The shared tables (`shared_table`).
     pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
+    /// The maps created `BPF_F_MMAPABLE` that the agent writes through a memory mapping:
+    /// the shared tables and the filter of `POLICY_PEER_HOSTS`.
+    pub const MAPPED: [&str; 4] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS, PEER_HOST_BITS];
 
     /// Maps that hold enforcement state and are pinned so that a restarted agent adopts
     /// them (counters and events are not: a new agent starts them afresh).

@@ -7,19 +7,18 @@
 //! the driver and the tail call cancel out. The agent never loads these programs.
 
 use aya_ebpf::{macros::map, maps::ProgramArray, programs::TcContext};
+use npenforce_common::ip_proto::{TCP, UDP};
+
+use crate::parse::{ETH_HLEN, ETH_P_IP};
 
 /// Returned when the packet is not one a driver can vary or the tail call failed: neither a
 /// pass nor a drop, so that a benchmark checking the verdict notices.
 const NOT_DRIVEN: i32 = 99;
 
-const ETH_LEN: usize = 14;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 /// Offset of the low 16 bits of the IPv4 source address.
-const SRC_LOW: usize = ETH_LEN + 14;
+const SRC_LOW: usize = ETH_HLEN + 14;
 /// Offset of the L4 source port in an IPv4 packet without options.
-const SRC_PORT: usize = ETH_LEN + 20;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+const SRC_PORT: usize = ETH_HLEN + 20;
 
 /// Named `map_names::BENCH_TARGET` for userspace.
 #[map(name = "BENCH_TARGET")]
@@ -37,14 +36,11 @@ pub fn drive(ctx: &TcContext, new_peer: bool) -> i32 {
     // SAFETY: every offset read or written is below SRC_PORT + 2, checked against data_end
     // above; TC programs may write packet data.
     unsafe {
-        let ethertype = [*at(12), *at(13)];
-        let protocol = *at(ETH_LEN + 9);
+        let ethertype = u16::from_be_bytes([*at(12), *at(13)]);
+        let protocol = *at(ETH_HLEN + 9);
         // IPv4 without options (header length 5 words), TCP or UDP: the packets the
         // benchmarks craft.
-        if ethertype != ETHERTYPE_IPV4
-            || *at(ETH_LEN) != 0x45
-            || (protocol != TCP && protocol != UDP)
-        {
+        if ethertype != ETH_P_IP || *at(ETH_HLEN) != 0x45 || (protocol != TCP && protocol != UDP) {
             return NOT_DRIVEN;
         }
         bump(at(SRC_PORT));

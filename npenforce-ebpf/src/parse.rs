@@ -10,8 +10,8 @@ use npenforce_common::{ip_proto, v4_mapped, Addr};
 
 use crate::addr::WordAddr;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 /// Upper bound of the L4 header's offset. Real IPv6 extension chains are far shorter; a packet

@@ -1318,13 +1318,10 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     use npenforce_common::{
         host_filter,
         map_names::{ENDPOINTS, PEER_HOST_BITS, POLICY_GENERATION, POLICY_PEER_HOSTS},
-        v4_mapped, CtKey,
+        CtKey,
     };
 
-    let words = |s: &str| match ip(s) {
-        IpAddr::V4(a) => CtKey::addr_words(&v4_mapped(a.octets())),
-        IpAddr::V6(a) => CtKey::addr_words(&a.octets()),
-    };
+    let words = |s: &str| CtKey::addr_words(&npenforce::addr::kernel_addr(ip(s)));
     assert_ne!(
         host_filter::place(words(CLIENT4)),
         host_filter::place(words(MONITOR4)),

@@ -533,14 +533,12 @@ impl Dataplane {
             .map_err(program_err)?;
         if let Some(pin) = link_pin {
             let link = classifier.take_link(link_id).map_err(program_err)?;
-            let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            let pin_failed = |e: &dyn std::fmt::Display| DataplaneError::Pin {
                 path: pin.clone(),
                 source: io::Error::other(e.to_string()),
-            })?;
-            fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
-                path: pin.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
+            };
+            let fd_link = FdLink::try_from(link).map_err(|e| pin_failed(&e))?;
+            fd_link.pin(&pin).map_err(|e| pin_failed(&e))?;
         }
         Ok(())
     }
@@ -853,8 +851,7 @@ fn drop_incompatible_pins(dir: &Path, sizes: &MapSizes) {
         // The shared tables and the filter are mapped into the agent: an array with their
         // layout but without the flag (a build in between) could not be.
         let mappable = info.is_some_and(|info| info.map_flags() & shared_table::MAP_FLAGS != 0);
-        let mapped = map_names::SHARED_TABLES.contains(name) || *name == map_names::PEER_HOST_BITS;
-        if found != Some(expected) || (mapped && !mappable) {
+        if found != Some(expected) || (map_names::MAPPED.contains(name) && !mappable) {
             tracing::warn!(
                 map = name,
                 ?found,
