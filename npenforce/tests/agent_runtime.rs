@@ -331,6 +331,60 @@ async fn bursts_are_coalesced_and_noops_dropped() {
     assert_eq!(agent.handle.revision(), revision);
 }
 
+/// A change that brings an object back to its applied state within one batch cancels the
+/// change before it; it is not a no-op to drop (`kubectl replace --force` deletes and
+/// creates a policy at once, a label can flip and flip back).
+#[tokio::test]
+async fn a_change_undone_within_a_batch_leaves_the_applied_state() {
+    let (tx, rx) = mpsc::channel(64);
+    let agent = TestAgent::start(rx);
+    for e in base_events() {
+        tx.send(e).await.expect("running");
+    }
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
+    agent.wait_ready().await;
+    let enforced = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false)];
+    agent.expect_verdicts("policy in force", &enforced).await;
+    let revision = agent.handle.revision();
+
+    // Deleted and created again, unchanged, in one burst.
+    let deleted = Change::DeletePolicy(
+        Policy::from_k8s(&web_isolated())
+            .expect("named")
+            .key
+            .clone(),
+    );
+    tx.send(SourceEvent::Change(deleted))
+        .await
+        .expect("running");
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
+    // A label flipped and back.
+    for role in ["client", "none", "client", ""] {
+        let labels: &[(&str, &str)] = if role.is_empty() {
+            &[]
+        } else {
+            &[("role", role)]
+        };
+        tx.send(change_pod(&pod("other", "mon", labels, "node-2", MON)))
+            .await
+            .expect("running");
+    }
+    // The bursts were flushed (a revision came), and what they left is what was there.
+    let start = std::time::Instant::now();
+    while agent.handle.revision() == revision && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.expect_verdicts("after the bursts", &enforced).await;
+}
+
 #[tokio::test]
 async fn a_failed_apply_is_recovered_by_a_full_reconcile() {
     let (tx, rx) = mpsc::channel(64);

@@ -198,6 +198,11 @@ impl Batch {
         }
     }
 
+    /// Whether a change to this object is waiting.
+    fn holds(&self, k: &ChangeKey) -> bool {
+        self.changes.contains_key(k)
+    }
+
     fn flush_at(&self, min_interval: Duration, max_wait: Duration) -> Option<Instant> {
         let (first, last) = (self.first?, self.last?);
         Some((last + min_interval).min(first + max_wait))
@@ -422,7 +427,10 @@ impl<E: Enforcer> Loop<E> {
         match &mut self.phase {
             Phase::Syncing(snap) => apply_to_snapshot(snap, c),
             Phase::Running(compiler) => {
-                if !is_noop(compiler.snapshot(), &c) {
+                // A change that restores the applied state is still news when another
+                // change to the object is waiting: dropping it would let the waiting one
+                // win (a policy deleted and created again, a label flipped and back).
+                if self.batch.holds(&change_key(&c)) || !is_noop(compiler.snapshot(), &c) {
                     self.batch.push(c);
                 }
             }
