@@ -208,6 +208,12 @@ fn is_neighbour_discovery(packet: &Packet) -> bool {
     {
         return true;
     }
+    link_scoped_source(packet)
+}
+
+/// An IPv6 link-local or unspecified source.
+#[inline(always)]
+fn link_scoped_source(packet: &Packet) -> bool {
     let link_local = packet.src.first_byte() == 0xfe && packet.src.second_byte() & 0xc0 == 0x80;
     link_local || packet.src.is_unspecified()
 }
@@ -229,15 +235,25 @@ fn pod_packet(
         return Err(verdict::DROP);
     };
     match parse_into(ctx, packet) {
-        Ok(false) => return Err(verdict::PASS),
+        // Not IP (ARP): not ours. Unless a pod sends IP inside VLAN tags, which would pass
+        // the source check and its egress policy unseen.
+        Ok(false) if dir == direction::INGRESS || !parse::is_vlan_tagged(ctx) => {
+            return Err(verdict::PASS)
+        }
         Ok(true) => {}
-        Err(_) => {
+        Ok(false) | Err(_) => {
             report_drop(ctx, None, iface.pod_id, dir, drop_reason::MALFORMED, cfg);
             return Err(verdict::DROP);
         }
     }
     let packet: &'static Packet = packet;
-    if is_neighbour_discovery(packet) {
+    // What a pod sends as neighbour discovery from a global address must be its own: the
+    // source check comes after this, and such a packet, routed on, is judged by its source.
+    if is_neighbour_discovery(packet)
+        && (dir == direction::INGRESS
+            || link_scoped_source(packet)
+            || endpoint_pod(&packet.src, cfg) == Some(iface.pod_id))
+    {
         if dir == direction::EGRESS {
             // Marked like everything the pod sends: should the node route it after all (a
             // neighbour solicitation sent to a remote address), the uplink or the receiving

@@ -13,6 +13,9 @@ use crate::addr::WordAddr;
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q and 802.1ad VLAN tags.
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 
 /// Upper bound of the L4 header's offset. Real IPv6 extension chains are far shorter; a packet
 /// whose chain runs past this is treated as malformed (and dropped where we enforce).
@@ -182,6 +185,18 @@ pub fn parse_into(ctx: &TcContext, packet: &mut Packet) -> Result<bool, ParseErr
         ETH_P_IP => parse_ipv4(&cur, packet).map(|()| true),
         ETH_P_IPV6 => parse_ipv6(&cur, packet).map(|()| true),
         _ => Ok(false),
+    }
+}
+
+/// Whether the frame carries a VLAN tag in its data. A tag still there at TC is an inner
+/// one: the kernel took the outer tag off before TC, and after TC it takes a priority tag
+/// (VLAN 0) off the inner one too and hands the IP packet inside to the stack, which no
+/// program of ours then sees.
+#[inline(always)]
+pub fn is_vlan_tagged(ctx: &TcContext) -> bool {
+    match Cursor::new(ctx).read::<u16>(12) {
+        Ok(ethertype) => matches!(u16::from_be(ethertype), ETH_P_8021Q | ETH_P_8021AD),
+        Err(_) => false,
     }
 }
 

@@ -1052,6 +1052,86 @@ fn neighbour_discovery_a_pod_sends_is_marked_with_the_pod() {
     );
 }
 
+/// Neighbour discovery from a global source that is not the pod's own gets no exemption: the
+/// source check drops it (routed on, it would be judged by the forged source).
+#[test]
+fn neighbour_discovery_from_another_address_is_a_spoofed_source() {
+    if !kernel_tests_enabled("neighbour_discovery_from_another_address_is_a_spoofed_source") {
+        return;
+    }
+    use npenforce_common::program_names::FROM_POD;
+    let mut b = Bench::new();
+    let advertisement = |src: &str| {
+        Craft::new(
+            ip(src),
+            ip(WEB6),
+            L4::Icmp {
+                kind: 136,
+                code: 0,
+                id: 0,
+            },
+        )
+        .hop_limit(255)
+        .build()
+    };
+    let run = |b: &mut Bench, frame: &[u8]| {
+        b.enforcer
+            .dataplane()
+            .test_run_marked(FROM_POD, frame, 0)
+            .expect("BPF_PROG_TEST_RUN")
+            .0
+    };
+    // The sending pod is the web pod (the bench's veth); its own addresses pass.
+    assert_eq!(
+        run(&mut b, &advertisement(WEB6)),
+        verdict::PASS,
+        "own global"
+    );
+    assert_eq!(
+        run(&mut b, &advertisement("fe80::1")),
+        verdict::PASS,
+        "link-local"
+    );
+    assert_eq!(
+        run(&mut b, &advertisement("::")),
+        verdict::PASS,
+        "unspecified"
+    );
+    assert_eq!(
+        run(&mut b, &advertisement(CLIENT6)),
+        verdict::DROP,
+        "another pod's address"
+    );
+}
+
+/// IP inside VLAN tags is dropped where a pod sends it: after TC the kernel takes priority
+/// tags off and hands the IP packet to the stack, past the source check and egress policy.
+#[test]
+fn ip_inside_vlan_tags_from_a_pod_is_dropped() {
+    if !kernel_tests_enabled("ip_inside_vlan_tags_from_a_pod_is_dropped") {
+        return;
+    }
+    use npenforce_common::program_names::FROM_POD;
+    let mut b = Bench::new();
+    let plain = Craft::new(ip(WEB4), ip(CLIENT4), L4::tcp(40000, 80)).build();
+    let run = |b: &mut Bench, frame: &[u8]| {
+        b.enforcer
+            .dataplane()
+            .test_run_marked(FROM_POD, frame, 0)
+            .expect("BPF_PROG_TEST_RUN")
+            .0
+    };
+    assert_eq!(run(&mut b, &plain), verdict::PASS, "untagged, own source");
+    for outer in [0x8100u16, 0x88a8] {
+        // Two tags of VLAN 0 between the MAC addresses and the IPv4 ethertype.
+        let mut tagged = plain[..12].to_vec();
+        tagged.extend_from_slice(&outer.to_be_bytes());
+        tagged.extend_from_slice(&[0, 0, 0x81, 0x00, 0, 0]);
+        tagged.extend_from_slice(&plain[12..]);
+        assert_eq!(run(&mut b, &tagged), verdict::DROP, "tagged {outer:#x}");
+    }
+}
+
 /// Userspace places and finds flows where the programs do (the same key hashing on both
 /// sides): what `dataplane::conntrack_table` reads, writes and removes is what the programs
 /// see, for both families.
