@@ -235,3 +235,72 @@ spec:
     ]);
     assert!(!c.allowed("2001:db8:1::1", "fd00::1", TCP, 80));
 }
+
+/// The API server always sets `kubernetes.io/metadata.name` to the namespace's name,
+/// whatever the object says; a manifest must not let one namespace pass for another.
+#[test]
+fn the_namespace_name_label_is_always_the_name() {
+    let mut w = World::new();
+    w.ns("x", "")
+        .ns("kube-system", "")
+        .ns("evil", "kubernetes.io/metadata.name=kube-system");
+    w.pod("x", "a", "app=a")
+        .pod("kube-system", "dns", "app=dns")
+        .pod("evil", "b", "app=dns");
+    w.policy(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-kube-system, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}",
+    );
+    w.compile().expect_tcp(&[
+        ("kube-system/dns", "x/a", 80, true),
+        ("evil/b", "x/a", 80, false),
+    ]);
+}
+
+/// Sidecars (init containers with `restartPolicy: Always`) serve named ports like other
+/// containers; plain init containers have finished before the pod serves anything.
+#[test]
+fn named_ports_of_sidecars_count() {
+    let mut w = World::new();
+    w.ns("x", "").pod("x", "client", "app=client");
+    let init = |name: &str, restart: &str, port: &str| {
+        format!(
+            "  initContainers: [{{name: {name}, image: i, {restart} ports: [{{name: {port}, containerPort: 9090}}]}}]\n"
+        )
+    };
+    w.pods.push(raw_pod(
+        "x",
+        "web",
+        "app: web",
+        &init("proxy", "restartPolicy: Always,", "metrics"),
+        "  phase: Running\n  podIP: 10.0.9.1\n",
+    ));
+    w.pods.push(raw_pod(
+        "x",
+        "batch",
+        "app: web",
+        &init("setup", "", "metrics"),
+        "  phase: Running\n  podIP: 10.0.9.2\n",
+    ));
+    w.policy(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: metrics-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports:
+    - port: metrics",
+    );
+    w.compile().expect_tcp(&[
+        ("x/client", "x/web", 9090, true),
+        ("x/client", "x/web", 8080, false),
+        ("x/client", "x/batch", 9090, false),
+    ]);
+}

@@ -64,13 +64,14 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// A namespace with the given labels plus the automatic name label.
+    /// A namespace with the given labels plus the automatic name label. The API server
+    /// always sets that label to the name, over any value the object gives it, and so does
+    /// this: a namespace must not pass for another one in a `namespaceSelector` (a manifest
+    /// file is not defaulted by an API server).
     pub fn new(name: impl Into<String>, labels: Labels) -> Namespace {
         let name = name.into();
         let mut labels = labels;
-        labels
-            .entry(NAMESPACE_NAME_LABEL.to_string())
-            .or_insert_with(|| name.clone());
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
         Namespace { name, labels }
     }
 
@@ -145,7 +146,15 @@ impl Pod {
             }
         }
         let mut named_ports = Vec::new();
-        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+        // Sidecars (init containers that keep running, `restartPolicy: Always`) serve
+        // named ports too, as upstream's port lookup counts them.
+        let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let sidecars = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for c in containers.iter().chain(sidecars) {
             for p in c.ports.iter().flatten() {
                 let (Some(name), Ok(port)) = (p.name.as_ref(), u16::try_from(p.container_port))
                 else {
