@@ -236,7 +236,9 @@ fn pod_packet(
     };
     match parse_into(ctx, packet) {
         // Not IP (ARP): not ours. Unless a pod sends IP inside VLAN tags, which would pass
-        // the source check and its egress policy unseen.
+        // the source check and its egress policy unseen. (Checked here, on the pod's
+        // egress side only, rather than in the shared parser: there it cost `npe_to_pod`
+        // 70k more instructions of verifier walk for frames it never sees.)
         Ok(false) if dir == direction::INGRESS || !parse::is_vlan_tagged(ctx) => {
             return Err(verdict::PASS)
         }

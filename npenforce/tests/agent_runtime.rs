@@ -65,6 +65,23 @@ fn base_events() -> Vec<SourceEvent> {
     ]
 }
 
+/// An agent that applied the base objects and `web_isolated`, and the sender of its events.
+async fn ready_with_web_isolated(capacity: usize) -> (mpsc::Sender<SourceEvent>, TestAgent) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let agent = TestAgent::start(rx);
+    for e in base_events() {
+        tx.send(e).await.expect("running");
+    }
+    tx.send(change_policy(&web_isolated()))
+        .await
+        .expect("running");
+    tx.send(SourceEvent::InitialSyncDone)
+        .await
+        .expect("running");
+    agent.wait_ready().await;
+    (tx, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_agent_serves_health_readiness_metrics_and_status() {
     let dir = std::env::temp_dir().join(format!("npe-agent-http-{}", std::process::id()));
@@ -262,18 +279,7 @@ async fn readiness_waits_for_the_initial_state_and_adopts_pinned_maps() {
 
 #[tokio::test]
 async fn bursts_are_coalesced_and_noops_dropped() {
-    let (tx, rx) = mpsc::channel(4096);
-    let agent = TestAgent::start(rx);
-    for e in base_events() {
-        tx.send(e).await.expect("running");
-    }
-    tx.send(change_policy(&web_isolated()))
-        .await
-        .expect("running");
-    tx.send(SourceEvent::InitialSyncDone)
-        .await
-        .expect("running");
-    agent.wait_ready().await;
+    let (tx, agent) = ready_with_web_isolated(4096).await;
 
     // 300 peers appear in one burst, and one pod flaps 100 times.
     for i in 0..300u32 {
@@ -336,18 +342,7 @@ async fn bursts_are_coalesced_and_noops_dropped() {
 /// creates a policy at once, a label can flip and flip back).
 #[tokio::test]
 async fn a_change_undone_within_a_batch_leaves_the_applied_state() {
-    let (tx, rx) = mpsc::channel(64);
-    let agent = TestAgent::start(rx);
-    for e in base_events() {
-        tx.send(e).await.expect("running");
-    }
-    tx.send(change_policy(&web_isolated()))
-        .await
-        .expect("running");
-    tx.send(SourceEvent::InitialSyncDone)
-        .await
-        .expect("running");
-    agent.wait_ready().await;
+    let (tx, agent) = ready_with_web_isolated(64).await;
     let enforced = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false)];
     agent.expect_verdicts("policy in force", &enforced).await;
     let revision = agent.handle.revision();
@@ -504,18 +499,7 @@ fn runtime_is_constructible_without_a_tokio_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_trickle_is_applied_at_least_every_max_wait() {
-    let (tx, rx) = mpsc::channel(4096);
-    let agent = TestAgent::start(rx);
-    for e in base_events() {
-        tx.send(e).await.expect("running");
-    }
-    tx.send(change_policy(&web_isolated()))
-        .await
-        .expect("running");
-    tx.send(SourceEvent::InitialSyncDone)
-        .await
-        .expect("running");
-    agent.wait_ready().await;
+    let (tx, agent) = ready_with_web_isolated(4096).await;
     let first = agent.handle.revision();
     // A change every 3 ms for 600 ms: the 10 ms quiet period never comes, the 100 ms
     // longest wait bounds the delay.

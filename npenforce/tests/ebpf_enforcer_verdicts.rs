@@ -145,6 +145,15 @@ spec:
         self.enforcer.maps().apply(&diff).expect("apply");
     }
 
+    /// The verdict of `npe_from_pod` on what the web pod sends (the bench's veth).
+    fn run_from_web(&mut self, frame: &[u8]) -> i32 {
+        self.enforcer
+            .dataplane()
+            .test_run_marked(npenforce_common::program_names::FROM_POD, frame, 0)
+            .expect("BPF_PROG_TEST_RUN")
+            .0
+    }
+
     fn run_to_web(&mut self, packet: &[u8]) -> &'static str {
         match self
             .enforcer
@@ -1059,7 +1068,6 @@ fn neighbour_discovery_from_another_address_is_a_spoofed_source() {
     if !kernel_tests_enabled("neighbour_discovery_from_another_address_is_a_spoofed_source") {
         return;
     }
-    use npenforce_common::program_names::FROM_POD;
     let mut b = Bench::new();
     let advertisement = |src: &str| {
         Craft::new(
@@ -1074,31 +1082,24 @@ fn neighbour_discovery_from_another_address_is_a_spoofed_source() {
         .hop_limit(255)
         .build()
     };
-    let run = |b: &mut Bench, frame: &[u8]| {
-        b.enforcer
-            .dataplane()
-            .test_run_marked(FROM_POD, frame, 0)
-            .expect("BPF_PROG_TEST_RUN")
-            .0
-    };
     // The sending pod is the web pod (the bench's veth); its own addresses pass.
     assert_eq!(
-        run(&mut b, &advertisement(WEB6)),
+        b.run_from_web(&advertisement(WEB6)),
         verdict::PASS,
         "own global"
     );
     assert_eq!(
-        run(&mut b, &advertisement("fe80::1")),
+        b.run_from_web(&advertisement("fe80::1")),
         verdict::PASS,
         "link-local"
     );
     assert_eq!(
-        run(&mut b, &advertisement("::")),
+        b.run_from_web(&advertisement("::")),
         verdict::PASS,
         "unspecified"
     );
     assert_eq!(
-        run(&mut b, &advertisement(CLIENT6)),
+        b.run_from_web(&advertisement(CLIENT6)),
         verdict::DROP,
         "another pod's address"
     );
@@ -1111,24 +1112,20 @@ fn ip_inside_vlan_tags_from_a_pod_is_dropped() {
     if !kernel_tests_enabled("ip_inside_vlan_tags_from_a_pod_is_dropped") {
         return;
     }
-    use npenforce_common::program_names::FROM_POD;
     let mut b = Bench::new();
     let plain = Craft::new(ip(WEB4), ip(CLIENT4), L4::tcp(40000, 80)).build();
-    let run = |b: &mut Bench, frame: &[u8]| {
-        b.enforcer
-            .dataplane()
-            .test_run_marked(FROM_POD, frame, 0)
-            .expect("BPF_PROG_TEST_RUN")
-            .0
-    };
-    assert_eq!(run(&mut b, &plain), verdict::PASS, "untagged, own source");
+    assert_eq!(
+        b.run_from_web(&plain),
+        verdict::PASS,
+        "untagged, own source"
+    );
     for outer in [0x8100u16, 0x88a8] {
         // Two tags of VLAN 0 between the MAC addresses and the IPv4 ethertype.
         let mut tagged = plain[..12].to_vec();
         tagged.extend_from_slice(&outer.to_be_bytes());
         tagged.extend_from_slice(&[0, 0, 0x81, 0x00, 0, 0]);
         tagged.extend_from_slice(&plain[12..]);
-        assert_eq!(run(&mut b, &tagged), verdict::DROP, "tagged {outer:#x}");
+        assert_eq!(b.run_from_web(&tagged), verdict::DROP, "tagged {outer:#x}");
     }
 }
 

@@ -188,19 +188,21 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, c: Change) {
+    /// Queues `c`, unless it leaves the `applied` state as it is and no other change to its
+    /// object waits. A change that restores the applied state is still news when one waits:
+    /// dropping it would let the waiting one win (a policy deleted and created again, a
+    /// label flipped and back).
+    fn push_unless_noop(&mut self, c: Change, applied: &Snapshot) {
+        let k = change_key(&c);
+        if !self.changes.contains_key(&k) && is_noop(applied, &c) {
+            return;
+        }
         let now = Instant::now();
         self.first.get_or_insert(now);
         self.last = Some(now);
-        let k = change_key(&c);
         if self.changes.insert(k.clone(), c).is_none() {
             self.order.push(k);
         }
-    }
-
-    /// Whether a change to this object is waiting.
-    fn holds(&self, k: &ChangeKey) -> bool {
-        self.changes.contains_key(k)
     }
 
     fn flush_at(&self, min_interval: Duration, max_wait: Duration) -> Option<Instant> {
@@ -426,14 +428,7 @@ impl<E: Enforcer> Loop<E> {
         }
         match &mut self.phase {
             Phase::Syncing(snap) => apply_to_snapshot(snap, c),
-            Phase::Running(compiler) => {
-                // A change that restores the applied state is still news when another
-                // change to the object is waiting: dropping it would let the waiting one
-                // win (a policy deleted and created again, a label flipped and back).
-                if self.batch.holds(&change_key(&c)) || !is_noop(compiler.snapshot(), &c) {
-                    self.batch.push(c);
-                }
-            }
+            Phase::Running(compiler) => self.batch.push_unless_noop(c, compiler.snapshot()),
         }
     }
 
