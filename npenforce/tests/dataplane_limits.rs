@@ -17,6 +17,7 @@ use npenforce::{
         packet::{Craft, L4},
     },
     policy::{
+        ipblock::parse_ip_block,
         model::{Peer, Rule},
         ports::{PortMatch, PortSpec},
         Compiler, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector, Snapshot,
@@ -294,4 +295,135 @@ fn a_full_peer_map_never_opens_a_door() {
         dropped > 0 && passed > 0,
         "some allowed peers found room and some did not ({passed} passed, {dropped} dropped)"
     );
+}
+
+/// An except written as a narrower entry that does not fit must not leave its addresses to
+/// the broad prefix around it: the peer table is full of single addresses, and the rule then
+/// allows `10.1.0.0/16` except `10.1.2.3`, whose entry cannot be written.
+#[test]
+fn a_full_peer_map_never_drops_an_except() {
+    if !kernel_tests_enabled("a_full_peer_map_never_drops_an_except") {
+        return;
+    }
+    // The block arrives with its except, or was already there without one.
+    except_finds_no_room(false);
+    except_finds_no_room(true);
+}
+
+fn except_finds_no_room(block_already_allowed: bool) {
+    let case = if block_already_allowed {
+        "the except added to an allowed block"
+    } else {
+        "the block and its except added together"
+    };
+    const PEER_SLOTS: u32 = 4;
+    let options = DataplaneOptions {
+        map_sizes: MapSizes {
+            policy_peers: PEER_SLOTS,
+            ..MapSizes::default()
+        },
+        ..DataplaneOptions::default()
+    };
+    let mut enforcer = KernelEnforcer::new(&options).expect("loading with a tiny peer map");
+    enforcer
+        .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
+        .expect("node addresses");
+
+    let mut snap = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
+    snap.upsert_namespace(Namespace::new("limits", BTreeMap::new()));
+    snap.upsert_pod(pod("web", NODE, "web", WEB));
+    for i in 1..=12u8 {
+        let ip = Ipv4Addr::new(10, 0, 5, i);
+        snap.upsert_pod(pod(&format!("client-{i}"), "elsewhere", "client", ip));
+    }
+    let from_clients = Peer::Pods {
+        namespaces: None,
+        pods: selector("app", "client"),
+    };
+    let web_policy = |peers: Vec<Peer>| Policy {
+        key: ObjectKey::new("limits", "web"),
+        pod_selector: Some(selector("app", "web")),
+        isolates_ingress: true,
+        isolates_egress: false,
+        ingress: vec![Rule {
+            peers: Some(peers),
+            ports: Some(vec![PortSpec {
+                protocol: ip_proto::TCP,
+                port: PortMatch::Range { start: 80, end: 80 },
+            }]),
+        }],
+        egress: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut first_peers = vec![from_clients.clone()];
+    if block_already_allowed {
+        let block = parse_ip_block("10.1.0.0/16", &[]).expect("ipBlock");
+        first_peers.push(Peer::IpBlock(block));
+    }
+    snap.upsert_policy(web_policy(first_peers));
+    let first = Compiler::new(snap.clone());
+    enforcer
+        .reconcile(first.map_entries())
+        .expect("filling the single-address table");
+    let slots = shared_table::buckets_for(PEER_SLOTS) as usize * shared_table::WAYS;
+    assert_eq!(
+        enforcer.maps().kernel_peer_hosts().len(),
+        slots,
+        "{case}: the single-address table is full"
+    );
+
+    let excepted = Ipv4Addr::new(10, 1, 2, 3);
+    let block = parse_ip_block("10.1.0.0/16", &["10.1.2.3/32".to_string()]).expect("ipBlock");
+    snap.upsert_policy(web_policy(vec![from_clients, Peer::IpBlock(block)]));
+    let second = Compiler::new(snap);
+    let web = second
+        .pod(&ObjectKey::new("limits", "web"))
+        .expect("web is local")
+        .pod_id;
+    let except_key = PeerKey::new(web, direction::INGRESS, v4_mapped(excepted.octets()));
+    assert!(
+        second
+            .map_entries()
+            .peers
+            .keys()
+            .any(|(_, key)| *key == except_key),
+        "{case}: the except is a single-address entry of its own"
+    );
+    let stats = enforcer
+        .reconcile(second.map_entries())
+        .expect("applying (failed writes are reported, not errors)");
+    assert!(
+        stats.failed > 0,
+        "{case}: the full table is reported: {stats:?}"
+    );
+    assert!(
+        !enforcer.maps().kernel_peer_hosts().contains(&except_key),
+        "{case}: the except found no room"
+    );
+
+    let lo = if_index("lo").expect("ifindex of lo");
+    enforcer
+        .maps()
+        .set_interface(
+            lo,
+            IfaceInfo {
+                pod_id: web,
+                flags: 0,
+            },
+        )
+        .expect("IFACES");
+    // The excepted address is denied, and so is the rest of the block: its prefix is left
+    // out rather than written without the except.
+    for (source, what) in [
+        (excepted, "the excepted address"),
+        (Ipv4Addr::new(10, 1, 9, 9), "an address of the block"),
+    ] {
+        let packet = Craft::new(IpAddr::V4(source), IpAddr::V4(WEB), L4::tcp(41000, 80)).build();
+        let got = enforcer
+            .dataplane()
+            .test_run(program_names::TO_POD, &packet, 1)
+            .expect("BPF_PROG_TEST_RUN")
+            .verdict;
+        assert_eq!(got, verdict::DROP, "{case}: {what} ({source}) is dropped");
+    }
 }

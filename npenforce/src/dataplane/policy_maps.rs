@@ -5,9 +5,10 @@
 //! 1. `POLICY_PORTS` upserts: rule sets are content-addressed and immutable, so new ones exist
 //!    before anything points at them.
 //! 2. Peer upserts (single addresses into the `POLICY_PEER_HOSTS` table, shorter prefixes into
-//!    the `POLICY_PEERS` trie; a single-address entry is always the longest match). With only upserts
-//!    done, the longest match of any address is a prefix of the old or of the new table, so
-//!    every verdict is the old or the new one.
+//!    the `POLICY_PEERS` trie; a single-address entry is always the longest match), longest
+//!    prefix first. An address's longest match is then either a rewritten entry, with every
+//!    longer new entry already in place, or an old entry with no longer new one written yet:
+//!    every verdict is the old or the new one, never a new broad prefix without its except.
 //! 3. `ENDPOINTS` upserts, and `POD_STATE` for pods whose isolation is relaxed (a pod that
 //!    stops being isolated must not meet its half-removed table while still isolated); the
 //!    table flags (`pod_state_flags::TABLES`, which peer maps hold the pod's entries) are
@@ -23,8 +24,11 @@
 //! 7. `ENDPOINTS` removals, `POLICY_PORTS` removals (rule sets nothing points at any more).
 //!
 //! A failed write (a full map) is logged and counted, never retried into an inconsistent
-//! state: a missing peer or port entry denies, a missing endpoint fails the source check, and
-//! a pod whose id does not fit `POD_STATE` is left pending (node traffic only).
+//! state: a missing port entry denies, a missing endpoint fails the source check, and a pod
+//! whose id does not fit `POD_STATE` is left pending (node traffic only). A missing peer entry
+//! would leave its addresses to a broader prefix, which may allow what the entry (an except)
+//! denies: so the broader prefixes of the pod's table around it are withdrawn too (step 2),
+//! and its addresses are denied.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -290,8 +294,27 @@ impl PolicyMaps {
             let r = self.ports.insert(&Key::new(*len, *key), *value, 0);
             self.note(&mut stats, r, map_names::POLICY_PORTS);
         }
-        for ((len, key), value) in &diff.peers.upserts {
-            if *len == HOST_PREFIX_BITS {
+        // Longest prefixes first: an entry is written only after every narrower one of the new
+        // table, so no address meets a new broad rule set before its except is in place.
+        let mut unwritten: Vec<(u32, PeerKey)> = Vec::new();
+        for ((len, key), value) in diff.peers.upserts.iter().rev() {
+            if unwritten
+                .iter()
+                .any(|(f_len, f_key)| prefix_covers(*len, key, *f_len, f_key))
+            {
+                // Its rule set would apply to a narrower entry that is missing, an except
+                // perhaps: leave it out, as if it had failed too.
+                tracing::error!(
+                    map = peer_map_name(*len),
+                    pod_id = u32::from_be_bytes(key.pod_id),
+                    "peer prefix not written: a narrower entry inside it could not be written (the prefix is denied)"
+                );
+                stats.failed += 1;
+                self.failed_total += 1;
+                unwritten.push((*len, *key));
+                continue;
+            }
+            let written = if *len == HOST_PREFIX_BITS {
                 // The bit first: a program that finds it clear does not search the table.
                 self.peer_host_bits.add(host_addr(key.words()));
                 let r = self.peer_hosts.insert(key.words(), value.ruleset);
@@ -299,12 +322,20 @@ impl PolicyMaps {
                     &mut stats,
                     r.map_err(TableWriteError::from),
                     peer_map_name(*len),
-                );
+                )
             } else {
                 let r = self.peers.insert(&Key::new(*len, *key), *value, 0);
-                self.note(&mut stats, r, peer_map_name(*len));
+                self.note(&mut stats, r, peer_map_name(*len))
+            };
+            if !written {
+                unwritten.push((*len, *key));
             }
         }
+        // An entry that could not be written leaves its addresses to what the kernel still
+        // holds: its own old value or a covering prefix, either of which may allow what the new
+        // table denies. Withdraw both, broadest first, so that those addresses find nothing
+        // (denied) until a later reconcile finds room.
+        let withdrawn = self.withdraw_around(&unwritten, &diff.peers.upserts, &mut stats);
         for (key, info) in &diff.endpoints.upserts {
             let r = match shared_table::endpoint_value(info.pod_id, info.flags) {
                 Some(value) => self
@@ -367,10 +398,52 @@ impl PolicyMaps {
             self.note_removal(&mut stats, r, map_names::POLICY_PORTS);
         }
         diff.peers.apply_to(&mut self.mirror.peers);
+        if !withdrawn.removals.is_empty() {
+            self.table_entries.apply(&self.mirror.peers, &withdrawn);
+            withdrawn.apply_to(&mut self.mirror.peers);
+        }
         diff.ports.apply_to(&mut self.mirror.ports);
         self.pod_flags = new_flags;
         bumped?;
         Ok(stats)
+    }
+
+    /// Removes from the kernel every `unwritten` entry and every entry of the old or new table
+    /// that covers one (same pod and direction, shorter prefix), shortest prefix first.
+    /// Returns the removals, for the mirror.
+    fn withdraw_around(
+        &mut self,
+        unwritten: &[(u32, PeerKey)],
+        upserts: &BTreeMap<(u32, PeerKey), PeerValue>,
+        stats: &mut ApplyStats,
+    ) -> crate::policy::EntryDiff<(u32, PeerKey), PeerValue> {
+        let mut withdrawn = crate::policy::EntryDiff::default();
+        if unwritten.is_empty() {
+            return withdrawn;
+        }
+        let covering = self
+            .mirror
+            .peers
+            .keys()
+            .chain(upserts.keys())
+            .filter(|(len, key)| {
+                unwritten
+                    .iter()
+                    .any(|(f_len, f_key)| prefix_covers(*len, key, *f_len, f_key))
+            });
+        withdrawn.removals = covering.chain(unwritten).copied().collect();
+        // The set is ordered by prefix length: broadest first, so that a removal never lays
+        // bare a broader entry that is still there.
+        for (len, key) in &withdrawn.removals {
+            if *len == HOST_PREFIX_BITS {
+                self.peer_hosts.remove(&key.words());
+                stats.removed += 1;
+            } else {
+                let r = self.peers.remove(&Key::new(*len, *key));
+                self.note_removal(stats, r, peer_map_name(*len));
+            }
+        }
+        withdrawn
     }
 
     fn write_pod_state(&mut self, pod_id: u32, flags: u32, stats: &mut ApplyStats) {
@@ -378,9 +451,18 @@ impl PolicyMaps {
         self.note(stats, r, map_names::POD_STATE);
     }
 
-    fn note(&mut self, stats: &mut ApplyStats, result: Result<(), MapError>, name: &'static str) {
+    /// Counts and logs a write; true if it was made.
+    fn note(
+        &mut self,
+        stats: &mut ApplyStats,
+        result: Result<(), MapError>,
+        name: &'static str,
+    ) -> bool {
         match result {
-            Ok(()) => stats.written += 1,
+            Ok(()) => {
+                stats.written += 1;
+                true
+            }
             Err(err) => {
                 stats.failed += 1;
                 self.failed_total += 1;
@@ -389,6 +471,7 @@ impl PolicyMaps {
                 } else {
                     tracing::error!(map = name, error = %err, "map write failed (the affected traffic is denied)");
                 }
+                false
             }
         }
     }
@@ -398,13 +481,17 @@ impl PolicyMaps {
         stats: &mut ApplyStats,
         result: Result<(), TableWriteError>,
         name: &'static str,
-    ) {
+    ) -> bool {
         match result {
-            Ok(()) => stats.written += 1,
+            Ok(()) => {
+                stats.written += 1;
+                true
+            }
             Err(err) => {
                 stats.failed += 1;
                 self.failed_total += 1;
                 tracing::error!(map = name, error = %err, "entry not written (the affected traffic is denied); raise the map size if the table is full");
+                false
             }
         }
     }
@@ -558,6 +645,27 @@ impl PolicyMaps {
     }
 }
 
+/// Whether the prefix (`len`, `key`) strictly covers (`inner_len`, `inner`): shorter, and equal
+/// to it in its first `len` bits (which include the pod id and direction).
+fn prefix_covers(len: u32, key: &PeerKey, inner_len: u32, inner: &PeerKey) -> bool {
+    if len >= inner_len {
+        return false;
+    }
+    let bytes =
+        |k: &PeerKey| -> Vec<u8> { k.words().iter().flat_map(|w| w.to_ne_bytes()).collect() };
+    let (outer, inner) = (bytes(key), bytes(inner));
+    let whole = (len / 8) as usize;
+    let rest = len % 8;
+    if outer[..whole] != inner[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    outer[whole] & mask == inner[whole] & mask
+}
+
 fn pod_flags_from<'a>(
     infos: impl Iterator<Item = &'a EndpointInfo>,
     tables: &TableEntries,
@@ -629,5 +737,71 @@ impl TableEntries {
             }
         }
         flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use npenforce_common::v4_mapped;
+
+    use super::*;
+
+    fn key(pod_id: u32, dir: u8, ip: [u8; 4]) -> PeerKey {
+        PeerKey::new(pod_id, dir, v4_mapped(ip))
+    }
+
+    /// Prefix length of an IPv4 prefix of `bits` bits (addresses are IPv4-mapped IPv6).
+    fn v4_len(bits: u32) -> u32 {
+        PeerKey::FIXED_PREFIX_BITS + 96 + bits
+    }
+
+    #[test]
+    fn a_prefix_covers_the_longer_prefixes_inside_it() {
+        let broad = key(7, direction::INGRESS, [10, 1, 0, 0]);
+        let inside = key(7, direction::INGRESS, [10, 1, 2, 3]);
+        assert!(prefix_covers(v4_len(16), &broad, HOST_PREFIX_BITS, &inside));
+        assert!(prefix_covers(v4_len(12), &broad, v4_len(24), &inside));
+        assert!(prefix_covers(
+            PeerKey::FIXED_PREFIX_BITS,
+            &broad,
+            v4_len(1),
+            &inside
+        ));
+    }
+
+    #[test]
+    fn a_prefix_does_not_cover_itself_a_broader_one_or_one_outside_it() {
+        let broad = key(7, direction::INGRESS, [10, 1, 0, 0]);
+        let outside = key(7, direction::INGRESS, [10, 2, 0, 1]);
+        assert!(!prefix_covers(v4_len(16), &broad, v4_len(16), &broad));
+        assert!(!prefix_covers(HOST_PREFIX_BITS, &broad, v4_len(16), &broad));
+        assert!(!prefix_covers(
+            v4_len(16),
+            &broad,
+            HOST_PREFIX_BITS,
+            &outside
+        ));
+        // 10.1.0.0 and 10.2.0.0 differ in their fifteenth and sixteenth bits.
+        assert!(!prefix_covers(v4_len(16), &broad, v4_len(24), &outside));
+        assert!(prefix_covers(v4_len(14), &broad, v4_len(24), &outside));
+    }
+
+    #[test]
+    fn a_prefix_covers_only_its_own_pod_and_direction() {
+        let broad = key(7, direction::INGRESS, [10, 1, 0, 0]);
+        let other_pod = key(8, direction::INGRESS, [10, 1, 2, 3]);
+        let other_dir = key(7, direction::EGRESS, [10, 1, 2, 3]);
+        assert!(!prefix_covers(
+            v4_len(16),
+            &broad,
+            HOST_PREFIX_BITS,
+            &other_pod
+        ));
+        assert!(!prefix_covers(
+            v4_len(16),
+            &broad,
+            HOST_PREFIX_BITS,
+            &other_dir
+        ));
     }
 }
