@@ -270,7 +270,8 @@ fn pod_packet(
         } else {
             &packet.src
         };
-        if cfg.pending_allows != 0 || is_node_addr(node_side) {
+        let node_peer_allowed = dir == direction::EGRESS || !from_network(skb_mark(ctx));
+        if cfg.pending_allows != 0 || (node_peer_allowed && is_node_addr(node_side)) {
             return Err(verdict::PASS);
         }
         report_drop(ctx, Some(packet), 0, dir, drop_reason::POD_PENDING, cfg);
@@ -422,6 +423,12 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     }
 }
 
+/// Whether `npe_from_uplink` classified the packet: it entered the node from the network.
+#[inline(always)]
+fn from_network(m: u32) -> bool {
+    m & mark::CLASSIFIED != 0 && m >> mark::POD_SHIFT == 0
+}
+
 /// The sending pod of this node: from the mark `npe_from_pod` set (it survives SNAT; 0 from
 /// `npe_from_uplink`), or, for a packet not classified on entry (the node's own traffic, a
 /// pod veth we are not attached to yet), from the address map; 0 when the sender is not a
@@ -466,13 +473,16 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
         return Ok(());
     }
     // A new flow. The receiver's ingress policy first: it needs no lookup of the sender,
-    // which only a packet the receiver admits pays for.
+    // which only a packet the receiver admits pays for. A packet from the network is never
+    // the node's own, whatever its source says: IPv4 drops such martians before routing them
+    // here, IPv6 does not.
     let ingress = side_verdict(
         direction::INGRESS,
         &packet.src,
         packet.protocol,
         packet.dst_port,
         receiver,
+        !from_network(m),
         cfg,
     );
     // A TCP segment of a connection opened before we were attached (agent start on a busy
@@ -495,6 +505,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             packet.protocol,
             packet.dst_port,
             sender,
+            true,
             cfg,
         ),
         Err(reason) => Err(reason),

@@ -185,7 +185,8 @@ fn ports_allow(ruleset: u32, protocol: u8, port: u16) -> bool {
 
 /// One side of a new flow: the policy of `pod` (a pod of this node, or 0 for none) for
 /// `dir`, toward `peer` (the destination for egress, the source for ingress). Traffic from and
-/// to this node's own addresses is always allowed.
+/// to this node's own addresses is always allowed, when `node_peer_allowed` says that a peer
+/// with such an address is the node (not a packet from the network that claims to be).
 #[inline(always)]
 pub fn side_verdict(
     dir: u8,
@@ -193,9 +194,13 @@ pub fn side_verdict(
     protocol: u8,
     dst_port: u16,
     pod: u32,
+    node_peer_allowed: bool,
     cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
-    if pod == 0 || side_allows(pod, dir, peer, protocol, dst_port, cfg) || is_node_addr(peer) {
+    if pod == 0
+        || side_allows(pod, dir, peer, protocol, dst_port, cfg)
+        || (node_peer_allowed && is_node_addr(peer))
+    {
         return Ok(());
     }
     Err(if dir == direction::INGRESS {
@@ -216,13 +221,22 @@ pub fn judge(
     ingress_pod: u32,
     cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
-    side_verdict(direction::EGRESS, dst, protocol, dst_port, egress_pod, cfg)?;
+    side_verdict(
+        direction::EGRESS,
+        dst,
+        protocol,
+        dst_port,
+        egress_pod,
+        true,
+        cfg,
+    )?;
     side_verdict(
         direction::INGRESS,
         src,
         protocol,
         dst_port,
         ingress_pod,
+        true,
         cfg,
     )
 }

@@ -1490,3 +1490,71 @@ fn a_restarted_agent_fills_the_host_filter_from_the_table_it_adopts() {
     assert!(!b.enforcer.dataplane().adopted(POLICY_PEER_HOSTS));
     assert!(!b.enforcer.dataplane().adopted(PEER_HOST_BITS));
 }
+
+/// Traffic from the node's own addresses reaches an isolated pod. A packet from the network
+/// that carries one of them as its source is not the node's (IPv4 drops such martians before
+/// routing; IPv6 routes them): web's ingress policy judges it. A local pod's packet that
+/// kube-proxy masqueraded to the node's address (a NodePort) stays node traffic, as the
+/// upstream documents leave rewritten sources to the implementation.
+#[test]
+fn a_node_address_from_the_network_is_not_the_node() {
+    if !kernel_tests_enabled("a_node_address_from_the_network_is_not_the_node") {
+        return;
+    }
+    use npenforce_common::mark;
+    const NODE4: &str = "192.168.0.10";
+    const NODE6: &str = "fd00:192:168::10";
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4), ip(NODE6)])
+        .expect("node addresses");
+    let monitor = b
+        .compiler
+        .pod(&PodKey::new("default", "monitor"))
+        .expect("monitor compiled")
+        .pod_id;
+    let from_network = mark::CLASSIFIED;
+    let masqueraded_pod = mark::CLASSIFIED | (monitor << mark::POD_SHIFT);
+    for (node, web) in [(NODE4, WEB4), (NODE6, WEB6)] {
+        let mut src_port = 46000;
+        let mut run = |b: &mut Bench, m: u32| {
+            // Port 22: no rule of web allows it from anyone, and each run a new flow.
+            src_port += 1;
+            let packet = Craft::new(ip(node), ip(web), L4::tcp(src_port, 22)).build();
+            let (v, _) = b
+                .enforcer
+                .dataplane()
+                .test_run_marked(TO_POD, &packet, m)
+                .expect("BPF_PROG_TEST_RUN");
+            v
+        };
+        assert_eq!(run(&mut b, 0), verdict::PASS, "{node}: the node's own");
+        assert_eq!(
+            run(&mut b, masqueraded_pod),
+            verdict::PASS,
+            "{node}: a local pod masqueraded to the node"
+        );
+        assert_eq!(
+            run(&mut b, from_network),
+            verdict::DROP,
+            "{node}: from the network, claiming the node's address"
+        );
+    }
+    // A pod not known yet (pending) admits only node traffic: the same holds.
+    b.lo_is(IfaceInfo {
+        pod_id: 0,
+        flags: npenforce_common::iface_flags::PENDING,
+    });
+    let packet = Craft::new(ip(NODE6), ip(WEB6), L4::tcp(47000, 22)).build();
+    for (m, expected, what) in [
+        (0, verdict::PASS, "the node's own"),
+        (from_network, verdict::DROP, "from the network"),
+    ] {
+        let (v, _) = b
+            .enforcer
+            .dataplane()
+            .test_run_marked(TO_POD, &packet, m)
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(v, expected, "to a pending pod, {what}");
+    }
+}
