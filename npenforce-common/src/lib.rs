@@ -244,8 +244,21 @@ pub mod pod_state_flags {
 pub struct PodState {
     /// `endpoint_flags` isolation bits and `pod_state_flags`.
     pub flags: u32,
+    /// The policy generation under which the id was given to its pod (to the addresses it
+    /// has now). Ids are reused: a tracked flow last judged before then was admitted by
+    /// another pod.
+    pub since: u32,
 }
-const _: () = assert!(core::mem::size_of::<PodState>() == 4);
+const _: () = assert!(core::mem::size_of::<PodState>() == 8);
+
+impl PodState {
+    /// Whether a flow that this pod id admitted, last judged under `judged`, was admitted by
+    /// the pod that has the id now. (Generations wrap; they are compared as a window.)
+    #[inline(always)]
+    pub const fn admitted_by_current_pod(&self, judged: u32) -> bool {
+        self.flags & pod_state_flags::PRESENT != 0 && (self.since.wrapping_sub(judged) as i32) <= 0
+    }
+}
 
 /// Flags of [`IfaceInfo`].
 pub mod iface_flags {

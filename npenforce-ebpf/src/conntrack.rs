@@ -53,7 +53,7 @@ use crate::{
         ADOPTION_DEADLINE, CONNTRACK_KEY, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS, POLICY_GENERATION,
     },
     parse::{Flow, Packet},
-    policy::judge,
+    policy::{judge, pod_state},
 };
 
 /// How long the first fragment of a datagram vouches for its later fragments.
@@ -451,7 +451,14 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
         // if it is judged allowed again).
         return Tracked::Unknown;
     }
-    let verdict = judged_again(&key, &mut entry, cfg);
+    let current = generation();
+    if entry.generation != current && !admitted_by_current_pods(&entry) {
+        // A pod that admitted the flow is gone, and its addresses or its id may be another
+        // pod's now: the flow is none of theirs. It is judged as a new one (and its slot
+        // taken over if allowed).
+        return Tracked::Unknown;
+    }
+    let verdict = judged_again(&key, &mut entry, current, cfg);
     if verdict.is_ok() {
         if protocol == ip_proto::TCP {
             if !from_initiator {
@@ -490,8 +497,12 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
 ///
 /// One `rejudge` call site: every policy search is inlined, and the verifier walks each copy.
 #[inline(always)]
-fn judged_again<K: FlowKey>(key: &K, entry: &mut CtEntry, cfg: &DataplaneConfig) -> Result<(), u8> {
-    let current = generation();
+fn judged_again<K: FlowKey>(
+    key: &K,
+    entry: &mut CtEntry,
+    current: u32,
+    cfg: &DataplaneConfig,
+) -> Result<(), u8> {
     let denied = entry.state & ct_state::DENIED != 0;
     if entry.generation == current {
         return if denied { Err(entry.reason) } else { Ok(()) };
@@ -514,6 +525,14 @@ fn judged_again<K: FlowKey>(key: &K, entry: &mut CtEntry, cfg: &DataplaneConfig)
             Err(reason)
         }
     }
+}
+
+/// Whether the pods of this node that admitted the flow still have their ids (see
+/// `PodState::since`); pod id 0 (no pod) always does.
+#[inline(always)]
+fn admitted_by_current_pods(entry: &CtEntry) -> bool {
+    let still = |pod: u32| pod == 0 || pod_state(pod).admitted_by_current_pod(entry.generation);
+    still(entry.egress_pod) && still(entry.ingress_pod)
 }
 
 /// Judges a tracked flow again in its original orientation with the pods that admitted it.

@@ -76,15 +76,20 @@ impl Bench {
         Bench::with_options(&DataplaneOptions::default())
     }
 
+    /// Compiles the objects, then makes the maps hold their tables as an agent starting
+    /// does: by a reconcile, which adopts what pinned maps hold.
     fn with_options(options: &DataplaneOptions) -> Bench {
         let mut b = Bench {
             enforcer: KernelEnforcer::new(options).expect("loading"),
             compiler: Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![])),
         };
+        let mut compile = |change: Change| {
+            b.compiler.apply(change);
+        };
         let ns: k8s_openapi::api::core::v1::Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))
                 .expect("ns");
-        b.change(Change::UpsertNamespace(
+        compile(Change::UpsertNamespace(
             Namespace::from_k8s(&ns).expect("ns"),
         ));
         for (name, labels, v4, v6) in [
@@ -99,7 +104,7 @@ impl Bench {
                 ports: &[],
             };
             let object = pod_object(&spec, NODE, &[ip(v4), ip(v6)]);
-            b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+            compile(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
         }
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
             r#"
@@ -114,7 +119,10 @@ spec:
 "#,
         )
         .expect("policy");
-        b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+        compile(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+        b.enforcer
+            .reconcile(b.compiler.map_entries())
+            .expect("reconcile");
         let web = b.web_iface();
         b.lo_is(web);
         b
@@ -1556,5 +1564,94 @@ fn a_node_address_from_the_network_is_not_the_node() {
             .test_run_marked(TO_POD, &packet, m)
             .expect("BPF_PROG_TEST_RUN");
         assert_eq!(v, expected, "to a pending pod, {what}");
+    }
+}
+
+/// A tracked flow belongs to the pods that admitted it. When such a pod is deleted and a new
+/// pod gets its address, the flow's next packet is the new pod's to judge: under a new id
+/// while the old one is free, or under a new id while the old one names yet another pod.
+#[test]
+fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
+    if !kernel_tests_enabled("a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address") {
+        return;
+    }
+    /// A pod the case creates before the newcomer: name, IPv4 and IPv6 address.
+    type Created = (&'static str, &'static str, &'static str);
+    // Which pods are deleted before the newcomer takes monitor's addresses, and which pods
+    // are created before it (taking the freed ids first).
+    let cases: [(&str, &[&str], &[Created]); 2] = [
+        ("monitor's id left free", &["client", "monitor"], &[]),
+        (
+            "monitor's id given to another pod",
+            &["monitor"],
+            &[("filler", "10.244.1.13", "fd00:10:244::d")],
+        ),
+    ];
+    for (case, deleted, created_first) in cases {
+        let mut b = Bench::new();
+        let monitor = b
+            .compiler
+            .pod(&PodKey::new("default", "monitor"))
+            .expect("monitor compiled")
+            .pod_id;
+        b.lo_is(IfaceInfo {
+            pod_id: monitor,
+            flags: 0,
+        });
+        // A remote peer's flow into monitor, which nothing isolates.
+        let packet = Craft::new(ip("10.9.9.9"), ip(MONITOR4), L4::udp(5353, 5353)).build();
+        assert_eq!(b.run_to_web(&packet), "PASS", "{case}: monitor admits it");
+
+        for name in deleted {
+            b.change(Change::DeletePod(PodKey::new("default", *name)));
+        }
+        for (name, v4, v6) in created_first {
+            let spec = PodSpec {
+                namespace: "default",
+                name,
+                labels: &[],
+                ports: &[],
+            };
+            let object = pod_object(&spec, NODE, &[ip(v4), ip(v6)]);
+            b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+        }
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: newcomer-closed, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: newcomer}}
+  policyTypes: [Ingress]
+"#,
+        )
+        .expect("policy");
+        b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+        let spec = PodSpec {
+            namespace: "default",
+            name: "newcomer",
+            labels: &[("app", "newcomer")],
+            ports: &[],
+        };
+        let object = pod_object(&spec, NODE, &[ip(MONITOR4), ip(MONITOR6)]);
+        b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+        let newcomer = b
+            .compiler
+            .pod(&PodKey::new("default", "newcomer"))
+            .expect("newcomer compiled")
+            .pod_id;
+        assert_ne!(
+            newcomer, monitor,
+            "{case}: the newcomer has an id of its own"
+        );
+        b.lo_is(IfaceInfo {
+            pod_id: newcomer,
+            flags: 0,
+        });
+        assert_eq!(
+            b.run_to_web(&packet),
+            "DROP",
+            "{case}: the newcomer's policy judges the old flow's next packet"
+        );
     }
 }

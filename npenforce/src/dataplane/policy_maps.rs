@@ -98,6 +98,8 @@ pub struct PolicyMaps {
     /// How many peer entries each pod's tables have in the mirror, by kind.
     table_entries: TableEntries,
     pod_flags: BTreeMap<u32, u32>,
+    /// `PodState::since` of every pod id in use: when it got the addresses it has.
+    pod_since: BTreeMap<u32, u32>,
     failed_total: u64,
 }
 
@@ -155,6 +157,7 @@ impl PolicyMaps {
             mirror: MapEntries::default(),
             table_entries: TableEntries::default(),
             pod_flags: BTreeMap::new(),
+            pod_since: BTreeMap::new(),
             failed_total: 0,
         };
         maps.sync_iface_slots()?;
@@ -188,6 +191,8 @@ impl PolicyMaps {
         // What POD_STATE really holds for the adopted pods (it may have been re-created
         // empty, for example after a size change), so that every difference gets written.
         self.pod_flags = self.read_pod_flags();
+        // The adopted pods keep their ids, and so the flows they admitted.
+        self.pod_since = self.read_pod_since();
         // The adopted rule set ids come from the previous agent's history; where they clash
         // with this compile's, the transition goes through fresh ids (see `transition`).
         let mut stats = ApplyStats::default();
@@ -235,6 +240,13 @@ impl PolicyMaps {
             .get(&pod_id, 0)
             .map(|state| state.flags)
             .map_err(map_err(map_names::POD_STATE))
+    }
+
+    fn read_pod_since(&self) -> BTreeMap<u32, u32> {
+        let ids: BTreeSet<u32> = self.mirror.endpoints.values().map(|e| e.pod_id).collect();
+        ids.into_iter()
+            .map(|id| (id, self.pod_state.get(&id, 0).map(|s| s.since).unwrap_or(0)))
+            .collect()
     }
 
     fn read_pod_flags(&self) -> BTreeMap<u32, u32> {
@@ -349,7 +361,25 @@ impl PolicyMaps {
         // What POD_STATE becomes, from the endpoints and peer tables after the diff.
         // (The table counts follow the peers before they change.)
         self.table_entries.apply(&self.mirror.peers, &diff.peers);
+        let addresses_before = addresses_by_pod(&self.mirror.endpoints);
         diff.endpoints.apply_to(&mut self.mirror.endpoints);
+        // An id whose addresses changed names another pod now (a pod's addresses never
+        // change): flows that the id admitted before this generation were another pod's.
+        let generation = self
+            .generation
+            .get(&0, 0)
+            .map_err(map_err(map_names::POLICY_GENERATION))?;
+        let addresses_after = addresses_by_pod(&self.mirror.endpoints);
+        let renewed: BTreeSet<u32> = addresses_after
+            .iter()
+            .filter(|(id, addrs)| addresses_before.get(id) != Some(addrs))
+            .map(|(id, _)| *id)
+            .collect();
+        self.pod_since
+            .retain(|id, _| addresses_after.contains_key(id));
+        for id in &renewed {
+            self.pod_since.insert(*id, generation);
+        }
         let new_flags = pod_flags_from(self.mirror.endpoints.values(), &self.table_entries);
         let touched: BTreeSet<u32> = self
             .pod_flags
@@ -361,7 +391,7 @@ impl PolicyMaps {
         for pod_id in &touched {
             let old = self.pod_flags.get(pod_id).copied().unwrap_or(0);
             let new = new_flags.get(pod_id).copied().unwrap_or(0);
-            if old == new {
+            if old == new && !renewed.contains(pod_id) {
                 continue;
             }
             // Relax first: the isolation both have, the peer tables either has (consulting
@@ -369,7 +399,7 @@ impl PolicyMaps {
             let relaxed = (old & new & ISOLATION)
                 | ((old | new) & pod_state_flags::TABLES)
                 | (new & !ISOLATION & !pod_state_flags::TABLES);
-            if relaxed != old {
+            if relaxed != old || renewed.contains(pod_id) {
                 self.write_pod_state(*pod_id, relaxed, &mut stats);
             }
             if relaxed != new {
@@ -447,7 +477,8 @@ impl PolicyMaps {
     }
 
     fn write_pod_state(&mut self, pod_id: u32, flags: u32, stats: &mut ApplyStats) {
-        let r = self.pod_state.set(pod_id, PodState { flags }, 0);
+        let since = self.pod_since.get(&pod_id).copied().unwrap_or(0);
+        let r = self.pod_state.set(pod_id, PodState { flags, since }, 0);
         self.note(stats, r, map_names::POD_STATE);
     }
 
@@ -664,6 +695,17 @@ fn prefix_covers(len: u32, key: &PeerKey, inner_len: u32, inner: &PeerKey) -> bo
     }
     let mask = 0xffu8 << (8 - rest);
     outer[whole] & mask == inner[whole] & mask
+}
+
+/// The addresses of each pod id in `endpoints`.
+fn addresses_by_pod(
+    endpoints: &BTreeMap<AddrKey, EndpointInfo>,
+) -> BTreeMap<u32, BTreeSet<AddrKey>> {
+    let mut by_pod: BTreeMap<u32, BTreeSet<AddrKey>> = BTreeMap::new();
+    for (addr, info) in endpoints {
+        by_pod.entry(info.pod_id).or_default().insert(*addr);
+    }
+    by_pod
 }
 
 fn pod_flags_from<'a>(
