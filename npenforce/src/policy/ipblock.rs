@@ -108,7 +108,7 @@ impl Prefix {
         } else {
             return Err(format!("invalid CIDR {text:?}: bad prefix length"));
         };
-        if let Ok(v4) = ip.parse::<Ipv4Addr>() {
+        if let Some(v4) = parse_ipv4_sloppy(ip) {
             if len > 32 {
                 return Err(format!("invalid CIDR {text:?}: prefix length over 32"));
             }
@@ -146,6 +146,29 @@ impl fmt::Debug for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
+}
+
+/// An IPv4 address as the API server's CIDR parser reads it (`ParseCIDRSloppy`, the parser of
+/// Go before 1.17): octets may have leading zeros, and are decimal all the same
+/// (`010.0.0.1` is 10.0.0.1).
+fn parse_ipv4_sloppy(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits = part.trim_start_matches('0');
+        *octet = if digits.is_empty() {
+            0
+        } else if digits.len() <= 3 {
+            digits.parse().ok()?
+        } else {
+            return None;
+        };
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 /// The network mask of a prefix length, as a 128-bit integer.
@@ -239,6 +262,29 @@ pub fn parse_ip_block(cidr: &str, except: &[String]) -> Result<IpBlock, Vec<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_octets_with_leading_zeros_are_decimal_as_the_api_server_reads_them() {
+        let p = Prefix::parse_cidr("010.001.0.00/16").expect("leading zeros are accepted");
+        assert_eq!(p, Prefix::parse_cidr("10.1.0.0/16").expect("v4 cidr"));
+        assert_eq!(
+            Prefix::parse_cidr("192.168.000.099/32")
+                .expect("v4 cidr")
+                .to_string(),
+            "192.168.0.99/32"
+        );
+        for bad in [
+            "256.0.0.0/8",
+            "0256.0.0.0/8",
+            "1.2.3/8",
+            "1.2.3.4.5/8",
+            "1..2.3/8",
+            "+1.2.3.4/8",
+            "0x1.2.3.4/8",
+        ] {
+            assert!(Prefix::parse_cidr(bad).is_err(), "{bad} is refused");
+        }
+    }
 
     #[test]
     fn parses_v4_and_v6() {
