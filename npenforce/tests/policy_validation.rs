@@ -108,6 +108,43 @@ fn field_paths_and_messages() {
     assert!(errors("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}").is_empty());
 }
 
+/// Label keys and values in selectors have the API server's syntax. A key no label can have
+/// would make a `NotIn` peer match every pod.
+#[test]
+fn label_keys_and_values_are_validated_as_the_api_server_does() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector:\n        matchExpressions: [{key: 'bad key!', operator: NotIn, values: [x]}]",
+            "spec.ingress[0].from[0].podSelector.matchExpressions[0].key",
+            "invalid label key",
+        ),
+        (
+            "  podSelector:\n    matchExpressions: [{key: 'Example.com/app', operator: Exists}]",
+            "spec.podSelector.matchExpressions[0].key",
+            "DNS subdomain",
+        ),
+        (
+            "  podSelector:\n    matchLabels: {app: 'a b'}",
+            "spec.podSelector.matchLabels[\"app\"]",
+            "invalid label value",
+        ),
+        (
+            "  podSelector: {}\n  egress:\n  - to:\n    - namespaceSelector:\n        matchLabels: {'-team': x}",
+            "spec.egress[0].to[0].namespaceSelector.matchLabels[\"-team\"]",
+            "invalid label key",
+        ),
+    ];
+    for (spec, field, msg) in cases {
+        let (f, m) = one_error(spec);
+        assert_eq!(&f, field, "field of {spec}");
+        assert!(m.contains(msg), "message {m:?} should mention {msg:?}");
+    }
+    assert!(errors(
+        "  podSelector:\n    matchLabels: {app.kubernetes.io/name: web, tier: ''}\n    matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [a_b.c-9]}]"
+    )
+    .is_empty());
+}
+
 /// Fail closed: the broken policy isolates the pods it selects (in the directions it
 /// declares) without allowing anything; other policies and other pods are unaffected.
 #[test]

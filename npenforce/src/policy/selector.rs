@@ -67,7 +67,7 @@ impl Selector {
         let mut errors = Vec::new();
         let mut match_labels = Vec::new();
         for (k, v) in selector.match_labels.iter().flatten() {
-            if let Err(e) = validate_key(k) {
+            if let Err(e) = validate_key(k).and_then(|()| validate_value(v)) {
                 errors.push((format!("matchLabels[{k:?}]"), e));
             }
             match_labels.push((k.clone(), v.clone()));
@@ -125,14 +125,77 @@ impl Selector {
     }
 }
 
-/// A label key must be non-empty (the full qualified-name syntax check is left to the API
-/// server; an empty key can never match anything meaningful).
+/// A label key as the API server validates it (a qualified name): an optional DNS subdomain
+/// prefix and `/`, then a name of at most 63 characters, alphanumeric at both ends, with `-`,
+/// `_` and `.` inside. A key that no label can have would make a `NotIn` or `DoesNotExist`
+/// requirement match every pod, where the API server refuses the object.
 fn validate_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        Err("label key must not be empty".to_string())
-    } else {
-        Ok(())
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        if !is_dns_subdomain(prefix) {
+            return Err(format!(
+                "invalid label key {key:?}: the prefix must be a DNS subdomain (lowercase \
+                 alphanumerics, '-' and '.', at most 253 characters)"
+            ));
+        }
     }
+    if name.is_empty() || !is_label_word(name) {
+        return Err(format!(
+            "invalid label key {key:?}: the name must be 1 to 63 characters, alphanumeric at \
+             both ends, with '-', '_' or '.' between"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value as the API server validates it: empty, or a label word.
+fn validate_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_word(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid label value {value:?}: at most 63 characters, alphanumeric at both ends, \
+             with '-', '_' or '.' between"
+        ))
+    }
+}
+
+/// At most 63 characters, alphanumeric at both ends, `-`, `_` and `.` inside.
+fn is_label_word(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            bytes.len() <= 63
+                && first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// A DNS-1123 subdomain: dot-separated labels of lowercase alphanumerics and `-`,
+/// alphanumeric at both ends, at most 253 characters in all.
+fn is_dns_subdomain(text: &str) -> bool {
+    let is_lower_alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            match (bytes.first(), bytes.last()) {
+                (Some(first), Some(last)) => {
+                    is_lower_alnum(first)
+                        && is_lower_alnum(last)
+                        && bytes.iter().all(|b| is_lower_alnum(b) || *b == b'-')
+                }
+                _ => false,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -161,6 +224,23 @@ mod tests {
             match_expressions: (!exprs.is_empty()).then_some(exprs),
         })
         .expect("valid selector")
+    }
+
+    #[test]
+    fn label_words_are_at_most_63_characters_alphanumeric_at_both_ends() {
+        assert!(is_label_word("a"));
+        assert!(is_label_word("A-b_c.9"));
+        assert!(is_label_word(&"x".repeat(63)));
+        for bad in ["", "-a", "a-", "_a", "a.", "a b", "a/b", "é"] {
+            assert!(!is_label_word(bad), "{bad:?}");
+        }
+        assert!(!is_label_word(&"x".repeat(64)));
+        assert!(validate_key("example.com/app").is_ok());
+        assert!(validate_key("a/b/c").is_err(), "one prefix at most");
+        assert!(validate_key("/app").is_err(), "an empty prefix");
+        assert!(validate_key("example..com/app").is_err());
+        assert!(validate_key(&format!("{}/app", "a".repeat(254))).is_err());
+        assert!(validate_value("").is_ok());
     }
 
     #[test]
