@@ -188,12 +188,11 @@ fn pod(name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod {
     }
 }
 
-#[test]
-fn a_full_peer_map_never_opens_a_door() {
-    if !kernel_tests_enabled("a_full_peer_map_never_opens_a_door") {
-        return;
-    }
-    const PEER_SLOTS: u32 = 4;
+/// Slots of the peer maps in the tests of a full table.
+const PEER_SLOTS: u32 = 4;
+
+/// An enforcer whose peer maps hold [`PEER_SLOTS`] entries.
+fn tiny_peer_map_enforcer() -> KernelEnforcer {
     let options = DataplaneOptions {
         map_sizes: MapSizes {
             policy_peers: PEER_SLOTS,
@@ -205,26 +204,37 @@ fn a_full_peer_map_never_opens_a_door() {
     enforcer
         .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
         .expect("node addresses");
+    enforcer
+}
 
-    // web allows TCP 80 from twelve client pods: its table needs thirteen entries (the node's
-    // address too), more than the map holds.
-    let clients: Vec<Ipv4Addr> = (1..=12).map(|i| Ipv4Addr::new(10, 0, 5, i)).collect();
+/// web on this node, and client pods elsewhere at `clients`.
+fn web_and_clients(clients: &[Ipv4Addr]) -> Snapshot {
     let mut snap = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
     snap.upsert_namespace(Namespace::new("limits", BTreeMap::new()));
     snap.upsert_pod(pod("web", NODE, "web", WEB));
     for (i, ip) in clients.iter().enumerate() {
         snap.upsert_pod(pod(&format!("client-{i}"), "elsewhere", "client", *ip));
     }
-    snap.upsert_policy(Policy {
+    snap
+}
+
+/// The client pods, as a peer.
+fn from_clients() -> Peer {
+    Peer::Pods {
+        namespaces: None,
+        pods: selector("app", "client"),
+    }
+}
+
+/// web isolated for ingress, allowing TCP 80 from `peers`.
+fn web_policy(peers: Vec<Peer>) -> Policy {
+    Policy {
         key: ObjectKey::new("limits", "web"),
         pod_selector: Some(selector("app", "web")),
         isolates_ingress: true,
         isolates_egress: false,
         ingress: vec![Rule {
-            peers: Some(vec![Peer::Pods {
-                namespaces: None,
-                pods: selector("app", "client"),
-            }]),
+            peers: Some(peers),
             ports: Some(vec![PortSpec {
                 protocol: ip_proto::TCP,
                 port: PortMatch::Range { start: 80, end: 80 },
@@ -232,7 +242,35 @@ fn a_full_peer_map_never_opens_a_door() {
         }],
         egress: Vec::new(),
         errors: Vec::new(),
-    });
+    }
+}
+
+/// Makes the loopback device (where test runs happen) stand for web's veth.
+fn lo_is_web(enforcer: &mut KernelEnforcer, web: u32) {
+    let lo = if_index("lo").expect("ifindex of lo");
+    enforcer
+        .maps()
+        .set_interface(
+            lo,
+            IfaceInfo {
+                pod_id: web,
+                flags: 0,
+            },
+        )
+        .expect("IFACES");
+}
+
+#[test]
+fn a_full_peer_map_never_opens_a_door() {
+    if !kernel_tests_enabled("a_full_peer_map_never_opens_a_door") {
+        return;
+    }
+    let mut enforcer = tiny_peer_map_enforcer();
+    // web allows TCP 80 from twelve client pods: its table needs thirteen entries (the node's
+    // address too), more than the map holds.
+    let clients: Vec<Ipv4Addr> = (1..=12).map(|i| Ipv4Addr::new(10, 0, 5, i)).collect();
+    let mut snap = web_and_clients(&clients);
+    snap.upsert_policy(web_policy(vec![from_clients()]));
     let compiler = Compiler::new(snap);
     let web = compiler
         .pod(&ObjectKey::new("limits", "web"))
@@ -254,17 +292,7 @@ fn a_full_peer_map_never_opens_a_door() {
     let slots = shared_table::buckets_for(PEER_SLOTS) as usize * shared_table::WAYS;
     assert_eq!(written.len(), slots, "the table is full");
 
-    let lo = if_index("lo").expect("ifindex of lo");
-    enforcer
-        .maps()
-        .set_interface(
-            lo,
-            IfaceInfo {
-                pod_id: web,
-                flags: 0,
-            },
-        )
-        .expect("IFACES");
+    lo_is_web(&mut enforcer, web);
     let (mut passed, mut dropped) = (0, 0);
     for (i, client) in clients.iter().enumerate() {
         let present = written.contains(&PeerKey::new(
@@ -316,46 +344,10 @@ fn except_finds_no_room(block_already_allowed: bool) {
     } else {
         "the block and its except added together"
     };
-    const PEER_SLOTS: u32 = 4;
-    let options = DataplaneOptions {
-        map_sizes: MapSizes {
-            policy_peers: PEER_SLOTS,
-            ..MapSizes::default()
-        },
-        ..DataplaneOptions::default()
-    };
-    let mut enforcer = KernelEnforcer::new(&options).expect("loading with a tiny peer map");
-    enforcer
-        .set_node_addresses(&[IpAddr::V4(NODE_ADDR)])
-        .expect("node addresses");
-
-    let mut snap = Snapshot::new(NodeScope::Node(NODE.into()), vec![IpAddr::V4(NODE_ADDR)]);
-    snap.upsert_namespace(Namespace::new("limits", BTreeMap::new()));
-    snap.upsert_pod(pod("web", NODE, "web", WEB));
-    for i in 1..=12u8 {
-        let ip = Ipv4Addr::new(10, 0, 5, i);
-        snap.upsert_pod(pod(&format!("client-{i}"), "elsewhere", "client", ip));
-    }
-    let from_clients = Peer::Pods {
-        namespaces: None,
-        pods: selector("app", "client"),
-    };
-    let web_policy = |peers: Vec<Peer>| Policy {
-        key: ObjectKey::new("limits", "web"),
-        pod_selector: Some(selector("app", "web")),
-        isolates_ingress: true,
-        isolates_egress: false,
-        ingress: vec![Rule {
-            peers: Some(peers),
-            ports: Some(vec![PortSpec {
-                protocol: ip_proto::TCP,
-                port: PortMatch::Range { start: 80, end: 80 },
-            }]),
-        }],
-        egress: Vec::new(),
-        errors: Vec::new(),
-    };
-    let mut first_peers = vec![from_clients.clone()];
+    let mut enforcer = tiny_peer_map_enforcer();
+    let clients: Vec<Ipv4Addr> = (1..=12).map(|i| Ipv4Addr::new(10, 0, 5, i)).collect();
+    let mut snap = web_and_clients(&clients);
+    let mut first_peers = vec![from_clients()];
     if block_already_allowed {
         let block = parse_ip_block("10.1.0.0/16", &[]).expect("ipBlock");
         first_peers.push(Peer::IpBlock(block));
@@ -374,7 +366,7 @@ fn except_finds_no_room(block_already_allowed: bool) {
 
     let excepted = Ipv4Addr::new(10, 1, 2, 3);
     let block = parse_ip_block("10.1.0.0/16", &["10.1.2.3/32".to_string()]).expect("ipBlock");
-    snap.upsert_policy(web_policy(vec![from_clients, Peer::IpBlock(block)]));
+    snap.upsert_policy(web_policy(vec![from_clients(), Peer::IpBlock(block)]));
     let second = Compiler::new(snap);
     let web = second
         .pod(&ObjectKey::new("limits", "web"))
@@ -401,17 +393,7 @@ fn except_finds_no_room(block_already_allowed: bool) {
         "{case}: the except found no room"
     );
 
-    let lo = if_index("lo").expect("ifindex of lo");
-    enforcer
-        .maps()
-        .set_interface(
-            lo,
-            IfaceInfo {
-                pod_id: web,
-                flags: 0,
-            },
-        )
-        .expect("IFACES");
+    lo_is_web(&mut enforcer, web);
     // The excepted address is denied, and so is the rest of the block: its prefix is left
     // out rather than written without the except.
     for (source, what) in [

@@ -153,6 +153,18 @@ spec:
         self.enforcer.maps().apply(&diff).expect("apply");
     }
 
+    /// Adds a pod of this node, in the default namespace.
+    fn add_pod(&mut self, name: &str, labels: &[(&str, &str)], v4: &str, v6: &str) {
+        let spec = PodSpec {
+            namespace: "default",
+            name,
+            labels,
+            ports: &[],
+        };
+        let object = pod_object(&spec, NODE, &[ip(v4), ip(v6)]);
+        self.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+    }
+
     /// The verdict of `npe_from_pod` on what the web pod sends (the bench's veth).
     fn run_from_web(&mut self, frame: &[u8]) -> i32 {
         self.enforcer
@@ -950,16 +962,8 @@ fn concurrent_rewrites_of_a_bucket_never_make_an_unopened_flow_pass() {
     // the same key words and differ in the address word and the port word.
     const CLIENT2_4: &str = "10.244.1.9";
     const CLIENT2_6: &str = "fd00:10:244::9";
-    let add_client2 = |b: &mut Bench| {
-        let spec = PodSpec {
-            namespace: "default",
-            name: "client2",
-            labels: &[("role", "client")],
-            ports: &[],
-        };
-        let object = pod_object(&spec, NODE, &[ip(CLIENT2_4), ip(CLIENT2_6)]);
-        b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
-    };
+    let add_client2 =
+        |b: &mut Bench| b.add_pod("client2", &[("role", "client")], CLIENT2_4, CLIENT2_6);
     let mut writer = Bench::with_options(&options);
     add_client2(&mut writer);
     let mut reader = Bench::with_options(&options);
@@ -1606,14 +1610,7 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
             b.change(Change::DeletePod(PodKey::new("default", *name)));
         }
         for (name, v4, v6) in created_first {
-            let spec = PodSpec {
-                namespace: "default",
-                name,
-                labels: &[],
-                ports: &[],
-            };
-            let object = pod_object(&spec, NODE, &[ip(v4), ip(v6)]);
-            b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+            b.add_pod(name, &[], v4, v6);
         }
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
             r#"
@@ -1627,14 +1624,7 @@ spec:
         )
         .expect("policy");
         b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
-        let spec = PodSpec {
-            namespace: "default",
-            name: "newcomer",
-            labels: &[("app", "newcomer")],
-            ports: &[],
-        };
-        let object = pod_object(&spec, NODE, &[ip(MONITOR4), ip(MONITOR6)]);
-        b.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
+        b.add_pod("newcomer", &[("app", "newcomer")], MONITOR4, MONITOR6);
         let newcomer = b
             .compiler
             .pod(&PodKey::new("default", "newcomer"))

@@ -21,6 +21,15 @@ fn one_error(spec: &str) -> (String, String) {
     (e[0].field.clone(), e[0].message.clone())
 }
 
+/// Each `(spec, field, part of the message)`: the spec has that one error.
+fn assert_one_error_each(cases: &[(&str, &str, &str)]) {
+    for (spec, field, msg) in cases {
+        let (f, m) = one_error(spec);
+        assert_eq!(&f, field, "field of {spec}");
+        assert!(m.contains(msg), "message {m:?} should mention {msg:?}");
+    }
+}
+
 #[test]
 fn field_paths_and_messages() {
     let cases: &[(&str, &str, &str)] = &[
@@ -95,11 +104,7 @@ fn field_paths_and_messages() {
             "between 1 and 65535",
         ),
     ];
-    for (spec, field, msg) in cases {
-        let (f, m) = one_error(spec);
-        assert_eq!(&f, field, "field of {spec}");
-        assert!(m.contains(msg), "message {m:?} should mention {msg:?}");
-    }
+    assert_one_error_each(cases);
     let e = errors("  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 90, endPort: 80}");
     assert_eq!(
         e[0].to_string(),
@@ -134,11 +139,7 @@ fn label_keys_and_values_are_validated_as_the_api_server_does() {
             "invalid label key",
         ),
     ];
-    for (spec, field, msg) in cases {
-        let (f, m) = one_error(spec);
-        assert_eq!(&f, field, "field of {spec}");
-        assert!(m.contains(msg), "message {m:?} should mention {msg:?}");
-    }
+    assert_one_error_each(cases);
     assert!(errors(
         "  podSelector:\n    matchLabels: {app.kubernetes.io/name: web, tier: ''}\n    matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [a_b.c-9]}]"
     )
