@@ -244,9 +244,9 @@ pub mod pod_state_flags {
 pub struct PodState {
     /// `endpoint_flags` isolation bits and `pod_state_flags`.
     pub flags: u32,
-    /// The policy generation under which the id was given to its pod (to the addresses it
-    /// has now). Ids are reused: a tracked flow last judged before then was admitted by
-    /// another pod.
+    /// The first policy generation under which the id names its pod: the one that the apply
+    /// giving it the addresses it has now brings. Ids are reused: a tracked flow last judged
+    /// before then was admitted by another pod.
     pub since: u32,
 }
 const _: () = assert!(core::mem::size_of::<PodState>() == 8);

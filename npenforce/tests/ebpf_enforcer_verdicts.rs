@@ -1190,16 +1190,18 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
     );
 
     // Placed from userspace: the program finds it (web's answer passes as part of it).
-    let now = {
+    let (now, judged) = {
         // The programs' clock: jiffies, which an entry stamped 0 s ago must match. A flow
-        // stamped in the far past would be expired; "now" is read back from a tracked flow.
+        // stamped in the far past would be expired; "now" is read back from a tracked flow,
+        // and so is the generation it was judged under.
         assert_eq!(
             b.run_to_web(&sctp_packet(CLIENT4, WEB4, 44001, 9000)),
             "PASS"
         );
         let (probe, _) =
             CtKeyV4::for_flow(octets4(CLIENT4), 44001, octets4(WEB4), 9000, ip_proto::SCTP);
-        v4.get(&probe).expect("read").expect("tracked").last_seen
+        let tracked = v4.get(&probe).expect("read").expect("tracked");
+        (tracked.last_seen, tracked.generation)
     };
     let (placed4, client_is_a4) =
         CtKeyV4::for_flow(octets4(CLIENT4), 44002, octets4(WEB4), 9000, ip_proto::SCTP);
@@ -1207,7 +1209,7 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
         CtKey::for_flow(octets6(CLIENT6), 44002, octets6(WEB6), 9000, ip_proto::SCTP);
     let entry = |client_is_a: bool| CtEntry {
         last_seen: now,
-        generation: 0,
+        generation: judged,
         egress_pod: 0,
         ingress_pod: web,
         state: if client_is_a {
@@ -1218,10 +1220,14 @@ fn userspace_finds_and_places_flows_where_the_programs_do() {
         reason: 0,
         _pad: [0; 2],
     };
-    // Generation 0 differs from the current one: the program judges the placed flow again,
-    // as it would an adopted one, and client -> web SCTP 9000 is allowed.
+    // Then the generation moves (an empty policy change): the program judges the placed flow
+    // again, as it would an adopted one, and client -> web SCTP 9000 is allowed.
     assert!(v4.insert(placed4, entry(client_is_a4)).expect("insert"));
     assert!(v6.insert(placed6, entry(client_is_a6)).expect("insert"));
+    b.enforcer
+        .maps()
+        .apply(&npenforce::policy::MapDiff::default())
+        .expect("an empty change");
     assert_eq!(
         b.run_to_web(&sctp_packet(WEB4, CLIENT4, 9000, 44002)),
         "PASS"
@@ -1573,7 +1579,9 @@ fn a_node_address_from_the_network_is_not_the_node() {
 
 /// A tracked flow belongs to the pods that admitted it. When such a pod is deleted and a new
 /// pod gets its address, the flow's next packet is the new pod's to judge: under a new id
-/// while the old one is free, or under a new id while the old one names yet another pod.
+/// while the old one is free, or under a new id while the old one names yet another pod,
+/// also when the flow was admitted after the deletion (through the veth, not yet forgotten,
+/// that still names the old id).
 #[test]
 fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
     if !kernel_tests_enabled("a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address") {
@@ -1581,17 +1589,26 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
     }
     /// A pod the case creates before the newcomer: name, IPv4 and IPv6 address.
     type Created = (&'static str, &'static str, &'static str);
-    // Which pods are deleted before the newcomer takes monitor's addresses, and which pods
-    // are created before it (taking the freed ids first).
-    let cases: [(&str, &[&str], &[Created]); 2] = [
-        ("monitor's id left free", &["client", "monitor"], &[]),
+    const FILLER: Created = ("filler", "10.244.1.13", "fd00:10:244::d");
+    // Which pods are deleted before the newcomer takes monitor's addresses, which pods are
+    // created before it (taking the freed ids first), and whether the flow was admitted
+    // after the deletions.
+    let cases: [(&str, &[&str], &[Created], bool); 3] = [
+        ("monitor's id left free", &["client", "monitor"], &[], false),
         (
             "monitor's id given to another pod",
             &["monitor"],
-            &[("filler", "10.244.1.13", "fd00:10:244::d")],
+            &[FILLER],
+            false,
+        ),
+        (
+            "monitor's id given to another pod, flow admitted after the deletion",
+            &["monitor"],
+            &[FILLER],
+            true,
         ),
     ];
-    for (case, deleted, created_first) in cases {
+    for (case, deleted, created_first, admitted_after_deletion) in cases {
         let mut b = Bench::new();
         let monitor = b
             .compiler
@@ -1604,10 +1621,18 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
         });
         // A remote peer's flow into monitor, which nothing isolates.
         let packet = Craft::new(ip("10.9.9.9"), ip(MONITOR4), L4::udp(5353, 5353)).build();
-        assert_eq!(b.run_to_web(&packet), "PASS", "{case}: monitor admits it");
-
+        if !admitted_after_deletion {
+            assert_eq!(b.run_to_web(&packet), "PASS", "{case}: monitor admits it");
+        }
         for name in deleted {
             b.change(Change::DeletePod(PodKey::new("default", *name)));
+        }
+        if admitted_after_deletion {
+            assert_eq!(
+                b.run_to_web(&packet),
+                "PASS",
+                "{case}: monitor's veth admits it"
+            );
         }
         for (name, v4, v6) in created_first {
             b.add_pod(name, &[], v4, v6);

@@ -364,11 +364,13 @@ impl PolicyMaps {
         let addresses_before = addresses_by_pod(&self.mirror.endpoints);
         diff.endpoints.apply_to(&mut self.mirror.endpoints);
         // An id whose addresses changed names another pod now (a pod's addresses never
-        // change): flows that the id admitted before this generation were another pod's.
-        let generation = self
+        // change): flows that the id admitted before the generation this apply brings were
+        // another pod's (the old pod's veth may admit flows under its id until it is gone).
+        let current = self
             .generation
             .get(&0, 0)
             .map_err(map_err(map_names::POLICY_GENERATION))?;
+        let next_generation = current.wrapping_add(1);
         let addresses_after = addresses_by_pod(&self.mirror.endpoints);
         let renewed: BTreeSet<u32> = addresses_after
             .iter()
@@ -378,7 +380,7 @@ impl PolicyMaps {
         self.pod_since
             .retain(|id, _| addresses_after.contains_key(id));
         for id in &renewed {
-            self.pod_since.insert(*id, generation);
+            self.pod_since.insert(*id, next_generation);
         }
         let new_flags = pod_flags_from(self.mirror.endpoints.values(), &self.table_entries);
         let touched: BTreeSet<u32> = self
@@ -418,7 +420,7 @@ impl PolicyMaps {
         for (pod_id, flags) in tighten {
             self.write_pod_state(pod_id, flags, &mut stats);
         }
-        let bumped = self.bump_generation();
+        let bumped = self.set_generation(next_generation);
         for key in &diff.endpoints.removals {
             self.endpoints.remove(&key.words());
             stats.removed += 1;
@@ -544,13 +546,11 @@ impl PolicyMaps {
         }
     }
 
-    /// Makes tracked flows be judged again on their next packet.
-    pub fn bump_generation(&mut self) -> Result<u32, DataplaneError> {
-        let name = map_names::POLICY_GENERATION;
-        let current = self.generation.get(&0, 0).map_err(map_err(name))?;
-        let next = current.wrapping_add(1);
-        self.generation.set(0, next, 0).map_err(map_err(name))?;
-        Ok(next)
+    /// Moves to policy generation `next`: tracked flows are judged again on their next packet.
+    fn set_generation(&mut self, next: u32) -> Result<(), DataplaneError> {
+        self.generation
+            .set(0, next, 0)
+            .map_err(map_err(map_names::POLICY_GENERATION))
     }
 
     /// Records which pod is behind interface `ifindex` (or that it is pending or an uplink):
