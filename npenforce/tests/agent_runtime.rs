@@ -372,10 +372,10 @@ async fn a_change_undone_within_a_batch_leaves_the_applied_state() {
             .expect("running");
     }
     // The bursts were flushed (a revision came), and what they left is what was there.
-    let start = std::time::Instant::now();
-    while agent.handle.revision() == revision && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = agent
+        .handle
+        .wait_for_revision(revision + 1, Duration::from_secs(2))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     agent.expect_verdicts("after the bursts", &enforced).await;
 }

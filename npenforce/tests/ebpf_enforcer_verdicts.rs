@@ -128,16 +128,25 @@ spec:
         b
     }
 
-    /// The interface entry of a veth in front of web.
-    fn web_iface(&self) -> IfaceInfo {
-        let web = self
-            .compiler
-            .pod(&PodKey::new("default", "web"))
-            .expect("web compiled");
+    /// The id of pod `name` of the default namespace.
+    fn pod_id(&self, name: &str) -> u32 {
+        self.compiler
+            .pod(&PodKey::new("default", name))
+            .unwrap_or_else(|| panic!("{name} compiled"))
+            .pod_id
+    }
+
+    /// The interface entry of a veth in front of pod `name`.
+    fn iface_of(&self, name: &str) -> IfaceInfo {
         IfaceInfo {
-            pod_id: web.pod_id,
+            pod_id: self.pod_id(name),
             flags: 0,
         }
+    }
+
+    /// The interface entry of a veth in front of web.
+    fn web_iface(&self) -> IfaceInfo {
+        self.iface_of("web")
     }
 
     /// What the loopback device (where test runs happen) stands for.
@@ -165,12 +174,17 @@ spec:
         self.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
     }
 
-    /// The verdict of `npe_from_pod` on what the web pod sends (the bench's veth).
-    fn run_from_web(&mut self, frame: &[u8]) -> i32 {
+    /// The verdict of `program` on `packet` carrying `mark`, and the mark it leaves.
+    fn run_marked(&mut self, program: &str, packet: &[u8], mark: u32) -> (i32, u32) {
         self.enforcer
             .dataplane()
-            .test_run_marked(npenforce_common::program_names::FROM_POD, frame, 0)
+            .test_run_marked(program, packet, mark)
             .expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// The verdict of `npe_from_pod` on what the web pod sends (the bench's veth).
+    fn run_from_web(&mut self, frame: &[u8]) -> i32 {
+        self.run_marked(npenforce_common::program_names::FROM_POD, frame, 0)
             .0
     }
 
@@ -1053,11 +1067,7 @@ fn neighbour_discovery_a_pod_sends_is_marked_with_the_pod() {
     .hop_limit(255)
     .build();
     let foreign = 0x4000; // kube-proxy's masquerade bit stays
-    let (verdict, mark_out) = b
-        .enforcer
-        .dataplane()
-        .test_run_marked(FROM_POD, &solicitation, foreign)
-        .expect("BPF_PROG_TEST_RUN");
+    let (verdict, mark_out) = b.run_marked(FROM_POD, &solicitation, foreign);
     assert_eq!(verdict, verdict::PASS);
     assert_eq!(mark_out & foreign, foreign, "other marks are kept");
     assert_ne!(mark_out & mark::CLASSIFIED, 0, "classified");
@@ -1356,12 +1366,8 @@ fn the_uplink_marks_what_enters_from_the_network() {
     };
     const KUBE_PROXY_MASQ: u32 = 0x4000;
     let mut b = Bench::new();
-    let marked = |b: &mut Bench, program: &str, packet: &[u8], m: u32| {
-        b.enforcer
-            .dataplane()
-            .test_run_marked(program, packet, m)
-            .expect("BPF_PROG_TEST_RUN")
-    };
+    let marked =
+        |b: &mut Bench, program: &str, packet: &[u8], m: u32| b.run_marked(program, packet, m);
     let syn = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(45000, 80)).build();
     let reply = Craft::new(
         ip(WEB4),
@@ -1526,11 +1532,7 @@ fn a_node_address_from_the_network_is_not_the_node() {
     b.enforcer
         .set_node_addresses(&[ip(NODE4), ip(NODE6)])
         .expect("node addresses");
-    let monitor = b
-        .compiler
-        .pod(&PodKey::new("default", "monitor"))
-        .expect("monitor compiled")
-        .pod_id;
+    let monitor = b.pod_id("monitor");
     let from_network = mark::CLASSIFIED;
     let masqueraded_pod = mark::CLASSIFIED | (monitor << mark::POD_SHIFT);
     for (node, web) in [(NODE4, WEB4), (NODE6, WEB6)] {
@@ -1539,12 +1541,7 @@ fn a_node_address_from_the_network_is_not_the_node() {
             // Port 22: no rule of web allows it from anyone, and each run a new flow.
             src_port += 1;
             let packet = Craft::new(ip(node), ip(web), L4::tcp(src_port, 22)).build();
-            let (v, _) = b
-                .enforcer
-                .dataplane()
-                .test_run_marked(TO_POD, &packet, m)
-                .expect("BPF_PROG_TEST_RUN");
-            v
+            b.run_marked(TO_POD, &packet, m).0
         };
         assert_eq!(run(&mut b, 0), verdict::PASS, "{node}: the node's own");
         assert_eq!(
@@ -1568,11 +1565,7 @@ fn a_node_address_from_the_network_is_not_the_node() {
         (0, verdict::PASS, "the node's own"),
         (from_network, verdict::DROP, "from the network"),
     ] {
-        let (v, _) = b
-            .enforcer
-            .dataplane()
-            .test_run_marked(TO_POD, &packet, m)
-            .expect("BPF_PROG_TEST_RUN");
+        let (v, _) = b.run_marked(TO_POD, &packet, m);
         assert_eq!(v, expected, "to a pending pod, {what}");
     }
 }
@@ -1610,15 +1603,8 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
     ];
     for (case, deleted, created_first, admitted_after_deletion) in cases {
         let mut b = Bench::new();
-        let monitor = b
-            .compiler
-            .pod(&PodKey::new("default", "monitor"))
-            .expect("monitor compiled")
-            .pod_id;
-        b.lo_is(IfaceInfo {
-            pod_id: monitor,
-            flags: 0,
-        });
+        let monitor = b.pod_id("monitor");
+        b.lo_is(b.iface_of("monitor"));
         // A remote peer's flow into monitor, which nothing isolates.
         let packet = Craft::new(ip("10.9.9.9"), ip(MONITOR4), L4::udp(5353, 5353)).build();
         if !admitted_after_deletion {
@@ -1650,19 +1636,12 @@ spec:
         .expect("policy");
         b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
         b.add_pod("newcomer", &[("app", "newcomer")], MONITOR4, MONITOR6);
-        let newcomer = b
-            .compiler
-            .pod(&PodKey::new("default", "newcomer"))
-            .expect("newcomer compiled")
-            .pod_id;
+        let newcomer = b.pod_id("newcomer");
         assert_ne!(
             newcomer, monitor,
             "{case}: the newcomer has an id of its own"
         );
-        b.lo_is(IfaceInfo {
-            pod_id: newcomer,
-            flags: 0,
-        });
+        b.lo_is(b.iface_of("newcomer"));
         assert_eq!(
             b.run_to_web(&packet),
             "DROP",

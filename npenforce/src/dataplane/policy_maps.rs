@@ -190,9 +190,8 @@ impl PolicyMaps {
         self.table_entries = TableEntries::count(self.mirror.peers.keys());
         // What POD_STATE really holds for the adopted pods (it may have been re-created
         // empty, for example after a size change), so that every difference gets written.
-        self.pod_flags = self.read_pod_flags();
-        // The adopted pods keep their ids, and so the flows they admitted.
-        self.pod_since = self.read_pod_since();
+        // The adopted pods keep their ids, and so the flows they admitted (`since`).
+        (self.pod_flags, self.pod_since) = self.read_pod_states();
         // The adopted rule set ids come from the previous agent's history; where they clash
         // with this compile's, the transition goes through fresh ids (see `transition`).
         let mut stats = ApplyStats::default();
@@ -242,19 +241,18 @@ impl PolicyMaps {
             .map_err(map_err(map_names::POD_STATE))
     }
 
-    fn read_pod_since(&self) -> BTreeMap<u32, u32> {
+    /// `POD_STATE` of the mirror's pods: the flags that are set, and every pod's `since`.
+    fn read_pod_states(&self) -> (BTreeMap<u32, u32>, BTreeMap<u32, u32>) {
         let ids: BTreeSet<u32> = self.mirror.endpoints.values().map(|e| e.pod_id).collect();
-        ids.into_iter()
-            .map(|id| (id, self.pod_state.get(&id, 0).map(|s| s.since).unwrap_or(0)))
-            .collect()
-    }
-
-    fn read_pod_flags(&self) -> BTreeMap<u32, u32> {
-        let ids: BTreeSet<u32> = self.mirror.endpoints.values().map(|e| e.pod_id).collect();
-        ids.into_iter()
-            .map(|id| (id, self.pod_state.get(&id, 0).map(|s| s.flags).unwrap_or(0)))
-            .filter(|(_, flags)| *flags != 0)
-            .collect()
+        let (mut flags, mut since) = (BTreeMap::new(), BTreeMap::new());
+        for id in ids {
+            let state = self.pod_state.get(&id, 0).unwrap_or_default();
+            if state.flags != 0 {
+                flags.insert(id, state.flags);
+            }
+            since.insert(id, state.since);
+        }
+        (flags, since)
     }
 
     fn read_kernel(&mut self) -> Result<MapEntries, DataplaneError> {
@@ -315,7 +313,7 @@ impl PolicyMaps {
                 .any(|(f_len, f_key)| prefix_covers(*len, key, *f_len, f_key))
             {
                 // Its rule set would apply to a narrower entry that is missing, an except
-                // perhaps: leave it out, as if it had failed too.
+                // perhaps: leave it out (withdrawn below with the other covering prefixes).
                 tracing::error!(
                     map = peer_map_name(*len),
                     pod_id = u32::from_be_bytes(key.pod_id),
@@ -323,7 +321,6 @@ impl PolicyMaps {
                 );
                 stats.failed += 1;
                 self.failed_total += 1;
-                unwritten.push((*len, *key));
                 continue;
             }
             let written = if *len == HOST_PREFIX_BITS {
@@ -409,13 +406,7 @@ impl PolicyMaps {
             }
         }
         for (len, key) in &diff.peers.removals {
-            if *len == HOST_PREFIX_BITS {
-                self.peer_hosts.remove(&key.words());
-                stats.removed += 1;
-            } else {
-                let r = self.peers.remove(&Key::new(*len, *key));
-                self.note_removal(&mut stats, r, peer_map_name(*len));
-            }
+            self.remove_peer(*len, key, &mut stats);
         }
         for (pod_id, flags) in tighten {
             self.write_pod_state(pod_id, flags, &mut stats);
@@ -467,15 +458,20 @@ impl PolicyMaps {
         // The set is ordered by prefix length: broadest first, so that a removal never lays
         // bare a broader entry that is still there.
         for (len, key) in &withdrawn.removals {
-            if *len == HOST_PREFIX_BITS {
-                self.peer_hosts.remove(&key.words());
-                stats.removed += 1;
-            } else {
-                let r = self.peers.remove(&Key::new(*len, *key));
-                self.note_removal(stats, r, peer_map_name(*len));
-            }
+            self.remove_peer(*len, key, stats);
         }
         withdrawn
+    }
+
+    /// Removes a peer entry from the map its prefix length puts it in.
+    fn remove_peer(&mut self, len: u32, key: &PeerKey, stats: &mut ApplyStats) {
+        if len == HOST_PREFIX_BITS {
+            self.peer_hosts.remove(&key.words());
+            stats.removed += 1;
+        } else {
+            let r = self.peers.remove(&Key::new(len, *key));
+            self.note_removal(stats, r, peer_map_name(len));
+        }
     }
 
     fn write_pod_state(&mut self, pod_id: u32, flags: u32, stats: &mut ApplyStats) {
@@ -679,22 +675,13 @@ impl PolicyMaps {
 /// Whether the prefix (`len`, `key`) strictly covers (`inner_len`, `inner`): shorter, and equal
 /// to it in its first `len` bits (which include the pod id and direction).
 fn prefix_covers(len: u32, key: &PeerKey, inner_len: u32, inner: &PeerKey) -> bool {
-    if len >= inner_len {
-        return false;
-    }
-    let bytes =
-        |k: &PeerKey| -> Vec<u8> { k.words().iter().flat_map(|w| w.to_ne_bytes()).collect() };
-    let (outer, inner) = (bytes(key), bytes(inner));
-    let whole = (len / 8) as usize;
-    let rest = len % 8;
-    if outer[..whole] != inner[..whole] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    outer[whole] & mask == inner[whole] & mask
+    // Every peer prefix covers the pod id and direction whole (`FIXED_PREFIX_BITS`).
+    let addr_bits = len.saturating_sub(PeerKey::FIXED_PREFIX_BITS) as u8;
+    len < inner_len
+        && key.words()[0] == inner.words()[0]
+        && (u128::from_be_bytes(key.addr) ^ u128::from_be_bytes(inner.addr))
+            & crate::policy::ipblock::mask(addr_bits)
+            == 0
 }
 
 /// The addresses of each pod id in `endpoints`.

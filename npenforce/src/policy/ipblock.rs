@@ -159,14 +159,8 @@ fn parse_ipv4_sloppy(text: &str) -> Option<Ipv4Addr> {
         if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let digits = part.trim_start_matches('0');
-        *octet = if digits.is_empty() {
-            0
-        } else if digits.len() <= 3 {
-            digits.parse().ok()?
-        } else {
-            return None;
-        };
+        // Leading zeros parse; a value over 255 does not.
+        *octet = part.parse().ok()?;
     }
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }

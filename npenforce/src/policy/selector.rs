@@ -142,7 +142,7 @@ fn validate_key(key: &str) -> Result<(), String> {
             ));
         }
     }
-    if name.is_empty() || !is_label_word(name) {
+    if !is_label_word(name) {
         return Err(format!(
             "invalid label key {key:?}: the name must be 1 to 63 characters, alphanumeric at \
              both ends, with '-', '_' or '.' between"
@@ -183,8 +183,7 @@ fn is_label_word(word: &str) -> bool {
 /// alphanumeric at both ends, at most 253 characters in all.
 fn is_dns_subdomain(text: &str) -> bool {
     let is_lower_alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !text.is_empty()
-        && text.len() <= 253
+    text.len() <= 253
         && text.split('.').all(|label| {
             let bytes = label.as_bytes();
             match (bytes.first(), bytes.last()) {
