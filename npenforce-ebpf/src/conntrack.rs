@@ -43,14 +43,15 @@ use aya_ebpf::{
 use npenforce_common::{
     ct_state,
     ct_table::{self, OCCUPIED, UPDATING, WAYS, WRITING},
-    ip_proto, v4_mapped, CtBucket, CtEntry, CtKey, CtKeyV4, CtSlot, CtTableKey, DataplaneConfig,
-    FragEntry, FragKey,
+    drop_reason, ip_proto, v4_mapped, CtBucket, CtEntry, CtKey, CtKeyV4, CtSlot, CtTableKey,
+    DataplaneConfig, FragEntry, FragKey,
 };
 
 use crate::{
     addr::WordAddr,
     maps::{
-        ADOPTION_DEADLINE, CONNTRACK_KEY, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS, POLICY_GENERATION,
+        RejudgeEnds, ADOPTION_DEADLINE, CONNTRACK_KEY, CONNTRACK_V4, CONNTRACK_V6, FRAGMENTS,
+        POLICY_GENERATION, REJUDGE_ENDS,
     },
     parse::{Flow, Packet},
     policy::{judge, pod_state},
@@ -494,8 +495,6 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
 
 /// The tracked flow's verdict under the current policy generation: judged again (and the
 /// entry's generation, `DENIED` bit and reason set) when the generation moved since.
-///
-/// One `rejudge` call site: every policy search is inlined, and the verifier walks each copy.
 #[inline(always)]
 fn judged_again<K: FlowKey>(
     key: &K,
@@ -512,7 +511,7 @@ fn judged_again<K: FlowKey>(
     }
     // A changed policy: an allowed flow may be cut now, a cut one may be allowed again.
     entry.generation = current;
-    match rejudge(key, entry, cfg) {
+    match rejudge(key, entry) {
         Ok(()) => {
             entry.state &= !ct_state::DENIED;
             Ok(())
@@ -537,22 +536,63 @@ fn admitted_by_current_pods(entry: &CtEntry) -> bool {
 
 /// Judges a tracked flow again in its original orientation with the pods that admitted it.
 #[inline(always)]
-fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry, cfg: &DataplaneConfig) -> Result<(), u8> {
+fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
     let (a, b, a_port, b_port) = key.ends();
     let (src, dst, dst_port) = if entry.state & ct_state::A_INITIATED != 0 {
         (a, b, b_port)
     } else {
         (b, a, a_port)
     };
-    judge(
-        &src,
-        &dst,
-        key.protocol(),
-        dst_port,
+    let Some(ends) = REJUDGE_ENDS.get_ptr_mut(0) else {
+        return Err(drop_reason::MALFORMED);
+    };
+    // SAFETY: per-CPU slot (see `RejudgeEnds`).
+    unsafe { *ends = RejudgeEnds { src, dst } };
+    match npe_rejudge(
+        key.protocol() as u32,
+        dst_port as u32,
         entry.egress_pod,
         entry.ingress_pod,
-        cfg,
-    )
+    ) {
+        0 => Ok(()),
+        reason => Err(reason as u8),
+    }
+}
+
+/// `judge` of the flow whose ends `rejudge` put in `REJUDGE_ENDS`: 0 when it is allowed, else
+/// the drop reason.
+///
+/// A global function (not static: `no_mangle`, never inlined), so the verifier checks it
+/// once, on its own, for any arguments, instead of walking the policy search again for every
+/// state in which a conntrack lookup can reach it. Inlined, it was most of each program's
+/// walk (`npe_to_pod` 736k instructions, 412k for `npe_from_pod`, which only ever re-judges),
+/// and any check added to the lookup multiplied it. It costs a call only when the policy
+/// generation moved since the flow was judged.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn npe_rejudge(
+    protocol: u32,
+    dst_port: u32,
+    egress_pod: u32,
+    ingress_pod: u32,
+) -> u32 {
+    let Some(ends) = REJUDGE_ENDS.get_ptr(0) else {
+        return drop_reason::MALFORMED as u32;
+    };
+    // SAFETY: per-CPU slot, written by `rejudge` just before the call.
+    let ends = unsafe { &*ends };
+    match judge(
+        &ends.src,
+        &ends.dst,
+        protocol as u8,
+        dst_port as u16,
+        egress_pod,
+        ingress_pod,
+        crate::config(),
+    ) {
+        Ok(()) => 0,
+        Err(reason) => reason as u32,
+    }
 }
 
 /// Whether an ICMP error is about a tracked, allowed flow and goes where such an error must

@@ -130,7 +130,7 @@ pub fn npenforce_lookup_only(ctx: TcContext) -> i32 {
 /// packet.) The pointer goes through a volatile read so that the optimizer cannot see that
 /// it points to `NPE_CONFIG` and fold its fields to the defaults the loader replaces.
 #[inline(always)]
-fn config() -> &'static DataplaneConfig {
+pub(crate) fn config() -> &'static DataplaneConfig {
     let at = core::ptr::addr_of!(NPE_CONFIG) as *const DataplaneConfig;
     // SAFETY: `Global<T>` is `repr(transparent)` over an initialized `T` (the loader writes
     // the whole value before the program runs, and the map is frozen); the read is of a

@@ -113,3 +113,14 @@ pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_en
 /// Keeps `DropEvent` referenced so its BTF is emitted for tools.
 #[allow(dead_code)]
 pub type Event = DropEvent;
+
+/// The two ends of the flow that `conntrack::npe_rejudge` judges: a global function takes
+/// only register-sized arguments. Per CPU, written just before the call and read in it (a TC
+/// program runs to completion on its CPU).
+pub struct RejudgeEnds {
+    pub src: crate::addr::WordAddr,
+    pub dst: crate::addr::WordAddr,
+}
+
+#[map(name = "NPE_REJUDGE_ENDS")]
+pub static REJUDGE_ENDS: PerCpuArray<RejudgeEnds> = PerCpuArray::with_max_entries(1, 0);
