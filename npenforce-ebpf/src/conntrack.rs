@@ -412,17 +412,28 @@ pub enum Tracked {
 
 /// Looks the packet's flow up; refreshes the entry, follows TCP closing, and judges the flow
 /// again when the policy generation moved since it was last judged.
+///
+/// `sender` is the pod of this node that sent the packet (0: none, it came from the network),
+/// when the caller knows it. A tracked flow is the packet's only if the flow's pod on the
+/// packet's side is that sender: after SNAT, netfilter can give the tuple of one pod's flow to
+/// another pod's flow once it has forgotten the first (an unanswered UDP flow: 30 s there,
+/// 120 s here), and the second pod's packets must not pass on the first pod's verdict.
 #[inline(always)]
-pub fn lookup(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
+pub fn lookup(packet: &Packet, sender: Option<u32>, cfg: &DataplaneConfig, now: u64) -> Tracked {
     if packet.is_ipv6 {
-        lookup_in::<CtKey>(packet, cfg, now)
+        lookup_in::<CtKey>(packet, sender, cfg, now)
     } else {
-        lookup_in::<CtKeyV4>(packet, cfg, now)
+        lookup_in::<CtKeyV4>(packet, sender, cfg, now)
     }
 }
 
 #[inline(always)]
-fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tracked {
+fn lookup_in<K: FlowKey>(
+    packet: &Packet,
+    sender: Option<u32>,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Tracked {
     let (key, src_is_a) = key_of::<K>(
         &packet.src,
         &packet.dst,
@@ -436,6 +447,16 @@ fn lookup_in<K: FlowKey>(packet: &Packet, cfg: &DataplaneConfig, now: u64) -> Tr
     let mut entry = found.entry;
     // Neither changes below: rejudging only touches the generation, reason and DENIED bits.
     let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
+    let pod_of_side = if from_initiator {
+        entry.egress_pod
+    } else {
+        entry.ingress_pod
+    };
+    if sender.is_some_and(|sender| sender != pod_of_side) {
+        // Another pod's flow on the same tuple: this packet's flow is a new one (and takes
+        // the slot over if allowed).
+        return Tracked::Unknown;
+    }
     let age = elapsed(now, entry.last_seen, cfg);
     let protocol = packet.protocol;
     if protocol == ip_proto::TCP

@@ -119,7 +119,7 @@ pub fn npenforce_lookup_only(ctx: TcContext) -> i32 {
         Ok(packet) => packet,
         Err(code) => return code,
     };
-    match conntrack::lookup(packet, config(), conntrack::now()) {
+    match conntrack::lookup(packet, None, config(), conntrack::now()) {
         Tracked::Unknown => verdict::PASS,
         Tracked::Allowed | Tracked::Denied(_) => verdict::DROP,
     }
@@ -311,7 +311,7 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     let pod_mark = mark::CLASSIFIED | (pod_id << mark::POD_SHIFT);
     if packet.fragment != Fragment::Later {
         let now = conntrack::now();
-        match conntrack::lookup(packet, cfg, now) {
+        match conntrack::lookup(packet, Some(pod_id), cfg, now) {
             Tracked::Allowed => {
                 set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
                 count_pod(pod_id, direction::EGRESS, true, ctx.len());
@@ -379,7 +379,8 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
         let mut ours = mark::CLASSIFIED;
         if packet.fragment != Fragment::Later {
             let now = conntrack::now();
-            let known = match conntrack::lookup(packet, cfg, now) {
+            // No pod of this node sent it.
+            let known = match conntrack::lookup(packet, Some(0), cfg, now) {
                 Tracked::Allowed => true,
                 Tracked::Denied(_) | Tracked::Unknown => {
                     conntrack::related_is_tracked(packet, cfg, now)
@@ -464,7 +465,15 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             Ok(())
         };
     }
-    match conntrack::lookup(packet, cfg, now) {
+    // The sender from the mark. A packet not classified where it entered (the node's own, or
+    // from a veth not attached yet) is not checked against the flow's pods: finding its
+    // sender is an `ENDPOINTS` search, which the established path does not pay for.
+    let marked_sender = if m & mark::CLASSIFIED != 0 {
+        Some(m >> mark::POD_SHIFT)
+    } else {
+        None
+    };
+    match conntrack::lookup(packet, marked_sender, cfg, now) {
         Tracked::Allowed => return finish(packet, now, Ok(())),
         Tracked::Denied(reason) => return Err(reason),
         Tracked::Unknown => {}

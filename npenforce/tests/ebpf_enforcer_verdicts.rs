@@ -1353,8 +1353,11 @@ fn benchmark_drivers_give_each_run_a_new_flow() {
 
 /// `npe_from_uplink` marks every IP packet from the network as classified with no sending pod
 /// of this node, so that the veth that judges it needs no `ENDPOINTS` search for the sender;
-/// a reply of a tracked flow is marked established too. `npe_to_uplink` leaves such packets
-/// alone (the node routing traffic on is none of a local pod's egress).
+/// the reply of a flow that a pod of this node opened toward the network is marked
+/// established too (not a packet from the network that matches the flow of a local pod
+/// reached from the network: that flow's replies leave through the pod's veth).
+/// `npe_to_uplink` leaves packets from the network alone (the node routing traffic on is
+/// none of a local pod's egress).
 #[test]
 fn the_uplink_marks_what_enters_from_the_network() {
     if !kernel_tests_enabled("the_uplink_marks_what_enters_from_the_network") {
@@ -1394,8 +1397,26 @@ fn the_uplink_marks_what_enters_from_the_network() {
         m,
     );
     assert_eq!(v, verdict::DROP, "monitor -> web:80 is not");
-    // Its reply, coming back from the network, is recognised.
+    // Its reply belongs to web: coming from the network instead, it is not recognised.
     let (_, m) = marked(&mut b, FROM_UPLINK, &reply, 0);
+    assert_eq!(m, mark::CLASSIFIED, "mark {m:#x}");
+
+    // The reply of a flow a pod of this node opened toward the network is recognised.
+    let client_sent = mark::CLASSIFIED | (b.pod_id("client") << mark::POD_SHIFT);
+    let out = Craft::new(ip(CLIENT4), ip("192.0.2.7"), L4::tcp(45002, 443)).build();
+    let (v, _) = marked(&mut b, TO_UPLINK, &out, client_sent);
+    assert_eq!(v, verdict::PASS, "client -> 192.0.2.7:443 is allowed");
+    let back = Craft::new(
+        ip("192.0.2.7"),
+        ip(CLIENT4),
+        L4::Tcp {
+            src_port: 443,
+            dst_port: 45002,
+            flags: L4::TCP_SYN | L4::TCP_ACK,
+        },
+    )
+    .build();
+    let (_, m) = marked(&mut b, FROM_UPLINK, &back, 0);
     assert_eq!(m, mark::CLASSIFIED | mark::ESTABLISHED, "mark {m:#x}");
 
     // Routed on toward the network, a packet from the network is not judged or tracked.
@@ -1647,5 +1668,66 @@ spec:
             "DROP",
             "{case}: the newcomer's policy judges the old flow's next packet"
         );
+    }
+}
+
+/// After SNAT, netfilter can give the tuple of one pod's flow to another pod's flow once it
+/// has forgotten the first (an unanswered UDP flow: 30 s there, while our entry lives 120 s).
+/// The second pod's packets are its own flow's, judged by its own policy, where they leave
+/// toward the network and toward a pod of this node (a hairpin through a Service, masqueraded
+/// to the node's address).
+#[test]
+fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
+    if !kernel_tests_enabled("a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod") {
+        return;
+    }
+    use npenforce_common::{mark, program_names::TO_UPLINK};
+    const NODE4: &str = "192.168.0.10";
+    const NODE6: &str = "fd00:192:168::10";
+    let mut b = Bench::new();
+    // Masqueraded traffic comes from the node's address: web admits it from any pod.
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4), ip(NODE6)])
+        .expect("node addresses");
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: closed-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: closed}}
+  policyTypes: [Egress]
+"#,
+    )
+    .expect("policy");
+    b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+    b.add_pod(
+        "closed",
+        &[("app", "closed")],
+        "10.244.1.14",
+        "fd00:10:244::e",
+    );
+    let sent_by = |name: &str, b: &Bench| mark::CLASSIFIED | (b.pod_id(name) << mark::POD_SHIFT);
+    let (client, closed) = (sent_by("client", &b), sent_by("closed", &b));
+    for (node, remote, web) in [(NODE4, "10.9.9.9", WEB4), (NODE6, "fd00:9::9", WEB6)] {
+        for (program, dst) in [(TO_UPLINK, remote), (TO_POD, web)] {
+            let packet = Craft::new(ip(node), ip(dst), L4::udp(40000, 5353)).build();
+            let case = format!("{program}, {node} -> {dst}");
+            assert_eq!(
+                b.run_marked(program, &packet, client).0,
+                verdict::PASS,
+                "{case}: client's flow"
+            );
+            assert_eq!(
+                b.run_marked(program, &packet, closed).0,
+                verdict::DROP,
+                "{case}: closed's flow on client's tuple"
+            );
+            assert_eq!(
+                b.run_marked(program, &packet, client).0,
+                verdict::PASS,
+                "{case}: client's flow is still tracked"
+            );
+        }
     }
 }
