@@ -7,8 +7,8 @@ use std::{net::IpAddr, time::Duration};
 
 use node_lab::{pod_object, PodSpec, NODE};
 use npenforce::{
-    dataplane::{NodeDataplane, NodeOptions},
-    lab::{kernel_tests_enabled, Lab, Outcome, Protocol},
+    dataplane::{DataplaneOptions, NodeDataplane, NodeOptions},
+    lab::{kernel_tests_enabled, BpffsMount, Lab, Outcome, Protocol},
     policy::{Change, Compiler, Namespace, NodeScope, Pod, Policy, Snapshot},
 };
 
@@ -135,6 +135,87 @@ spec:
         lab.probe(&other, IpAddr::V4(web.ipv4), 80, Protocol::Tcp),
         Outcome::Blocked,
         "still enforced after the removal"
+    );
+    drop(node);
+}
+
+/// A veth removed while no agent ran leaves its entry in the pinned interface table. The next
+/// agent forgets it when it attaches (kept, such entries would fill `IFACES` over restarts).
+#[test]
+fn interfaces_gone_while_no_agent_ran_are_forgotten() {
+    if !kernel_tests_enabled("interfaces_gone_while_no_agent_ran_are_forgotten") {
+        return;
+    }
+    let mut lab = Lab::new("gone").expect("lab");
+    let mount = BpffsMount::new("gone").expect("bpffs");
+    let options = NodeOptions {
+        dataplane: DataplaneOptions {
+            bpffs: Some(mount.root().join("npenforce")),
+            ..DataplaneOptions::default()
+        },
+        ..NodeOptions::default()
+    };
+    let node_ns = lab.node().path();
+    let compiler = Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![]));
+    // An agent's start: load (adopting the pins), then the first reconcile attaches.
+    let start_agent = |lab: &Lab| {
+        let node = lab
+            .node()
+            .run(|| NodeDataplane::start(&options).expect("starting the node dataplane"))
+            .expect("entering the node");
+        npenforce::lab::netns::run_in_netns(&node_ns, || {
+            node.reconcile(compiler.map_entries())
+                .expect("initial reconcile")
+        })
+        .expect("entering the node");
+        node
+    };
+    let recorded = |node: &NodeDataplane| -> Vec<u32> {
+        let mut enforcer = node.enforcer();
+        let interfaces = enforcer.maps().interfaces().expect("IFACES");
+        interfaces.into_keys().collect()
+    };
+
+    let node = start_agent(&lab);
+    let stays = lab.add_pod("stays").expect("pod");
+    let goes = lab.add_pod("goes").expect("pod");
+    let ifindex_of = |node: &NodeDataplane, veth: &str| {
+        node.enforcer()
+            .attached_interfaces()
+            .find(|(_, name, _)| *name == veth)
+            .map(|(ifindex, _, _)| ifindex)
+    };
+    wait_for("both veths to be attached", || {
+        ifindex_of(&node, &stays.host_veth).is_some()
+            && ifindex_of(&node, &goes.host_veth).is_some()
+    });
+    let stays_at = ifindex_of(&node, &stays.host_veth).expect("attached");
+    let goes_at = ifindex_of(&node, &goes.host_veth).expect("attached");
+    assert!(
+        recorded(&node).contains(&goes_at),
+        "the first agent records the veth"
+    );
+    drop(node);
+
+    lab.remove_pod("goes");
+    // The kernel tears a namespace (and the veth in it) down after the last reference goes.
+    wait_for("the removed veth to disappear", || {
+        let links = lab
+            .node()
+            .run(npenforce::dataplane::links::links)
+            .expect("entering the node")
+            .expect("listing links");
+        links.iter().all(|link| link.ifindex != goes_at)
+    });
+    let node = start_agent(&lab);
+    let after = recorded(&node);
+    assert!(
+        !after.contains(&goes_at),
+        "the veth removed while no agent ran is forgotten: {after:?}"
+    );
+    assert!(
+        after.contains(&stays_at),
+        "the other veth is kept: {after:?}"
     );
     drop(node);
 }

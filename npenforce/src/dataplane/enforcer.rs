@@ -3,7 +3,10 @@
 //! Every call works in the calling thread's network namespace (the node's): interface names,
 //! ifindexes and route lookups are per namespace.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use npenforce_common::{
@@ -206,6 +209,28 @@ impl KernelEnforcer {
         self.iface_table.remove(&ifindex);
         self.dataplane.forget_interface(ifindex);
         self.maps.remove_interface(ifindex)
+    }
+
+    /// Forgets the interfaces that are gone without a notice: attached ones whose removal
+    /// notification was missed, and `IFACES` entries an adopted map holds for veths removed
+    /// while no agent ran (each would otherwise hold its entry forever, and a full `IFACES`
+    /// keeps new veths from being attached). `present` are the ifindexes of every link the
+    /// node has now. Returns the ifindexes forgotten.
+    pub fn forget_gone_interfaces(
+        &mut self,
+        present: &BTreeSet<u32>,
+    ) -> Result<Vec<u32>, DataplaneError> {
+        let recorded = self.maps.interfaces()?;
+        let gone: BTreeSet<u32> = recorded
+            .keys()
+            .chain(self.attached.keys())
+            .filter(|ifindex| !present.contains(ifindex))
+            .copied()
+            .collect();
+        for ifindex in &gone {
+            self.interface_removed(*ifindex)?;
+        }
+        Ok(gone.into_iter().collect())
     }
 
     pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str, InterfaceRole)> {

@@ -156,9 +156,9 @@ fn uplink_names(configured: &[String], all: &[Link]) -> Result<Vec<String>, Data
     Ok(names)
 }
 
-/// Attaches to every uplink and veth that is not attached yet.
+/// Forgets interfaces that are gone, then attaches to every uplink and veth that is not
+/// attached yet.
 fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) {
-    let attached: BTreeSet<u32> = enforcer.attached_interfaces().map(|(i, _, _)| i).collect();
     let all = match links::links() {
         Ok(all) => all,
         Err(err) => {
@@ -166,6 +166,19 @@ fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) {
             return;
         }
     };
+    let present: BTreeSet<u32> = all.iter().map(|link| link.ifindex).collect();
+    match enforcer.forget_gone_interfaces(&present) {
+        Ok(gone) => {
+            for ifindex in gone {
+                tracing::info!(
+                    ifindex,
+                    "forgot an interface that is gone (removed while no agent ran, or its removal notice was missed)"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "forgetting interfaces that are gone failed"),
+    }
+    let attached: BTreeSet<u32> = enforcer.attached_interfaces().map(|(i, _, _)| i).collect();
     for link in &all {
         if attached.contains(&link.ifindex) {
             continue;
