@@ -21,6 +21,9 @@
 //! fails a whole list or watch: it is reported ([`SourceEvent::Invalid`], naming kind,
 //! namespace/name and the field path) and skipped. If an earlier version of it was good, that
 //! version stays in force (the same choice as for a manifest file that stops parsing).
+//! A NetworkPolicy whose spec does not decode is the exception: skipping it would open what
+//! it closes, so it fails closed like a policy the API server would reject (reported among
+//! the validation errors, see `undecodable_policy`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,8 +31,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, ApiResource};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
@@ -40,7 +43,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{delete_change, describe, Kind, Object, SourceEvent};
-use crate::policy::{Namespace, ObjectKey, Pod, Policy};
+use crate::policy::{Namespace, ObjectKey, Pod, Policy, ValidationError};
 
 /// How the source talks to the API server.
 #[derive(Clone, Debug)]
@@ -339,15 +342,65 @@ pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
             Pod::from_k8s(&pod).map(Object::Pod).ok_or_else(missing)
         }
         Kind::NetworkPolicy => {
-            let np = NetworkPolicy {
-                metadata,
-                spec: field(&obj.body, "spec")?,
+            let policy = match field(&obj.body, "spec") {
+                Ok(spec) => Policy::from_k8s(&NetworkPolicy { metadata, spec }),
+                Err(error) => undecodable_policy(metadata, &obj.body, error),
             };
-            Policy::from_k8s(&np)
-                .map(Object::Policy)
-                .ok_or_else(missing)
+            policy.map(Object::Policy).ok_or_else(missing)
         }
     }
+}
+
+/// A NetworkPolicy whose spec does not match the schema (`error` names the field). Skipping
+/// it would let through what its author meant to forbid, so it fails closed like a policy the
+/// API server would reject (see the `policy` module docs): none of its rules are enforced,
+/// and it isolates the pods its `podSelector` selects (every pod of the namespace if the
+/// selector does not decode either) in the directions it declares (both if `policyTypes`
+/// does not decode; without `policyTypes`, egress too when an `egress` field is there).
+fn undecodable_policy(metadata: ObjectMeta, body: &Value, error: String) -> Option<Policy> {
+    let spec = body.get("spec").unwrap_or(&Value::Null);
+    let pod_selector: Result<Option<LabelSelector>, String> = field(spec, "podSelector");
+    let policy_types: Result<Option<Vec<String>>, String> = field(spec, "policyTypes");
+    let decoded = NetworkPolicySpec {
+        pod_selector: pod_selector.as_ref().ok().cloned().flatten(),
+        policy_types: policy_types.as_ref().ok().cloned().flatten(),
+        ..NetworkPolicySpec::default()
+    };
+    let mut policy = Policy::from_k8s(&NetworkPolicy {
+        metadata,
+        spec: Some(decoded),
+    })?;
+    if pod_selector.is_err() {
+        policy.pod_selector = None;
+    }
+    let declares_types = policy_types
+        .as_ref()
+        .map(|types| types.as_ref().is_some_and(|types| !types.is_empty()));
+    match declares_types {
+        Err(_) => (policy.isolates_ingress, policy.isolates_egress) = (true, true),
+        // The defaults: egress too when the policy has an `egress` field.
+        Ok(false) => policy.isolates_egress |= spec.get("egress").is_some_and(|e| !e.is_null()),
+        Ok(true) => {}
+    }
+    // The first problem of the spec, and those of the two fields read on their own (their
+    // paths are relative to the spec).
+    let relative = [pod_selector.err(), policy_types.err()]
+        .into_iter()
+        .flatten()
+        .map(|error| format!("spec.{error}"));
+    for error in std::iter::once(error).chain(relative) {
+        let (field, message) = error.split_once(": ").unwrap_or((&error, ""));
+        if policy.errors.iter().all(|e| e.field != field) {
+            policy.errors.push(ValidationError {
+                policy: policy.key.clone(),
+                field: field.to_string(),
+                message: format!("does not decode: {message}"),
+            });
+        }
+    }
+    policy.ingress.clear();
+    policy.egress.clear();
+    Some(policy)
 }
 
 /// Reads one top-level field of an object, naming the path of the first problem.
@@ -515,6 +568,76 @@ mod tests {
             err.starts_with("Pod default/web: spec.containers[0].ports[0].containerPort: "),
             "{err}"
         );
+    }
+
+    /// Each case: the spec, the fields its errors name, whether the policy selects an
+    /// `app=web` pod and a pod without labels, and whether it isolates ingress and egress.
+    #[test]
+    fn undecodable_policies_fail_closed() {
+        use crate::policy::PodKey;
+        let cases = [
+            (
+                r#"{"podSelector":{"matchLabels":{"app":"web"}},"ingress":"everything"}"#,
+                &["spec.ingress"][..],
+                (true, false),
+                (true, false),
+            ),
+            (
+                r#"{"podSelector":{"matchLabels":"web"},"egress":[{"to":5}]}"#,
+                &["spec.egress[0].to", "spec.podSelector.matchLabels"][..],
+                (true, true),
+                (true, true),
+            ),
+            (
+                r#"{"podSelector":{},"policyTypes":"Egress","ingress":[]}"#,
+                &["spec.policyTypes"][..],
+                (true, true),
+                (true, true),
+            ),
+            (
+                r#"{"podSelector":{"matchLabels":{"app":"web"}},"policyTypes":["Egress"],"egress":[{"ports":[{"port":[]}]}]}"#,
+                &["spec.egress[0].ports[0].port"][..],
+                (true, false),
+                (false, true),
+            ),
+        ];
+        for (spec, fields, (selects_web, selects_other), isolates) in cases {
+            let obj = raw(&format!(
+                r#"{{"metadata":{{"name":"p","namespace":"a"}},"spec":{spec}}}"#
+            ));
+            let policy = match to_object(Kind::NetworkPolicy, &obj) {
+                Ok(Object::Policy(policy)) => policy,
+                other => panic!("{spec}: a policy that fails closed, not {other:?}"),
+            };
+            let named: Vec<&str> = policy.errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(named, fields, "{spec}");
+            assert!(
+                policy.ingress.is_empty() && policy.egress.is_empty(),
+                "{spec}"
+            );
+            assert_eq!(
+                (policy.isolates_ingress, policy.isolates_egress),
+                isolates,
+                "{spec}"
+            );
+            let pod = |labels: &[(&str, &str)]| Pod {
+                key: PodKey::new("a", "x"),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                node_name: None,
+                host_network: false,
+                ips: Vec::new(),
+                named_ports: Vec::new(),
+            };
+            assert_eq!(
+                policy.selects(&pod(&[("app", "web")])),
+                selects_web,
+                "{spec}: web"
+            );
+            assert_eq!(policy.selects(&pod(&[])), selects_other, "{spec}: other");
+        }
     }
 
     #[test]
