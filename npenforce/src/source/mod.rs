@@ -9,7 +9,9 @@
 //! anything but changes. Sources never touch maps.
 //!
 //! Objects that cannot be used (a manifest file that does not parse, an object that does not
-//! match its schema) are reported with [`SourceEvent::Invalid`] and skipped; transient
+//! match its schema) are reported with [`SourceEvent::Invalid`] and skipped (except a
+//! NetworkPolicy from the API server whose spec does not decode: it fails closed, see
+//! [`kube`]); transient
 //! problems (API server unreachable) with [`SourceEvent::Error`], after which the source
 //! retries with backoff while the last applied state stays enforced.
 
