@@ -415,9 +415,10 @@ pub enum Tracked {
 ///
 /// `sender` is the pod of this node that sent the packet (0: none, it came from the network),
 /// when the caller knows it. A tracked flow is the packet's only if the flow's pod on the
-/// packet's side is that sender: after SNAT, netfilter can give the tuple of one pod's flow to
-/// another pod's flow once it has forgotten the first (an unanswered UDP flow: 30 s there,
-/// 120 s here), and the second pod's packets must not pass on the first pod's verdict.
+/// packet's side is that sender (or none): after SNAT, netfilter can give the tuple of one
+/// pod's flow to another pod's flow once it has forgotten the first (an unanswered UDP flow:
+/// 30 s there, 120 s here), and the second pod's packets must not pass on the first pod's
+/// verdict.
 #[inline(always)]
 pub fn lookup(packet: &Packet, sender: Option<u32>, cfg: &DataplaneConfig, now: u64) -> Tracked {
     if packet.is_ipv6 {
@@ -452,11 +453,20 @@ fn lookup_in<K: FlowKey>(
     } else {
         entry.ingress_pod
     };
-    if sender.is_some_and(|sender| sender != pod_of_side) {
-        // Another pod's flow on the same tuple: this packet's flow is a new one (and takes
-        // the slot over if allowed).
-        return Tracked::Unknown;
-    }
+    // Another pod's flow on the same tuple: this packet's flow is a new one (and takes the
+    // slot over if allowed). A flow recorded without a pod on this side names no other pod:
+    // it was admitted before its sender was known (a packet that was not classified, from an
+    // address `ENDPOINTS` did not hold yet). It is the sender's flow, judged again below with
+    // the sender in its place.
+    let sender_unrecorded = match sender {
+        Some(sender) if sender != pod_of_side => {
+            if pod_of_side != 0 {
+                return Tracked::Unknown;
+            }
+            true
+        }
+        _ => false,
+    };
     let age = elapsed(now, entry.last_seen, cfg);
     let protocol = packet.protocol;
     if protocol == ip_proto::TCP
@@ -480,7 +490,15 @@ fn lookup_in<K: FlowKey>(
         // taken over if allowed).
         return Tracked::Unknown;
     }
-    let verdict = judged_again(&key, &mut entry, current, cfg);
+    if sender_unrecorded {
+        let sender = sender.unwrap_or(0);
+        if from_initiator {
+            entry.egress_pod = sender;
+        } else {
+            entry.ingress_pod = sender;
+        }
+    }
+    let verdict = judged_again(&key, &mut entry, current, sender_unrecorded, cfg);
     if verdict.is_ok() {
         if protocol == ip_proto::TCP {
             if !from_initiator {
@@ -515,16 +533,18 @@ fn lookup_in<K: FlowKey>(
 }
 
 /// The tracked flow's verdict under the current policy generation: judged again (and the
-/// entry's generation, `DENIED` bit and reason set) when the generation moved since.
+/// entry's generation, `DENIED` bit and reason set) when the generation moved since, or when
+/// the caller filled in one of its pods (`pods_changed`).
 #[inline(always)]
 fn judged_again<K: FlowKey>(
     key: &K,
     entry: &mut CtEntry,
     current: u32,
+    pods_changed: bool,
     cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
     let denied = entry.state & ct_state::DENIED != 0;
-    if entry.generation == current {
+    if entry.generation == current && !pods_changed {
         return if denied { Err(entry.reason) } else { Ok(()) };
     }
     if !denied && cfg.keep_established != 0 {

@@ -465,9 +465,10 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
             Ok(())
         };
     }
-    // The sender from the mark. A packet not classified where it entered (the node's own, or
-    // from a veth not attached yet) is not checked against the flow's pods: finding its
-    // sender is an `ENDPOINTS` search, which the established path does not pay for.
+    // The sender from the mark. A packet not classified where it entered (the node's own,
+    // from a pending pod, or from an interface we are not attached to) is not checked
+    // against the flow's pods: finding its sender is an `ENDPOINTS` search, which the
+    // established path does not pay for.
     let marked_sender = if m & mark::CLASSIFIED != 0 {
         Some(m >> mark::POD_SHIFT)
     } else {

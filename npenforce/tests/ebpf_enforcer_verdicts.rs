@@ -1681,7 +1681,10 @@ fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
     if !kernel_tests_enabled("a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod") {
         return;
     }
-    use npenforce_common::{mark, program_names::TO_UPLINK};
+    use npenforce_common::{
+        mark,
+        program_names::{LOOKUP_ONLY, TO_UPLINK},
+    };
     const NODE4: &str = "192.168.0.10";
     const NODE6: &str = "fd00:192:168::10";
     let mut b = Bench::new();
@@ -1724,10 +1727,55 @@ spec:
                 "{case}: closed's flow on client's tuple"
             );
             assert_eq!(
-                b.run_marked(program, &packet, client).0,
-                verdict::PASS,
+                b.run_marked(LOOKUP_ONLY, &packet, 0).0,
+                verdict::DROP,
                 "{case}: client's flow is still tracked"
             );
         }
     }
+}
+
+/// A flow recorded without a pod on one side (admitted before that side's address was known
+/// as a pod of this node) is that pod's flow once the pod sends on it: judged again with the
+/// pod in its place, in the flow's own orientation, not taken for another pod's flow.
+#[test]
+fn a_flow_admitted_before_its_pod_was_known_is_that_pods_flow() {
+    if !kernel_tests_enabled("a_flow_admitted_before_its_pod_was_known_is_that_pods_flow") {
+        return;
+    }
+    use npenforce_common::{
+        mark,
+        program_names::{FROM_POD, TO_UPLINK},
+    };
+    const LATE4: &str = "10.244.1.15";
+    let mut b = Bench::new();
+    // Monitor opens a flow to an address no pod has yet: recorded without a pod there.
+    let monitor = mark::CLASSIFIED | (b.pod_id("monitor") << mark::POD_SHIFT);
+    let out = Craft::new(ip(MONITOR4), ip(LATE4), L4::udp(5000, 53)).build();
+    assert_eq!(b.run_marked(TO_UPLINK, &out, monitor).0, verdict::PASS);
+    // The address becomes pod late's, whose own egress policy allows nothing.
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: late-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: late}}
+  policyTypes: [Egress]
+"#,
+    )
+    .expect("policy");
+    b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+    b.add_pod("late", &[("app", "late")], LATE4, "fd00:10:244::f");
+    b.lo_is(b.iface_of("late"));
+    // Its answer is a reply of monitor's flow (which late's ingress admits), not a new flow
+    // from late (which its egress policy would deny).
+    let answer = Craft::new(ip(LATE4), ip(MONITOR4), L4::udp(53, 5000)).build();
+    let (v, m) = b.run_marked(FROM_POD, &answer, 0);
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(
+        m & (mark::CLASSIFIED | mark::ESTABLISHED),
+        mark::CLASSIFIED | mark::ESTABLISHED,
+        "late's answer is part of the tracked flow: mark {m:#x}"
+    );
 }
