@@ -378,8 +378,15 @@ fn undecodable_policy(metadata: ObjectMeta, body: &Value, error: String) -> Opti
         .map(|types| types.as_ref().is_some_and(|types| !types.is_empty()));
     match declares_types {
         Err(_) => (policy.isolates_ingress, policy.isolates_egress) = (true, true),
-        // The defaults: egress too when the policy has an `egress` field.
-        Ok(false) => policy.isolates_egress |= spec.get("egress").is_some_and(|e| !e.is_null()),
+        // The defaults: egress too when the policy has egress rules (or an `egress` field
+        // that does not decode, which may hold some).
+        Ok(false) => {
+            policy.isolates_egress |= spec.get("egress").is_some_and(|egress| match egress {
+                Value::Null => false,
+                Value::Array(rules) => !rules.is_empty(),
+                _ => true,
+            })
+        }
         Ok(true) => {}
     }
     // The first problem of the spec, and those of the two fields read on their own (their
@@ -587,6 +594,12 @@ mod tests {
                 &["spec.egress[0].to", "spec.podSelector.matchLabels"][..],
                 (true, true),
                 (true, true),
+            ),
+            (
+                r#"{"podSelector":{},"ingress":[{"from":7}],"egress":[]}"#,
+                &["spec.ingress[0].from"][..],
+                (true, true),
+                (true, false),
             ),
             (
                 r#"{"podSelector":{},"policyTypes":"Egress","ingress":[]}"#,
