@@ -214,23 +214,38 @@ impl KernelEnforcer {
     /// Forgets the interfaces that are gone without a notice: attached ones whose removal
     /// notification was missed, and `IFACES` entries an adopted map holds for veths removed
     /// while no agent ran (each would otherwise hold its entry forever, and a full `IFACES`
-    /// keeps new veths from being attached). `present` are the ifindexes of every link the
-    /// node has now. Returns the ifindexes forgotten.
+    /// keeps new veths from being attached). `listed` are the ifindexes of a link dump; each
+    /// one missing from it is asked about on its own before it is forgotten (forgetting a
+    /// live veth would detach its programs). Returns the ifindexes forgotten.
     pub fn forget_gone_interfaces(
         &mut self,
-        present: &BTreeSet<u32>,
+        listed: &BTreeSet<u32>,
     ) -> Result<Vec<u32>, DataplaneError> {
         let recorded = self.maps.interfaces()?;
-        let gone: BTreeSet<u32> = recorded
+        let unlisted: BTreeSet<u32> = recorded
             .keys()
             .chain(self.attached.keys())
-            .filter(|ifindex| !present.contains(ifindex))
+            .filter(|ifindex| !listed.contains(ifindex))
             .copied()
             .collect();
-        for ifindex in &gone {
-            self.interface_removed(*ifindex)?;
+        let mut forgotten = Vec::new();
+        for ifindex in unlisted {
+            match super::links::link_exists(ifindex) {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(err) => {
+                    tracing::warn!(ifindex, error = %err, "could not tell whether an interface exists; kept");
+                    continue;
+                }
+            }
+            match self.interface_removed(ifindex) {
+                Ok(()) => forgotten.push(ifindex),
+                Err(err) => {
+                    tracing::warn!(ifindex, error = %err, "forgetting an interface that is gone failed")
+                }
+            }
         }
-        Ok(gone.into_iter().collect())
+        Ok(forgotten)
     }
 
     pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str, InterfaceRole)> {

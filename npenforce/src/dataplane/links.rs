@@ -227,6 +227,22 @@ fn read_dump(fd: &OwnedFd, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
     }
 }
 
+/// Whether interface `ifindex` exists in the calling thread's network namespace, asked of
+/// the kernel for that one index: a link dump interrupted by concurrent changes can leave
+/// out links that exist.
+pub fn link_exists(ifindex: u32) -> io::Result<bool> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
+    if !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENXIO) | Some(libc::ENODEV) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Every interface of the namespace.
 pub fn links() -> io::Result<Vec<Link>> {
     let fd = socket(0)?;
