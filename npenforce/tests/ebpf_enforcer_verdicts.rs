@@ -26,6 +26,9 @@ const MONITOR4: &str = "10.244.1.12";
 const WEB6: &str = "fd00:10:244::b";
 const CLIENT6: &str = "fd00:10:244::a";
 const MONITOR6: &str = "fd00:10:244::c";
+/// The node's own addresses, where a test sets them.
+const NODE4: &str = "192.168.0.10";
+const NODE6: &str = "fd00:192:168::10";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
@@ -106,7 +109,7 @@ impl Bench {
             let object = pod_object(&spec, NODE, &[ip(v4), ip(v6)]);
             compile(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
         }
-        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+        compile(upsert_policy(
             r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -117,9 +120,7 @@ spec:
   - from: [{podSelector: {matchLabels: {role: client}}}]
     ports: [{port: 9000, protocol: SCTP}, {port: 80}]
 "#,
-        )
-        .expect("policy");
-        compile(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+        ));
         b.enforcer
             .reconcile(b.compiler.map_entries())
             .expect("reconcile");
@@ -532,13 +533,8 @@ fn peer_tables_consulted_follow_the_policy() {
     assert_eq!(verdict_from(&mut b, CLIENT4, WEB4), "PASS");
     assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "DROP");
 
-    let policy = |yaml: &str| {
-        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
-            serde_yaml::from_str(yaml).expect("policy");
-        Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy"))
-    };
     // The same peers by ipBlock: 10.244.1.10/31 holds client (and web), not monitor (.12).
-    b.change(policy(
+    b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -556,7 +552,7 @@ spec:
     assert_eq!(verdict_from(&mut b, MONITOR4, WEB4), "DROP");
 
     // Both kinds: the client pods by selector, monitor by a /31 around it.
-    b.change(policy(
+    b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -582,7 +578,7 @@ spec:
     );
 
     // Back to pod selectors only: the prefix flag goes with the last prefix.
-    b.change(policy(
+    b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -609,7 +605,7 @@ spec:
 /// web's ingress policy `web-in` with one rule: from the peer `from` (YAML flow style), on
 /// TCP `port`.
 fn web_in(from: &str, port: u16) -> Change {
-    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&format!(
+    upsert_policy(&format!(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -621,7 +617,12 @@ spec:
     ports: [{{port: {port}}}]
 "#
     ))
-    .expect("policy");
+}
+
+/// The upsert of the NetworkPolicy `yaml`.
+fn upsert_policy(yaml: &str) -> Change {
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_yaml::from_str(yaml).expect("policy");
     Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy"))
 }
 
@@ -1547,8 +1548,6 @@ fn a_node_address_from_the_network_is_not_the_node() {
         return;
     }
     use npenforce_common::mark;
-    const NODE4: &str = "192.168.0.10";
-    const NODE6: &str = "fd00:192:168::10";
     let mut b = Bench::new();
     b.enforcer
         .set_node_addresses(&[ip(NODE4), ip(NODE6)])
@@ -1644,7 +1643,7 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
         for (name, v4, v6) in created_first {
             b.add_pod(name, &[], v4, v6);
         }
-        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+        b.change(upsert_policy(
             r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1653,9 +1652,7 @@ spec:
   podSelector: {matchLabels: {app: newcomer}}
   policyTypes: [Ingress]
 "#,
-        )
-        .expect("policy");
-        b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+        ));
         b.add_pod("newcomer", &[("app", "newcomer")], MONITOR4, MONITOR6);
         let newcomer = b.pod_id("newcomer");
         assert_ne!(
@@ -1685,14 +1682,12 @@ fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
         mark,
         program_names::{LOOKUP_ONLY, TO_UPLINK},
     };
-    const NODE4: &str = "192.168.0.10";
-    const NODE6: &str = "fd00:192:168::10";
     let mut b = Bench::new();
     // Masqueraded traffic comes from the node's address: web admits it from any pod.
     b.enforcer
         .set_node_addresses(&[ip(NODE4), ip(NODE6)])
         .expect("node addresses");
-    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+    b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1701,9 +1696,7 @@ spec:
   podSelector: {matchLabels: {app: closed}}
   policyTypes: [Egress]
 "#,
-    )
-    .expect("policy");
-    b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+    ));
     b.add_pod(
         "closed",
         &[("app", "closed")],
@@ -1754,7 +1747,7 @@ fn a_flow_admitted_before_its_pod_was_known_is_that_pods_flow() {
     let out = Craft::new(ip(MONITOR4), ip(LATE4), L4::udp(5000, 53)).build();
     assert_eq!(b.run_marked(TO_UPLINK, &out, monitor).0, verdict::PASS);
     // The address becomes pod late's, whose own egress policy allows nothing.
-    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+    b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1763,9 +1756,7 @@ spec:
   podSelector: {matchLabels: {app: late}}
   policyTypes: [Egress]
 "#,
-    )
-    .expect("policy");
-    b.change(Change::UpsertPolicy(Policy::from_k8s(&np).expect("policy")));
+    ));
     b.add_pod("late", &[("app", "late")], LATE4, "fd00:10:244::f");
     b.lo_is(b.iface_of("late"));
     // Its answer is a reply of monitor's flow (which late's ingress admits), not a new flow
