@@ -498,8 +498,8 @@ fn lookup_in<K: FlowKey>(
             entry.ingress_pod = sender;
         }
     }
-    let verdict = judged_again(&key, &mut entry, current, sender_unrecorded, cfg);
-    if verdict.is_ok() {
+    let denied_for = judged_again(&key, &mut entry, current, sender_unrecorded, cfg);
+    if denied_for == 0 {
         if protocol == ip_proto::TCP {
             if !from_initiator {
                 entry.state |= ct_state::REPLIED;
@@ -526,15 +526,21 @@ fn lookup_in<K: FlowKey>(
     if entry != found.entry {
         update(&found, &entry);
     }
-    match verdict {
-        Ok(()) => Tracked::Allowed,
-        Err(reason) => Tracked::Denied(reason),
+    if denied_for == 0 {
+        Tracked::Allowed
+    } else {
+        Tracked::Denied(denied_for)
     }
 }
 
-/// The tracked flow's verdict under the current policy generation: judged again (and the
-/// entry's generation, `DENIED` bit and reason set) when the generation moved since, or when
-/// the caller filled in one of its pods (`pods_changed`).
+/// The tracked flow's verdict under the current policy generation, as 0 (allowed) or the
+/// drop reason: judged again (and the entry's generation, `DENIED` bit and reason set) when
+/// the generation moved since, or when the caller filled in one of its pods
+/// (`pods_changed`).
+///
+/// A plain number rather than a `Result<(), u8>`: LLVM copied the `Result`'s reason register
+/// on paths where it was never set, and the verifier refuses to read such a register (it did
+/// so in `npe_to_uplink` loaded with `keep_established`).
 #[inline(always)]
 fn judged_again<K: FlowKey>(
     key: &K,
@@ -542,27 +548,27 @@ fn judged_again<K: FlowKey>(
     current: u32,
     pods_changed: bool,
     cfg: &DataplaneConfig,
-) -> Result<(), u8> {
+) -> u8 {
     let denied = entry.state & ct_state::DENIED != 0;
     if entry.generation == current && !pods_changed {
-        return if denied { Err(entry.reason) } else { Ok(()) };
+        return if denied { entry.reason } else { 0 };
     }
     if !denied && cfg.keep_established != 0 {
-        return Ok(());
+        return 0;
     }
     // A changed policy: an allowed flow may be cut now, a cut one may be allowed again.
     entry.generation = current;
     match rejudge(key, entry) {
         Ok(()) => {
             entry.state &= !ct_state::DENIED;
-            Ok(())
+            0
         }
         Err(reason) => {
             // A cut flow stays as a tombstone: dropping the entry would let the next segment
             // of the cut connection be re-admitted as a connection seen mid-flow.
             entry.state |= ct_state::DENIED;
             entry.reason = reason;
-            Err(reason)
+            reason
         }
     }
 }

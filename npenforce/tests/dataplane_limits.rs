@@ -169,6 +169,31 @@ fn programs_load_with_the_largest_map_sizes() {
     }
 }
 
+/// The verifier knows the load-time configuration (a frozen map): each flag prunes other
+/// paths, so a program that loads with the defaults may not load with a flag set (an
+/// uninitialized register read on a path only `keep_established` leaves open did).
+#[test]
+fn programs_load_with_every_configuration_flag() {
+    if !kernel_tests_enabled("programs_load_with_every_configuration_flag") {
+        return;
+    }
+    for (keep_established, pending_allows) in [(1, 0), (0, 1), (1, 1)] {
+        let config = npenforce_common::DataplaneConfig {
+            keep_established,
+            pending_allows,
+            ..npenforce_common::DataplaneConfig::DEFAULT
+        };
+        let options = DataplaneOptions {
+            config: Some(config),
+            ..DataplaneOptions::default()
+        };
+        // new() loads every enforcing program.
+        if let Err(err) = KernelEnforcer::new(&options) {
+            panic!("keep_established {keep_established}, pending_allows {pending_allows}: {err:?}");
+        }
+    }
+}
+
 fn selector(key: &str, value: &str) -> Selector {
     Selector::parse(&LabelSelector {
         match_labels: Some([(key.to_string(), value.to_string())].into()),
