@@ -458,14 +458,14 @@ fn lookup_in<K: FlowKey>(
     // it was admitted before its sender was known (a packet that was not classified, from an
     // address `ENDPOINTS` did not hold yet). It is the sender's flow, judged again below with
     // the sender in its place.
-    let sender_unrecorded = match sender {
+    let fill_in = match sender {
         Some(sender) if sender != pod_of_side => {
             if pod_of_side != 0 {
                 return Tracked::Unknown;
             }
-            true
+            Some(sender)
         }
-        _ => false,
+        _ => None,
     };
     let age = elapsed(now, entry.last_seen, cfg);
     let protocol = packet.protocol;
@@ -490,15 +490,14 @@ fn lookup_in<K: FlowKey>(
         // taken over if allowed).
         return Tracked::Unknown;
     }
-    if sender_unrecorded {
-        let sender = sender.unwrap_or(0);
+    if let Some(sender) = fill_in {
         if from_initiator {
             entry.egress_pod = sender;
         } else {
             entry.ingress_pod = sender;
         }
     }
-    let denied_for = judged_again(&key, &mut entry, current, sender_unrecorded, cfg);
+    let denied_for = judged_again(&key, &mut entry, current, fill_in.is_some(), cfg);
     if denied_for == 0 {
         if protocol == ip_proto::TCP {
             if !from_initiator {

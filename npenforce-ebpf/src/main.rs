@@ -436,10 +436,21 @@ fn from_network(m: u32) -> bool {
 /// pod of this node.
 #[inline(always)]
 fn sender_pod(m: u32, packet: &Packet, cfg: &DataplaneConfig) -> u32 {
-    if m & mark::CLASSIFIED != 0 {
-        return m >> mark::POD_SHIFT;
+    if let Some(pod) = marked_pod(m) {
+        return pod;
     }
     endpoint_pod(&packet.src, cfg).unwrap_or(0)
+}
+
+/// The sending pod the mark names (0: none, from the network), if the packet was classified
+/// where it entered.
+#[inline(always)]
+fn marked_pod(m: u32) -> Option<u32> {
+    if m & mark::CLASSIFIED != 0 {
+        Some(m >> mark::POD_SHIFT)
+    } else {
+        None
+    }
 }
 
 /// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
@@ -469,12 +480,7 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
     // from a pending pod, or from an interface we are not attached to) is not checked
     // against the flow's pods: finding its sender is an `ENDPOINTS` search, which the
     // established path does not pay for.
-    let marked_sender = if m & mark::CLASSIFIED != 0 {
-        Some(m >> mark::POD_SHIFT)
-    } else {
-        None
-    };
-    match conntrack::lookup(packet, marked_sender, cfg, now) {
+    match conntrack::lookup(packet, marked_pod(m), cfg, now) {
         Tracked::Allowed => return finish(packet, now, Ok(())),
         Tracked::Denied(reason) => return Err(reason),
         Tracked::Unknown => {}

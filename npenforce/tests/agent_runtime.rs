@@ -69,17 +69,27 @@ fn base_events() -> Vec<SourceEvent> {
 async fn ready_with_web_isolated(capacity: usize) -> (mpsc::Sender<SourceEvent>, TestAgent) {
     let (tx, rx) = mpsc::channel(capacity);
     let agent = TestAgent::start(rx);
-    for e in base_events() {
+    let events = base_events()
+        .into_iter()
+        .chain([change_policy(&web_isolated())]);
+    initial_sync(&tx, &agent, events).await;
+    (tx, agent)
+}
+
+/// Sends `events` as a source's initial list, then the end of the initial sync, and waits
+/// until the agent is ready.
+async fn initial_sync(
+    tx: &mpsc::Sender<SourceEvent>,
+    agent: &TestAgent,
+    events: impl IntoIterator<Item = SourceEvent>,
+) {
+    for e in events {
         tx.send(e).await.expect("running");
     }
-    tx.send(change_policy(&web_isolated()))
-        .await
-        .expect("running");
     tx.send(SourceEvent::InitialSyncDone)
         .await
         .expect("running");
     agent.wait_ready().await;
-    (tx, agent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,13 +396,7 @@ async fn a_failed_apply_is_recovered_by_a_full_reconcile() {
     let agent = TestAgent::start_with(rx, MemoryEnforcer::new(), |c| {
         c.retry_interval = Duration::from_millis(200);
     });
-    for e in base_events() {
-        tx.send(e).await.expect("running");
-    }
-    tx.send(SourceEvent::InitialSyncDone)
-        .await
-        .expect("running");
-    agent.wait_ready().await;
+    initial_sync(&tx, &agent, base_events()).await;
     assert!(agent.allowed(MON, WEB, 80));
 
     agent.enforcer.fail_next(1);
@@ -445,20 +449,8 @@ async fn node_addresses_are_always_allowed_and_refreshed() {
             c.node_addresses_refresh = Duration::from_millis(50);
         }
     });
-    for e in base_events() {
-        tx.send(e).await.expect("running");
-    }
-    tx.send(change_policy(&policy(
-        "default",
-        "deny",
-        json!({"podSelector": {}}),
-    )))
-    .await
-    .expect("running");
-    tx.send(SourceEvent::InitialSyncDone)
-        .await
-        .expect("running");
-    agent.wait_ready().await;
+    let deny = change_policy(&policy("default", "deny", json!({"podSelector": {}})));
+    initial_sync(&tx, &agent, base_events().into_iter().chain([deny])).await;
     agent
         .expect_verdicts(
             "node allowed",

@@ -137,6 +137,12 @@ spec:
             .pod_id
     }
 
+    /// The mark `npe_from_pod` gives what pod `name` sends.
+    fn sent_by(&self, name: &str) -> u32 {
+        use npenforce_common::mark;
+        mark::CLASSIFIED | (self.pod_id(name) << mark::POD_SHIFT)
+    }
+
     /// The interface entry of a veth in front of pod `name`.
     fn iface_of(&self, name: &str) -> IfaceInfo {
         IfaceInfo {
@@ -1403,7 +1409,7 @@ fn the_uplink_marks_what_enters_from_the_network() {
     assert_eq!(m, mark::CLASSIFIED, "mark {m:#x}");
 
     // The reply of a flow a pod of this node opened toward the network is recognised.
-    let client_sent = mark::CLASSIFIED | (b.pod_id("client") << mark::POD_SHIFT);
+    let client_sent = b.sent_by("client");
     let out = Craft::new(ip(CLIENT4), ip("192.0.2.7"), L4::tcp(45002, 443)).build();
     let (v, _) = marked(&mut b, TO_UPLINK, &out, client_sent);
     assert_eq!(v, verdict::PASS, "client -> 192.0.2.7:443 is allowed");
@@ -1552,9 +1558,8 @@ fn a_node_address_from_the_network_is_not_the_node() {
     b.enforcer
         .set_node_addresses(&[ip(NODE4), ip(NODE6)])
         .expect("node addresses");
-    let monitor = b.pod_id("monitor");
     let from_network = mark::CLASSIFIED;
-    let masqueraded_pod = mark::CLASSIFIED | (monitor << mark::POD_SHIFT);
+    let masqueraded_pod = b.sent_by("monitor");
     for (node, web) in [(NODE4, WEB4), (NODE6, WEB6)] {
         let mut src_port = 46000;
         let mut run = |b: &mut Bench, m: u32| {
@@ -1678,10 +1683,7 @@ fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
     if !kernel_tests_enabled("a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod") {
         return;
     }
-    use npenforce_common::{
-        mark,
-        program_names::{LOOKUP_ONLY, TO_UPLINK},
-    };
+    use npenforce_common::program_names::{LOOKUP_ONLY, TO_UPLINK};
     let mut b = Bench::new();
     // Masqueraded traffic comes from the node's address: web admits it from any pod.
     b.enforcer
@@ -1703,8 +1705,7 @@ spec:
         "10.244.1.14",
         "fd00:10:244::e",
     );
-    let sent_by = |name: &str, b: &Bench| mark::CLASSIFIED | (b.pod_id(name) << mark::POD_SHIFT);
-    let (client, closed) = (sent_by("client", &b), sent_by("closed", &b));
+    let (client, closed) = (b.sent_by("client"), b.sent_by("closed"));
     for (node, remote, web) in [(NODE4, "10.9.9.9", WEB4), (NODE6, "fd00:9::9", WEB6)] {
         for (program, dst) in [(TO_UPLINK, remote), (TO_POD, web)] {
             let packet = Craft::new(ip(node), ip(dst), L4::udp(40000, 5353)).build();
@@ -1743,7 +1744,7 @@ fn a_flow_admitted_before_its_pod_was_known_is_that_pods_flow() {
     const LATE4: &str = "10.244.1.15";
     let mut b = Bench::new();
     // Monitor opens a flow to an address no pod has yet: recorded without a pod there.
-    let monitor = mark::CLASSIFIED | (b.pod_id("monitor") << mark::POD_SHIFT);
+    let monitor = b.sent_by("monitor");
     let out = Craft::new(ip(MONITOR4), ip(LATE4), L4::udp(5000, 53)).build();
     assert_eq!(b.run_marked(TO_UPLINK, &out, monitor).0, verdict::PASS);
     // The address becomes pod late's, whose own egress policy allows nothing.

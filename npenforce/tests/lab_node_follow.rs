@@ -12,6 +12,20 @@ use npenforce::{
     policy::{Change, Compiler, Namespace, NodeScope, Pod, Policy, Snapshot},
 };
 
+/// Starts the node dataplane inside the lab's node (loading, adopting what `options`' pins
+/// hold) and makes the agent's initial sync: the first reconcile, after which programs get
+/// attached.
+fn start_node(lab: &Lab, options: &NodeOptions, compiler: &Compiler) -> NodeDataplane {
+    lab.node()
+        .run(|| {
+            let node = NodeDataplane::start(options).expect("starting the node dataplane");
+            node.reconcile(compiler.map_entries())
+                .expect("initial reconcile");
+            node
+        })
+        .expect("entering the node")
+}
+
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !check() {
@@ -29,20 +43,11 @@ fn pods_created_and_deleted_while_enforcing() {
         return;
     }
     let mut lab = Lab::new("follow").expect("lab");
-    let node = lab
-        .node()
-        .run(|| NodeDataplane::start(&NodeOptions::default()).expect("starting the node dataplane"))
-        .expect("entering the node");
     let mut compiler = Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![]));
+    let node = start_node(&lab, &NodeOptions::default(), &compiler);
     // Route lookups (which veth carries which pod) happen in the calling thread's namespace,
     // so apply from inside the node, as the agent (which runs there) does.
     let node_ns = lab.node().path();
-    // The agent's initial sync: the first reconcile, after which programs get attached.
-    npenforce::lab::netns::run_in_netns(&node_ns, || {
-        node.reconcile(compiler.map_entries())
-            .expect("initial reconcile")
-    })
-    .expect("entering the node");
     let apply = |compiler: &mut Compiler, change: Change| {
         let diff = compiler.apply(change);
         npenforce::lab::netns::run_in_netns(&node_ns, || node.apply(&diff).expect("apply"))
@@ -155,28 +160,14 @@ fn interfaces_gone_while_no_agent_ran_are_forgotten() {
         },
         ..NodeOptions::default()
     };
-    let node_ns = lab.node().path();
     let compiler = Compiler::new(Snapshot::new(NodeScope::Node(NODE.into()), vec![]));
-    // An agent's start: load (adopting the pins), then the first reconcile attaches.
-    let start_agent = |lab: &Lab| {
-        let node = lab
-            .node()
-            .run(|| NodeDataplane::start(&options).expect("starting the node dataplane"))
-            .expect("entering the node");
-        npenforce::lab::netns::run_in_netns(&node_ns, || {
-            node.reconcile(compiler.map_entries())
-                .expect("initial reconcile")
-        })
-        .expect("entering the node");
-        node
-    };
     let recorded = |node: &NodeDataplane| -> Vec<u32> {
         let mut enforcer = node.enforcer();
         let interfaces = enforcer.maps().interfaces().expect("IFACES");
         interfaces.into_keys().collect()
     };
 
-    let node = start_agent(&lab);
+    let node = start_node(&lab, &options, &compiler);
     let stays = lab.add_pod("stays").expect("pod");
     let goes = lab.add_pod("goes").expect("pod");
     let ifindex_of = |node: &NodeDataplane, veth: &str| {
@@ -207,7 +198,7 @@ fn interfaces_gone_while_no_agent_ran_are_forgotten() {
             .expect("listing links");
         links.iter().all(|link| link.ifindex != goes_at)
     });
-    let node = start_agent(&lab);
+    let node = start_node(&lab, &options, &compiler);
     let after = recorded(&node);
     assert!(
         !after.contains(&goes_at),
