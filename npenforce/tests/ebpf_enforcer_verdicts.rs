@@ -1677,13 +1677,17 @@ spec:
 /// has forgotten the first (an unanswered UDP flow: 30 s there, while our entry lives 120 s).
 /// The second pod's packets are its own flow's, judged by its own policy, where they leave
 /// toward the network and toward a pod of this node (a hairpin through a Service, masqueraded
-/// to the node's address).
+/// to the node's address). The first pod's flow is over then: what the far end sends to the
+/// tuple (netfilter un-NATs it to the second pod) is not its reply, and comes back unmarked.
 #[test]
 fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
     if !kernel_tests_enabled("a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod") {
         return;
     }
-    use npenforce_common::program_names::{LOOKUP_ONLY, TO_UPLINK};
+    use npenforce_common::{
+        mark,
+        program_names::{FROM_POD, FROM_UPLINK, LOOKUP_ONLY, TO_UPLINK},
+    };
     let mut b = Bench::new();
     // Masqueraded traffic comes from the node's address: web admits it from any pod.
     b.enforcer
@@ -1722,8 +1726,23 @@ spec:
             );
             assert_eq!(
                 b.run_marked(LOOKUP_ONLY, &packet, 0).0,
-                verdict::DROP,
-                "{case}: client's flow is still tracked"
+                verdict::PASS,
+                "{case}: client's flow is forgotten"
+            );
+            // The far end answers on the tuple: the remote through the uplink, web through
+            // its veth (where the bench's test runs happen).
+            let answer = Craft::new(ip(dst), ip(node), L4::udp(5353, 40000)).build();
+            let entry = if program == TO_UPLINK {
+                FROM_UPLINK
+            } else {
+                FROM_POD
+            };
+            let (v, m) = b.run_marked(entry, &answer, 0);
+            assert_eq!(v, verdict::PASS, "{case}: {entry} passes the answer");
+            assert_eq!(
+                m & (mark::CLASSIFIED | mark::ESTABLISHED),
+                mark::CLASSIFIED,
+                "{case}: the answer is not part of a tracked flow: mark {m:#x}"
             );
         }
     }
