@@ -471,6 +471,16 @@ fn lookup_in<K: FlowKey>(
     } else {
         entry.ingress_pod
     };
+    let age = elapsed(now, entry.last_seen, cfg);
+    if nothing_to_change(packet, &entry, from_initiator, age, cfg)
+        && sender.is_none_or(|sender| sender == pod_of_side)
+        && entry.generation == generation()
+    {
+        // Most packets of an established flow: allowed, and the entry stays as it is.
+        // Decided before the general path computes anything else, so that its values are
+        // not live here (the registers they took were spilled and reloaded along the way).
+        return Tracked::Allowed;
+    }
     // Another pod's flow on the same tuple: this packet's flow is a new one (and takes the
     // slot over if allowed). A flow recorded without a pod on this side names no other pod:
     // it was admitted before its sender was known (a packet that was not classified, from an
@@ -494,7 +504,6 @@ fn lookup_in<K: FlowKey>(
         }
         _ => None,
     };
-    let age = elapsed(now, entry.last_seen, cfg);
     let protocol = packet.protocol;
     if protocol == ip_proto::TCP
         && packet.tcp_flags & TCP_SYN != 0
@@ -557,6 +566,26 @@ fn lookup_in<K: FlowKey>(
     } else {
         Tracked::Denied(denied_for)
     }
+}
+
+/// Whether the flow's packet would leave its entry as it is and pass, as long as the entry
+/// was judged under the current generation and the packet's sender is the flow's: not
+/// denied; seen within the last second (no refresh due, and younger than any timeout); the
+/// responder has answered (or this is the initiator); and no TCP flag that opens or closes.
+#[inline(always)]
+fn nothing_to_change(
+    packet: &Packet,
+    entry: &CtEntry,
+    from_initiator: bool,
+    age: u64,
+    cfg: &DataplaneConfig,
+) -> bool {
+    entry.state & ct_state::DENIED == 0
+        && (from_initiator || entry.state & ct_state::REPLIED != 0)
+        && age <= ticks(1, cfg)
+        && age < cfg.shortest_timeout_ticks as u64
+        && (packet.protocol != ip_proto::TCP
+            || packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0)
 }
 
 /// The tracked flow's verdict under the current policy generation, as 0 (allowed) or the
