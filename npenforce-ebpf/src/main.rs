@@ -314,6 +314,11 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
         match conntrack::lookup(packet, Some(pod_id), cfg, now) {
             Tracked::Allowed => {
                 set_our_mark(&ctx, pod_mark | mark::ESTABLISHED);
+                // `npe_to_uplink` passes an established packet without parsing it, so the
+                // later fragments of a first one that leaves there are vouched for here.
+                // (Where netfilter reassembles and NATs, it refragments the datagram with
+                // the first fragment's mark; without it, addresses stay as they are here.)
+                remember_first_fragment(packet, now);
                 count_pod(pod_id, direction::EGRESS, true, ctx.len());
                 return verdict::PASS;
             }
@@ -589,13 +594,18 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
 /// Remembers first fragments that pass, so their later fragments pass too.
 #[inline(always)]
 fn finish(packet: &Packet, now: u64, result: Result<(), u8>) -> Result<(), u8> {
-    if result.is_ok()
-        && packet.fragment == Fragment::First
-        && !conntrack::remember_fragment(packet, now)
-    {
-        count_node(node_counter::FRAG_TRACK_FAILED);
+    if result.is_ok() {
+        remember_first_fragment(packet, now);
     }
     result
+}
+
+/// Remembers a first fragment that passes, so its later fragments pass too.
+#[inline(always)]
+fn remember_first_fragment(packet: &Packet, now: u64) {
+    if packet.fragment == Fragment::First && !conntrack::remember_fragment(packet, now) {
+        count_node(node_counter::FRAG_TRACK_FAILED);
+    }
 }
 
 #[cfg(not(test))]

@@ -1790,3 +1790,82 @@ spec:
         "late's answer is part of the tracked flow: mark {m:#x}"
     );
 }
+
+/// A pod whose egress is isolated answers a flow from the network with a datagram too large
+/// for one packet. Its first fragment is the flow's (marked established where the pod sends
+/// it, so the uplink passes it without a look); its later fragments, which carry no ports,
+/// leave through the uplink on the first fragment's verdict. Without netfilter's defrag
+/// (which would leave them refragmented with the head's mark) that verdict must have been
+/// remembered where the pod sent the head.
+#[test]
+fn later_fragments_of_an_established_flow_leave_through_the_uplink() {
+    if !kernel_tests_enabled("later_fragments_of_an_established_flow_leave_through_the_uplink") {
+        return;
+    }
+    use npenforce_common::{
+        mark,
+        program_names::{FROM_POD, TO_UPLINK},
+    };
+    let mut b = Bench::new();
+    b.change(upsert_policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: closed-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: closed}}
+  policyTypes: [Egress]
+"#,
+    ));
+    let (closed4, closed6) = ("10.244.1.14", "fd00:10:244::e");
+    b.add_pod("closed", &[("app", "closed")], closed4, closed6);
+    b.lo_is(b.iface_of("closed"));
+    let from_network = mark::CLASSIFIED;
+    for (closed, remote) in [(closed4, "10.9.9.9"), (closed6, "fd00:9::9")] {
+        let question = Craft::new(ip(remote), ip(closed), L4::udp(40000, 5353)).build();
+        assert_eq!(
+            b.run_marked(TO_POD, &question, from_network).0,
+            verdict::PASS,
+            "{remote} -> {closed}: closed admits the question"
+        );
+        let fragment = |offset: u16, id: u32| {
+            Craft::new(ip(closed), ip(remote), L4::udp(5353, 40000))
+                .fragment(Frag {
+                    offset,
+                    more: offset == 0,
+                    id,
+                })
+                .payload(&[7; 64])
+                .build()
+        };
+        let (v, head_mark) = b.run_marked(FROM_POD, &fragment(0, 4242), 0);
+        assert_eq!(v, verdict::PASS, "{closed}: the answer's first fragment");
+        assert_ne!(
+            head_mark & mark::ESTABLISHED,
+            0,
+            "{closed}: the first fragment is the flow's: mark {head_mark:#x}"
+        );
+        assert_eq!(
+            b.run_marked(TO_UPLINK, &fragment(0, 4242), head_mark).0,
+            verdict::PASS,
+            "{closed}: the first fragment leaves"
+        );
+        for (id, expected, what) in [
+            (4242, verdict::PASS, "a later fragment of the answer"),
+            (
+                4343,
+                verdict::DROP,
+                "a later fragment of no datagram that passed",
+            ),
+        ] {
+            let later = fragment(100, id);
+            let (v, later_mark) = b.run_marked(FROM_POD, &later, 0);
+            assert_eq!(v, verdict::PASS, "{closed}: {what} enters the node");
+            assert_eq!(
+                b.run_marked(TO_UPLINK, &later, later_mark).0,
+                expected,
+                "{closed}: {what}, where it leaves"
+            );
+        }
+    }
+}
