@@ -181,6 +181,24 @@ spec:
         self.change(Change::UpsertPod(Pod::from_k8s(&object).expect("pod")));
     }
 
+    /// Adds pod closed, whose egress policy allows nothing; returns its IPv4 and IPv6
+    /// addresses.
+    fn add_closed_pod(&mut self) -> (&'static str, &'static str) {
+        const CLOSED: (&str, &str) = ("10.244.1.14", "fd00:10:244::e");
+        self.change(upsert_policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: closed-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: closed}}
+  policyTypes: [Egress]
+"#,
+        ));
+        self.add_pod("closed", &[("app", "closed")], CLOSED.0, CLOSED.1);
+        CLOSED
+    }
+
     /// The verdict of `program` on `packet` carrying `mark`, and the mark it leaves.
     fn run_marked(&mut self, program: &str, packet: &[u8], mark: u32) -> (i32, u32) {
         self.enforcer
@@ -1693,22 +1711,7 @@ fn a_tuple_that_snat_gives_another_pod_is_judged_for_that_pod() {
     b.enforcer
         .set_node_addresses(&[ip(NODE4), ip(NODE6)])
         .expect("node addresses");
-    b.change(upsert_policy(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: closed-out, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: closed}}
-  policyTypes: [Egress]
-"#,
-    ));
-    b.add_pod(
-        "closed",
-        &[("app", "closed")],
-        "10.244.1.14",
-        "fd00:10:244::e",
-    );
+    b.add_closed_pod();
     let (client, closed) = (b.sent_by("client"), b.sent_by("closed"));
     for (node, remote, web) in [(NODE4, "10.9.9.9", WEB4), (NODE6, "fd00:9::9", WEB6)] {
         for (program, dst) in [(TO_UPLINK, remote), (TO_POD, web)] {
@@ -1807,18 +1810,7 @@ fn later_fragments_of_an_established_flow_leave_through_the_uplink() {
         program_names::{FROM_POD, TO_UPLINK},
     };
     let mut b = Bench::new();
-    b.change(upsert_policy(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: closed-out, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: closed}}
-  policyTypes: [Egress]
-"#,
-    ));
-    let (closed4, closed6) = ("10.244.1.14", "fd00:10:244::e");
-    b.add_pod("closed", &[("app", "closed")], closed4, closed6);
+    let (closed4, closed6) = b.add_closed_pod();
     b.lo_is(b.iface_of("closed"));
     let from_network = mark::CLASSIFIED;
     for (closed, remote) in [(closed4, "10.9.9.9"), (closed6, "fd00:9::9")] {
