@@ -367,6 +367,12 @@ fn update<K>(found: &Found<K>, entry: &CtEntry) {
     }
 }
 
+/// TCP, UDP and SCTP: protocols whose flows netfilter tells apart by ports.
+#[inline(always)]
+fn has_ports(protocol: u8) -> bool {
+    protocol == ip_proto::TCP || protocol == ip_proto::UDP || protocol == ip_proto::SCTP
+}
+
 /// Empties the slot of a found flow, unless another CPU holds it or it changed flows since it
 /// was read: one compare-and-exchange of the version, which is all that tells a slot in use
 /// (no branch on its outcome: taking the slot and releasing it cost `npe_to_pod` 170k
@@ -493,9 +499,11 @@ fn lookup_in<K: FlowKey>(
                 // the tuple is this pod's now (netfilter gave it away, or the address is
                 // another pod's), so the recorded flow is over. Forgotten even if this flow
                 // is denied: the far end's packets to the tuple, un-NATed to this pod, are
-                // not replies of the old flow. (Not so for a packet from the network, whose
-                // source anyone can forge.)
-                if sender != 0 {
+                // not replies of the old flow. Not so for a packet from the network, whose
+                // source anyone can forge, nor for ICMP: netfilter keeps masqueraded tuples
+                // unique by their ports, and an ICMP error's key (ports 0) can be an echo's
+                // with identifier 0.
+                if sender != 0 && has_ports(packet.protocol) {
                     forget(&found);
                 }
                 return Tracked::Unknown;

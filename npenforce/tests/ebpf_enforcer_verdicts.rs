@@ -1861,3 +1861,71 @@ fn later_fragments_of_an_established_flow_leave_through_the_uplink() {
         }
     }
 }
+
+/// Netfilter keeps masqueraded tuples unique by their ports, which ICMP errors do not have:
+/// one pod's error toward a remote, masqueraded to the node's address, has the key of another
+/// pod's echo with identifier 0 toward it. It is judged as that pod's own (here denied), and
+/// the other pod's ping stays tracked: its reply comes back established.
+#[test]
+fn an_icmp_error_of_one_pod_leaves_another_pods_ping_alone() {
+    if !kernel_tests_enabled("an_icmp_error_of_one_pod_leaves_another_pods_ping_alone") {
+        return;
+    }
+    use npenforce_common::{
+        mark,
+        program_names::{FROM_UPLINK, TO_UPLINK},
+    };
+    const REMOTE: &str = "10.9.9.9";
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4), ip(NODE6)])
+        .expect("node addresses");
+    b.add_closed_pod();
+    let (client, closed) = (b.sent_by("client"), b.sent_by("closed"));
+    let ping = Craft::new(
+        ip(NODE4),
+        ip(REMOTE),
+        L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: 0,
+        },
+    )
+    .build();
+    assert_eq!(b.run_marked(TO_UPLINK, &ping, client).0, verdict::PASS);
+    // "Port unreachable" about a UDP datagram the remote sent to closed.
+    let mut quoted = Craft::new(ip(REMOTE), ip(NODE4), L4::udp(53, 40000)).build();
+    quoted.drain(..14); // the quoted packet starts at its IP header
+    quoted.truncate(20 + 8);
+    let error = Craft::new(
+        ip(NODE4),
+        ip(REMOTE),
+        L4::Raw {
+            protocol: 1,
+            payload: [&[3u8, 3, 0, 0, 0, 0, 0, 0][..], &quoted].concat(),
+        },
+    )
+    .build();
+    assert_eq!(
+        b.run_marked(TO_UPLINK, &error, closed).0,
+        verdict::DROP,
+        "closed's error: its egress policy allows nothing"
+    );
+    let reply = Craft::new(
+        ip(REMOTE),
+        ip(NODE4),
+        L4::Icmp {
+            kind: 0,
+            code: 0,
+            id: 0,
+        },
+    )
+    .build();
+    let (v, m) = b.run_marked(FROM_UPLINK, &reply, 0);
+    assert_eq!(v, verdict::PASS);
+    assert_eq!(
+        m & (mark::CLASSIFIED | mark::ESTABLISHED),
+        mark::CLASSIFIED | mark::ESTABLISHED,
+        "client's ping is still tracked: mark {m:#x}"
+    );
+}
