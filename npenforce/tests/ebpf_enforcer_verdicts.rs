@@ -233,6 +233,26 @@ fn sctp_packet(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Vec<u8> {
     Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
 }
 
+/// What an ICMP error quotes of `frame`: its IP header and the first 8 bytes after it.
+fn quoted(mut frame: Vec<u8>) -> Vec<u8> {
+    frame.drain(..14); // the quoted packet starts at its IP header
+    frame.truncate(20 + 8);
+    frame
+}
+
+/// An ICMP "port unreachable" from `src` to `dst` quoting `quoted` (IPv4).
+fn port_unreachable(src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    Craft::new(
+        ip(src),
+        ip(dst),
+        L4::Raw {
+            protocol: 1,
+            payload: [&[3u8, 3, 0, 0, 0, 0, 0, 0][..], quoted].concat(),
+        },
+    )
+    .build()
+}
+
 /// A private bpffs (kept mounted while the returned value lives), the agent's pin folder in
 /// it, and options that pin there.
 fn pinned(
@@ -306,26 +326,18 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     // An ICMP "port unreachable" about a packet web sent to client in that association
     // (inner: web:9000 -> client:40000) is related and passes, even from monitor, whose own
     // traffic web refuses.
-    let mut inner = Craft::new(
-        ip(WEB4),
-        ip(CLIENT4),
-        L4::Sctp {
-            src_port: 9000,
-            dst_port: 40000,
-        },
-    )
-    .build();
-    inner.drain(..14); // the embedded packet starts at its IP header
-    inner.truncate(20 + 8);
-    let related = Craft::new(
-        ip(MONITOR4),
-        ip(WEB4),
-        L4::Raw {
-            protocol: 1,
-            payload: [&[3u8, 3, 0, 0, 0, 0, 0, 0][..], &inner].concat(),
-        },
-    )
-    .build();
+    let inner = quoted(
+        Craft::new(
+            ip(WEB4),
+            ip(CLIENT4),
+            L4::Sctp {
+                src_port: 9000,
+                dst_port: 40000,
+            },
+        )
+        .build(),
+    );
+    let related = port_unreachable(MONITOR4, WEB4, &inner);
     assert_eq!(
         b.run_to_web(&related),
         "PASS",
@@ -333,15 +345,7 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     );
     let mut unrelated_inner = inner.clone();
     unrelated_inner[20..22].copy_from_slice(&9999u16.to_be_bytes());
-    let unrelated = Craft::new(
-        ip(MONITOR4),
-        ip(WEB4),
-        L4::Raw {
-            protocol: 1,
-            payload: [&[3u8, 3, 0, 0, 0, 0, 0, 0][..], &unrelated_inner].concat(),
-        },
-    )
-    .build();
+    let unrelated = port_unreachable(MONITOR4, WEB4, &unrelated_inner);
     assert_eq!(
         b.run_to_web(&unrelated),
         "DROP",
@@ -1894,18 +1898,8 @@ fn an_icmp_error_of_one_pod_leaves_another_pods_ping_alone() {
     .build();
     assert_eq!(b.run_marked(TO_UPLINK, &ping, client).0, verdict::PASS);
     // "Port unreachable" about a UDP datagram the remote sent to closed.
-    let mut quoted = Craft::new(ip(REMOTE), ip(NODE4), L4::udp(53, 40000)).build();
-    quoted.drain(..14); // the quoted packet starts at its IP header
-    quoted.truncate(20 + 8);
-    let error = Craft::new(
-        ip(NODE4),
-        ip(REMOTE),
-        L4::Raw {
-            protocol: 1,
-            payload: [&[3u8, 3, 0, 0, 0, 0, 0, 0][..], &quoted].concat(),
-        },
-    )
-    .build();
+    let about = quoted(Craft::new(ip(REMOTE), ip(NODE4), L4::udp(53, 40000)).build());
+    let error = port_unreachable(NODE4, REMOTE, &about);
     assert_eq!(
         b.run_marked(TO_UPLINK, &error, closed).0,
         verdict::DROP,
