@@ -90,6 +90,12 @@ pub mod map_names {
     /// agent.
     pub const BENCH_TARGET: &str = "BENCH_TARGET";
 
+    /// The programs that enforcing programs hand packets on to (program array, indexed by
+    /// `program_names::TAIL_CALLS`). Filled by the loader before the callers run. Never
+    /// adopted: each load's callers must reach that load's callees, which share its scratch
+    /// slot and maps. Each load pins its own under `judges/` (see the loader).
+    pub const JUDGES: &str = "NPE_JUDGES";
+
     /// The shared tables (`shared_table`).
     pub const SHARED_TABLES: [&str; 3] = [ENDPOINTS, POLICY_PEER_HOSTS, NODE_ADDRS];
     /// The maps created `BPF_F_MMAPABLE` that the agent writes through a memory mapping:
@@ -133,6 +139,19 @@ pub mod program_names {
     pub const FROM_UPLINK: &str = "npe_from_uplink";
     /// Uplink TC egress: what leaves the node toward the network.
     pub const TO_UPLINK: &str = "npe_to_uplink";
+    /// What `TO_POD` hands on through a tail call when a packet is not part of a tracked
+    /// flow that stays as it is: the general path (new flows, changes of state, fragments).
+    pub const TO_POD_JUDGE: &str = "npe_to_pod_judge";
+
+    /// Tail calls: (caller, index in `map_names::JUDGES`, callee). Loading the caller loads
+    /// the callee into its slot.
+    pub const TAIL_CALLS: &[(&str, u32, &str)] = &[(TO_POD, judge_index::TO_POD, TO_POD_JUDGE)];
+
+    /// Slots of `map_names::JUDGES`.
+    pub mod judge_index {
+        pub const TO_POD: u32 = 0;
+        pub const COUNT: u32 = 1;
+    }
     /// Benchmark driver: gives each run of a repeated test run its own flow (the TCP or UDP
     /// source port goes up by one), then tail-calls the program in `BENCH_TARGET`.
     pub const NEW_FLOWS: &str = "npenforce_new_flows";
@@ -722,6 +741,8 @@ pub mod node_counter {
     pub const MID_FLOW_ADOPTED: u32 = 20;
     /// A new flow took the slot of a live one (its bucket of the conntrack table was full).
     pub const CT_EVICTED: u32 = 21;
+    /// A tail call to a judging program failed (its slot was empty); the packet was dropped.
+    pub const JUDGE_UNREACHABLE: u32 = 22;
     pub const COUNT: u32 = 32;
 }
 

@@ -469,6 +469,12 @@ fn lookup_in<K: FlowKey>(
     let Some(found) = find(&key, cfg) else {
         return Tracked::Unknown;
     };
+    if passes_unchanged(packet, &found.entry, src_is_a, sender, now, cfg) {
+        // Most packets of an established flow. Decided before the general path computes
+        // anything else, so that its values are not live here (the registers they took were
+        // spilled and reloaded along the way).
+        return Tracked::Allowed;
+    }
     let mut entry = found.entry;
     // Neither changes below: rejudging only touches the generation, reason and DENIED bits.
     let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
@@ -478,15 +484,6 @@ fn lookup_in<K: FlowKey>(
         entry.ingress_pod
     };
     let age = elapsed(now, entry.last_seen, cfg);
-    if nothing_to_change(packet, &entry, from_initiator, age, cfg)
-        && sender.is_none_or(|sender| sender == pod_of_side)
-        && entry.generation == generation()
-    {
-        // Most packets of an established flow: allowed, and the entry stays as it is.
-        // Decided before the general path computes anything else, so that its values are
-        // not live here (the registers they took were spilled and reloaded along the way).
-        return Tracked::Allowed;
-    }
     // Another pod's flow on the same tuple: this packet's flow is a new one (and takes the
     // slot over if allowed). A flow recorded without a pod on this side names no other pod:
     // it was admitted before its sender was known (a packet that was not classified, from an
@@ -574,6 +571,74 @@ fn lookup_in<K: FlowKey>(
     } else {
         Tracked::Denied(denied_for)
     }
+}
+
+/// What a look at the packet's flow says before [`lookup`] runs.
+pub enum Glance {
+    /// A tracked flow that the packet leaves as it is and that stays allowed: [`lookup`]
+    /// would say `Allowed` and change nothing.
+    Passes,
+    /// A tracked flow that [`lookup`] must decide (its entry changes, or it may be denied).
+    Tracked,
+    /// No tracked flow: [`lookup`] would say `Unknown` and change nothing.
+    Untracked,
+}
+
+/// [`lookup`]'s answer where it is certain without its general path.
+#[inline(always)]
+pub fn glance(packet: &Packet, sender: Option<u32>, cfg: &DataplaneConfig, now: u64) -> Glance {
+    if packet.is_ipv6 {
+        glance_in::<CtKey>(packet, sender, cfg, now)
+    } else {
+        glance_in::<CtKeyV4>(packet, sender, cfg, now)
+    }
+}
+
+#[inline(always)]
+fn glance_in<K: FlowKey>(
+    packet: &Packet,
+    sender: Option<u32>,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Glance {
+    let (key, src_is_a) = key_of::<K>(
+        &packet.src,
+        &packet.dst,
+        packet.protocol,
+        packet.src_port,
+        packet.dst_port,
+    );
+    match find(&key, cfg) {
+        Some(found) if passes_unchanged(packet, &found.entry, src_is_a, sender, now, cfg) => {
+            Glance::Passes
+        }
+        Some(_) => Glance::Tracked,
+        None => Glance::Untracked,
+    }
+}
+
+/// Whether the packet of a found flow passes and leaves its entry as it is: judged under the
+/// current generation, sent by the flow's pod on its side (`sender`, when the caller knows
+/// it), and nothing to change (see [`nothing_to_change`]).
+#[inline(always)]
+fn passes_unchanged(
+    packet: &Packet,
+    entry: &CtEntry,
+    src_is_a: bool,
+    sender: Option<u32>,
+    now: u64,
+    cfg: &DataplaneConfig,
+) -> bool {
+    let from_initiator = src_is_a == (entry.state & ct_state::A_INITIATED != 0);
+    let pod_of_side = if from_initiator {
+        entry.egress_pod
+    } else {
+        entry.ingress_pod
+    };
+    let age = elapsed(now, entry.last_seen, cfg);
+    nothing_to_change(packet, entry, from_initiator, age, cfg)
+        && sender.is_none_or(|sender| sender == pod_of_side)
+        && entry.generation == generation()
 }
 
 /// Whether the flow's packet would leave its entry as it is and pass, as long as the entry

@@ -32,12 +32,12 @@ use aya_ebpf::{
 };
 use npenforce_common::{
     direction, drop_reason, endpoint_flags, iface_flags, iface_slot, ip_proto, mark, node_counter,
-    verdict, AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
+    program_names::judge_index, verdict, AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
 };
 use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
 use crate::{
-    conntrack::{Created, Tracked},
+    conntrack::{Created, Glance, Tracked},
     maps::{IFACES, IFACE_SLOTS, SCRATCH},
     observe::{count_node, count_pod, report_drop},
     policy::{endpoint_pod, is_node_addr, judge, pod_state, side_verdict},
@@ -227,7 +227,7 @@ fn pod_packet(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     dir: u8,
-) -> Result<(IfaceInfo, &'static Packet), i32> {
+) -> Result<(IfaceInfo, &'static mut Packet), i32> {
     let Some(iface) = iface(ctx) else {
         return Err(verdict::PASS);
     };
@@ -248,7 +248,6 @@ fn pod_packet(
             return Err(verdict::DROP);
         }
     }
-    let packet: &'static Packet = packet;
     // What a pod sends as neighbour discovery from a global address must be its own: the
     // source check comes after this, and such a packet, routed on, is judged by its source.
     if is_neighbour_discovery(packet)
@@ -337,9 +336,14 @@ pub fn npe_from_pod(ctx: TcContext) -> i32 {
     verdict::PASS
 }
 
-/// What is delivered to a pod: host veth TC egress (the pod's ingress side). Judges new flows
-/// after NAT: the receiving pod's ingress policy and, for a sender on this node, its egress
-/// policy.
+/// What is delivered to a pod: host veth TC egress (the pod's ingress side). Passes the
+/// packets of tracked flows that stay as they are, and hands every other packet to
+/// `npe_to_pod_judge`, which judges new flows after NAT.
+///
+/// Why two programs: with the general path inlined behind it, the established path shared
+/// the registers of one large program and spilled and reloaded through the stack all along
+/// the way; a tail call (a direct jump, the index being constant) keeps it a small program
+/// of its own. The judging program finds the parsed packet in this CPU's scratch slot.
 #[classifier]
 #[inline(always)]
 pub fn npe_to_pod(ctx: TcContext) -> i32 {
@@ -348,9 +352,54 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
         Ok(found) => found,
         Err(code) => return code,
     };
+    let m = skb_mark(&ctx);
+    let now = conntrack::now();
+    // Judged where it entered, or part of a tracked flow that stays as it is (a later
+    // fragment has no ports to look its flow up by).
+    let glance = if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
+        Glance::Passes
+    } else if packet.fragment != Fragment::Later {
+        conntrack::glance(packet, marked_pod(m), cfg, now)
+    } else {
+        Glance::Tracked
+    };
+    match glance {
+        Glance::Passes => {
+            remember_first_fragment(packet, now);
+            count_pod(iface.pod_id, direction::INGRESS, true, ctx.len());
+            return verdict::PASS;
+        }
+        Glance::Tracked => packet.untracked = false,
+        Glance::Untracked => packet.untracked = true,
+    }
+    // SAFETY: a tail call with the program's own context; it does not return on success.
+    unsafe { maps::JUDGES.tail_call(&ctx, judge_index::TO_POD) };
+    // The slot is filled before the program is attached, so only a broken load gets here:
+    // fail closed.
+    count_node(node_counter::JUDGE_UNREACHABLE);
+    verdict::DROP
+}
+
+/// The general path of `npe_to_pod`, which tail-calls it with the packet parsed into this
+/// CPU's scratch slot (a TC program runs to completion on its CPU, so the slot still holds
+/// it). Judges new flows after NAT: the receiving pod's ingress policy and, for a sender on
+/// this node, its egress policy.
+#[classifier]
+#[inline(always)]
+pub fn npe_to_pod_judge(ctx: TcContext) -> i32 {
+    let cfg = config();
+    // Looked up again rather than handed over: an inlined array load. Gone meanwhile (the
+    // agent forgot the interface): not ours, as `npe_to_pod` would have said a moment later.
+    let Some(iface) = iface(&ctx) else {
+        return verdict::PASS;
+    };
+    let Some(packet) = scratch() else {
+        return verdict::DROP;
+    };
+    let packet: &Packet = packet;
     let pod_id = iface.pod_id;
     let m = skb_mark(&ctx);
-    match exit_verdict(packet, cfg, m, pod_id) {
+    match exit_verdict(packet, cfg, m, pod_id, packet.untracked) {
         Ok(()) => {
             count_pod(pod_id, direction::INGRESS, true, ctx.len());
             verdict::PASS
@@ -417,7 +466,7 @@ pub fn npe_to_uplink(ctx: TcContext) -> i32 {
         Err(code) => return code,
     };
     let sender = m >> mark::POD_SHIFT;
-    match exit_verdict(packet, cfg, m, 0) {
+    match exit_verdict(packet, cfg, m, 0, false) {
         Ok(()) => {
             count_pod(sender, direction::EGRESS, true, ctx.len());
             verdict::PASS
@@ -461,7 +510,13 @@ fn marked_pod(m: u32) -> Option<u32> {
 /// The verdict where a packet leaves the node (toward a pod of this node, `receiver` != 0, or
 /// toward the network): tracked flows pass, new flows are judged and tracked.
 #[inline(always)]
-fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -> Result<(), u8> {
+fn exit_verdict(
+    packet: &Packet,
+    cfg: &DataplaneConfig,
+    m: u32,
+    receiver: u32,
+    untracked: bool,
+) -> Result<(), u8> {
     let now = conntrack::now();
     if m & mark::CLASSIFIED != 0 && m & mark::ESTABLISHED != 0 {
         // Judged where it entered; a first fragment still has to be remembered here, where
@@ -485,7 +540,12 @@ fn exit_verdict(packet: &Packet, cfg: &DataplaneConfig, m: u32, receiver: u32) -
     // from a pending pod, or from an interface we are not attached to) is not checked
     // against the flow's pods: finding its sender is an `ENDPOINTS` search, which the
     // established path does not pay for.
-    match conntrack::lookup(packet, marked_pod(m), cfg, now) {
+    let tracked = if untracked {
+        Tracked::Unknown
+    } else {
+        conntrack::lookup(packet, marked_pod(m), cfg, now)
+    };
+    match tracked {
         Tracked::Allowed => return finish(packet, now, Ok(())),
         Tracked::Denied(reason) => return Err(reason),
         Tracked::Unknown => {}

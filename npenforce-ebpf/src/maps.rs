@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use npenforce_common::{
     answer_cache, host_filter, iface_slot,
+    program_names::judge_index,
     shared_table::{self, AddrBucket, PeerBucket},
     CtBucket, CtHashKey, CtKey, CtKeyV4, DropEvent, EventBudget, FragEntry, FragKey, IfaceInfo,
     PeerAnswer, PeerKey, PeerValue, PodState, PortAnswer, PortKey, PortValue, TrafficCounters,
@@ -124,3 +125,7 @@ pub struct RejudgeEnds {
 
 #[map(name = "NPE_REJUDGE_ENDS")]
 pub static REJUDGE_ENDS: PerCpuArray<RejudgeEnds> = PerCpuArray::with_max_entries(1, 0);
+
+/// The judging programs that enforcing programs tail-call (`program_names::TAIL_CALLS`).
+#[map(name = "NPE_JUDGES")]
+pub static JUDGES: ProgramArray = ProgramArray::with_max_entries(judge_index::COUNT, 0);

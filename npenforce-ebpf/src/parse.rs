@@ -84,6 +84,9 @@ pub struct Packet {
     pub fragment: Fragment,
     /// IPv4 identification or IPv6 fragment header identification.
     pub fragment_id: u32,
+    /// Not parsed: set by `npe_to_pod` for `npe_to_pod_judge` when it found no tracked flow
+    /// of the packet, so that the judging program does not search again.
+    pub untracked: bool,
 }
 
 /// The addresses, ports and protocol of a flow embedded in an ICMP error.
@@ -111,6 +114,7 @@ impl Packet {
         tcp_flags: 0,
         fragment: Fragment::None,
         fragment_id: 0,
+        untracked: false,
     };
 }
 

@@ -89,6 +89,13 @@ fn kill_9_and_restart_keep_every_verdict() {
         "the connection answers"
     );
 
+    let judges_before = judge_pins(&cluster);
+    assert_eq!(
+        judges_before.len(),
+        1,
+        "the agent pins its array of judging programs once: {judges_before:?}"
+    );
+
     let phase = AtomicU8::new(0);
     let stop = AtomicBool::new(false);
     // (phase, probe index, family, outcome)
@@ -177,8 +184,29 @@ fn kill_9_and_restart_keep_every_verdict() {
         observed[0].matches(true),
         "after the policy is removed by the restarted agent, stranger -> web: {observed:?}"
     );
+    // The killed agent's judging programs were held by their pin until the restarted agent
+    // ran on every link (without the pin, the kernel empties the array and the programs left
+    // enforcing fail closed); then the pin was released.
+    let judges_after = judge_pins(&cluster);
+    assert!(
+        judges_after.len() == 1 && judges_after != judges_before,
+        "judging-program pins before the kill {judges_before:?}, after the restart {judges_after:?}"
+    );
     eprintln!(
         "{} probes over kill -9 and restart, all as expected; per phase: {counts:?}",
         log.len()
     );
+}
+
+/// The pins of arrays of judging programs under the agent's bpffs folder.
+fn judge_pins(cluster: &npenforce::demo::ClusterLab) -> Vec<std::path::PathBuf> {
+    let dir = cluster
+        .bpffs_dir()
+        .join(npenforce::dataplane::loader::JUDGES_DIR);
+    let mut pins: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    pins.sort();
+    pins
 }

@@ -134,6 +134,7 @@ fn programs_load_with_the_largest_map_sizes() {
     for program in [
         program_names::FROM_POD,
         program_names::TO_POD,
+        program_names::TO_POD_JUDGE,
         program_names::FROM_UPLINK,
         program_names::TO_UPLINK,
     ] {

@@ -17,7 +17,7 @@ use aya::{
             qdisc_add_clsact, NlOptions, SchedClassifierLink, SchedClassifierLinkId,
             TcAttachOptions, TcHandle,
         },
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        ProgramError, ProgramFd, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
     },
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
@@ -290,6 +290,9 @@ pub fn detach_clsact_filters() -> io::Result<usize> {
     Ok(removed)
 }
 
+/// Where each load pins its `map_names::JUDGES` under the bpffs folder.
+pub const JUDGES_DIR: &str = "judges";
+
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::Pin {
         path: path.to_path_buf(),
@@ -450,25 +453,146 @@ impl Dataplane {
                     name: name.to_owned(),
                     source,
                 })?;
+            self.fill_tail_calls(name)?;
         }
-        Ok(classifier)
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| DataplaneError::NoSuchProgram(name.to_owned()))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
+    /// Loads the programs that `caller` tail-calls into their slots of `map_names::JUDGES`,
+    /// so that they are in place before `caller` runs. An object without that map (a build
+    /// from before the split, which benchmarks load as a baseline) makes no tail calls.
+    fn fill_tail_calls(&mut self, caller: &str) -> Result<(), DataplaneError> {
+        let map_name = map_names::JUDGES;
+        if self.ebpf.map(map_name).is_none() {
+            return Ok(());
+        }
+        for &(_, index, callee) in program_names::TAIL_CALLS
+            .iter()
+            .filter(|(from, _, _)| *from == caller)
+        {
+            let program = self.program_fd(callee)?;
+            let map_err = |source| DataplaneError::Map {
+                name: map_name,
+                source,
+            };
+            let mut judges = ProgramArray::try_from(self.map_mut(map_name)?).map_err(map_err)?;
+            judges.set(index, &program, 0).map_err(map_err)?;
+        }
+        self.pin_judges()
+    }
+
+    /// The pin of this load's `map_names::JUDGES`, under the bpffs folder's `judges/`, named
+    /// by the map's id.
+    fn judges_pin(&self) -> Result<Option<PathBuf>, DataplaneError> {
+        let (Some(dir), Some(Map::ProgramArray(data))) =
+            (&self.bpffs, self.ebpf.map(map_names::JUDGES))
+        else {
+            return Ok(None);
+        };
+        let info = data.info().map_err(|source| DataplaneError::Map {
+            name: map_names::JUDGES,
+            source,
+        })?;
+        Ok(Some(dir.join(JUDGES_DIR).join(info.id().to_string())))
+    }
+
+    /// Pins `map_names::JUDGES` (once) when the programs are pinned. The kernel empties a
+    /// program array when no file or descriptor of userspace holds it any more: without a
+    /// pin, the programs an agent leaves enforcing when it exits (or is killed) would fail
+    /// every tail call. Each load pins its own array, which the next agent removes only
+    /// after it took the links over ([`Dataplane::release_older_judges`]).
+    fn pin_judges(&mut self) -> Result<(), DataplaneError> {
+        let Some(pin) = self.judges_pin()? else {
+            return Ok(());
+        };
+        if pin.exists() {
+            return Ok(());
+        }
+        if let Some(dir) = pin.parent() {
+            std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
+        }
+        self.map_mut(map_names::JUDGES)?
+            .pin(&pin)
+            .map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            })
+    }
+
+    /// Removes the pins of the judging-program arrays of earlier agents: call once this
+    /// agent's programs run on every interface (the earlier agents' programs, detached,
+    /// would fail closed without them). Returns how many were removed.
+    pub fn release_older_judges(&self) -> Result<usize, DataplaneError> {
+        let (Some(dir), Some(own)) = (&self.bpffs, self.judges_pin()?) else {
+            return Ok(0);
+        };
+        let dir = dir.join(JUDGES_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(DataplaneError::Pin { path: dir, source }),
+        };
+        let mut released = 0;
+        for entry in entries {
+            let path = entry.map_err(pin_err(&dir))?.path();
+            if path != own {
+                std::fs::remove_file(&path).map_err(pin_err(&path))?;
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// A copy of the descriptor of program `name`, loading it if needed.
+    fn program_fd(&mut self, name: &str) -> Result<ProgramFd, DataplaneError> {
+        self.classifier(name)?
+            .fd()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source,
+            })?
+            .try_clone()
+            .map_err(|source| DataplaneError::Program {
+                name: name.to_owned(),
+                source: ProgramError::IOError(source),
+            })
     }
 
     /// Loads program `name` into the kernel (verifier included) if it is not loaded yet, and
-    /// pins it under the bpffs folder, replacing an older agent's pin: the pin names the
-    /// running program for operators (`bpftool prog show pinned ...`).
+    /// pins it and the programs it tail-calls under the bpffs folder, replacing an older
+    /// agent's pins: the pins name the running programs for operators (`bpftool prog show
+    /// pinned ...`).
     pub fn load_program(&mut self, name: &str) -> Result<(), DataplaneError> {
-        let bpffs = self.bpffs.clone();
-        let classifier = self.classifier(name)?;
-        if let Some(dir) = bpffs {
-            let progs = dir.join("progs");
-            std::fs::create_dir_all(&progs).map_err(pin_err(&progs))?;
-            let pin = progs.join(name);
+        self.classifier(name)?;
+        let Some(dir) = self.bpffs.clone() else {
+            return Ok(());
+        };
+        let progs = dir.join("progs");
+        std::fs::create_dir_all(&progs).map_err(pin_err(&progs))?;
+        let callees = program_names::TAIL_CALLS
+            .iter()
+            .filter(|(caller, _, _)| *caller == name)
+            .map(|(_, _, callee)| *callee);
+        for program in std::iter::once(name).chain(callees) {
+            if self.ebpf.program(program).is_none() {
+                // An older object, without the split (see `fill_tail_calls`).
+                continue;
+            }
+            let pin = progs.join(program);
             let _ = std::fs::remove_file(&pin);
-            classifier.pin(&pin).map_err(|e| DataplaneError::Pin {
-                path: pin.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
+            self.classifier(program)?
+                .pin(&pin)
+                .map_err(|e| DataplaneError::Pin {
+                    path: pin.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
         }
         Ok(())
     }
@@ -560,18 +684,7 @@ impl Dataplane {
     /// program `name`, loading it if needed. Benchmarks only; the agent never runs the
     /// drivers.
     pub fn set_bench_target(&mut self, name: &str) -> Result<(), DataplaneError> {
-        let program = self
-            .classifier(name)?
-            .fd()
-            .map_err(|source| DataplaneError::Program {
-                name: name.to_owned(),
-                source,
-            })?
-            .try_clone()
-            .map_err(|source| DataplaneError::Program {
-                name: name.to_owned(),
-                source: ProgramError::IOError(source),
-            })?;
+        let program = self.program_fd(name)?;
         let map_name = map_names::BENCH_TARGET;
         let map_err = |source| DataplaneError::Map {
             name: map_name,

@@ -88,7 +88,19 @@ impl NodeDataplane {
     /// An interface that cannot be attached is logged and skipped; the link follower's
     /// periodic rescan tries it again.
     fn attach_all(&self) {
-        attach_missing(&mut lock(&self.enforcer), &self.uplinks);
+        let mut enforcer = lock(&self.enforcer);
+        attach_missing(&mut enforcer, &self.uplinks);
+        // The links run this agent's programs now; an earlier agent's programs are left only
+        // where this one could not attach (logged above).
+        match enforcer.dataplane().release_older_judges() {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(released, "released the judging programs of earlier agents")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not release the judging programs of earlier agents")
+            }
+        }
     }
 
     /// The enforcer, for reads (counters, events) and tests.
@@ -382,6 +394,12 @@ impl NodeDataplane {
                     node_counter::MID_FLOW_ADOPTED,
                     "npenforce_conntrack_adopted_total",
                     "TCP connections adopted mid-flow after a fresh start.",
+                ),
+                (
+                    node_counter::JUDGE_UNREACHABLE,
+                    "npenforce_judge_unreachable_total",
+                    "Packets dropped because a judging program could not be tail-called (a \
+                     broken load; should stay 0).",
                 ),
                 (
                     node_counter::EVENTS_SUPPRESSED,

@@ -1,6 +1,8 @@
 //! The agent's bpffs folder: where maps, programs and links are pinned, and how to remove them.
 //!
-//! Layout under the folder: `maps/<MAP>`, `progs/<program>`, `links/if<ifindex>-<hook>`.
+//! Layout under the folder: `maps/<MAP>`, `progs/<program>`, `links/if<ifindex>-<hook>`, and
+//! `judges/<map id>` (each load's program array of judging programs, see
+//! `Dataplane::release_older_judges`).
 
 use std::{
     io,
@@ -71,11 +73,14 @@ pub fn uninstall(dir: &Path) -> io::Result<Removed> {
         std::fs::remove_file(prog)?;
         removed.programs += 1;
     }
-    for map in entries(&dir.join("maps"))? {
+    for map in entries(&dir.join("maps"))?
+        .into_iter()
+        .chain(entries(&dir.join(super::loader::JUDGES_DIR))?)
+    {
         std::fs::remove_file(map)?;
         removed.maps += 1;
     }
-    for sub in ["links", "progs", "maps"] {
+    for sub in ["links", "progs", "maps", super::loader::JUDGES_DIR] {
         let _ = std::fs::remove_dir(dir.join(sub));
     }
     std::fs::remove_dir(dir)?;
