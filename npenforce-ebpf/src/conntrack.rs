@@ -389,6 +389,18 @@ fn forget<K>(found: &Found<K>) {
     }
 }
 
+/// The canonical key of the packet's flow, and whether its source became `a`.
+#[inline(always)]
+fn packet_key<K: FlowKey>(packet: &Packet) -> (K, bool) {
+    key_of::<K>(
+        &packet.src,
+        &packet.dst,
+        packet.protocol,
+        packet.src_port,
+        packet.dst_port,
+    )
+}
+
 /// The canonical key of a flow, and whether `src` became `a`.
 #[inline(always)]
 fn key_of<K: FlowKey>(
@@ -459,13 +471,7 @@ fn lookup_in<K: FlowKey>(
     cfg: &DataplaneConfig,
     now: u64,
 ) -> Tracked {
-    let (key, src_is_a) = key_of::<K>(
-        &packet.src,
-        &packet.dst,
-        packet.protocol,
-        packet.src_port,
-        packet.dst_port,
-    );
+    let (key, src_is_a) = packet_key::<K>(packet);
     let Some(found) = find(&key, cfg) else {
         return Tracked::Unknown;
     };
@@ -601,13 +607,7 @@ fn glance_in<K: FlowKey>(
     cfg: &DataplaneConfig,
     now: u64,
 ) -> Glance {
-    let (key, src_is_a) = key_of::<K>(
-        &packet.src,
-        &packet.dst,
-        packet.protocol,
-        packet.src_port,
-        packet.dst_port,
-    );
+    let (key, src_is_a) = packet_key::<K>(packet);
     match find(&key, cfg) {
         Some(found) if passes_unchanged(packet, &found.entry, src_is_a, sender, now, cfg) => {
             Glance::Passes
