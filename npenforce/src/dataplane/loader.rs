@@ -290,6 +290,14 @@ pub fn detach_clsact_filters() -> io::Result<usize> {
     Ok(removed)
 }
 
+/// The (slot in `map_names::JUDGES`, program) pairs that program `caller` tail-calls.
+fn tail_calls_of(caller: &str) -> impl Iterator<Item = (u32, &'static str)> + '_ {
+    program_names::TAIL_CALLS
+        .iter()
+        .filter(move |(from, _, _)| *from == caller)
+        .map(|&(_, index, callee)| (index, callee))
+}
+
 /// Where each load pins its `map_names::JUDGES` under the bpffs folder.
 pub const JUDGES_DIR: &str = "judges";
 
@@ -470,13 +478,10 @@ impl Dataplane {
     /// from before the split, which benchmarks load as a baseline) makes no tail calls.
     fn fill_tail_calls(&mut self, caller: &str) -> Result<(), DataplaneError> {
         let map_name = map_names::JUDGES;
-        if self.ebpf.map(map_name).is_none() {
+        if tail_calls_of(caller).next().is_none() || self.ebpf.map(map_name).is_none() {
             return Ok(());
         }
-        for &(_, index, callee) in program_names::TAIL_CALLS
-            .iter()
-            .filter(|(from, _, _)| *from == caller)
-        {
+        for (index, callee) in tail_calls_of(caller) {
             let program = self.program_fd(callee)?;
             let map_err = |source| DataplaneError::Map {
                 name: map_name,
@@ -534,14 +539,8 @@ impl Dataplane {
             return Ok(0);
         };
         let dir = dir.join(JUDGES_DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => return Err(DataplaneError::Pin { path: dir, source }),
-        };
         let mut released = 0;
-        for entry in entries {
-            let path = entry.map_err(pin_err(&dir))?.path();
+        for path in super::pins::entries(&dir).map_err(pin_err(&dir))? {
             if path != own {
                 std::fs::remove_file(&path).map_err(pin_err(&path))?;
                 released += 1;
@@ -576,10 +575,7 @@ impl Dataplane {
         };
         let progs = dir.join("progs");
         std::fs::create_dir_all(&progs).map_err(pin_err(&progs))?;
-        let callees = program_names::TAIL_CALLS
-            .iter()
-            .filter(|(caller, _, _)| *caller == name)
-            .map(|(_, _, callee)| *callee);
+        let callees = tail_calls_of(name).map(|(_, callee)| callee);
         for program in std::iter::once(name).chain(callees) {
             if self.ebpf.program(program).is_none() {
                 // An older object, without the split (see `fill_tail_calls`).

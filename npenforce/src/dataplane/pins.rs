@@ -87,7 +87,8 @@ pub fn uninstall(dir: &Path) -> io::Result<Removed> {
     Ok(removed)
 }
 
-fn entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// The paths in `dir`; none if it does not exist.
+pub(crate) fn entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     match std::fs::read_dir(dir) {
         Ok(rd) => rd.map(|e| e.map(|e| e.path())).collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
