@@ -4,7 +4,7 @@ mod node_lab;
 
 use node_lab::{NodeLab, PodSpec};
 use npenforce::{
-    dataplane::DataplaneOptions,
+    dataplane::{DataplaneOptions, JudgesRelease},
     lab::{kernel_tests_enabled, Outcome, Protocol},
 };
 
@@ -1065,6 +1065,72 @@ fn pinned_state_keeps_enforcing_across_an_agent_restart() {
         ALLOWED,
         "after uninstall nothing enforces any more (the placeholder agent attached nothing)"
     );
+}
+
+/// A restarted agent that could not attach to some veth leaves the earlier agent's programs
+/// there, and those tail-call through the earlier agent's array of judging programs: the
+/// array's pin stays until no program uses it (the kernel empties an array nothing in
+/// userspace holds, and the program would then drop every new flow).
+#[test]
+fn earlier_judges_stay_pinned_while_earlier_programs_run() {
+    if !kernel_tests_enabled("earlier_judges_stay_pinned_while_earlier_programs_run") {
+        return;
+    }
+    let bpffs = npenforce::lab::BpffsMount::new("judges").expect("mounting a private bpffs");
+    let options = DataplaneOptions {
+        bpffs: Some(bpffs.root().join("npenforce")),
+        ..Default::default()
+    };
+    let mut lab = web_lab_with("judges", options.clone());
+    web_isolated_from_monitor_only(&mut lab);
+    // Every probe opens a new connection: a new flow, which the first program of web's veth
+    // hands to its judging program.
+    let check = |lab: &NodeLab, phase: &str| {
+        for (from, expected) in [
+            (("default", "client"), BLOCKED),
+            (("other", "monitor"), ALLOWED),
+        ] {
+            assert_eq!(
+                lab.probe(from, ("default", "web"), 80, Protocol::Tcp, false),
+                expected,
+                "{phase}: {from:?} -> web"
+            );
+        }
+    };
+    check(&lab, "first agent");
+
+    drop(lab.stop_agent());
+    lab.start_agent_except(&options, &["default/web"]);
+    let release = lab
+        .enforcer
+        .dataplane()
+        .release_older_judges()
+        .expect("releasing");
+    check(&lab, "web's veth still runs the first agent's programs");
+    assert_eq!(
+        release,
+        JudgesRelease {
+            released: 0,
+            kept: 1
+        },
+        "the first agent's array is still used on web's veth"
+    );
+
+    lab.attach("default", "web");
+    let release = lab
+        .enforcer
+        .dataplane()
+        .release_older_judges()
+        .expect("releasing");
+    assert_eq!(
+        release,
+        JudgesRelease {
+            released: 1,
+            kept: 0
+        },
+        "no program uses the first agent's array any more"
+    );
+    check(&lab, "the second agent's programs on every veth");
 }
 
 #[test]

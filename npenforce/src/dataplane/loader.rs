@@ -104,6 +104,8 @@ pub enum DataplaneError {
     Clock(#[source] io::Error),
     #[error("per-CPU map values (one per possible CPU, /sys/devices/system/cpu/possible): {0}")]
     PossibleCpus(#[source] io::Error),
+    #[error("listing the kernel's loaded programs (to find which still use an earlier agent's judging programs): {0}")]
+    LoadedPrograms(#[source] ProgramError),
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -296,6 +298,31 @@ fn tail_calls_of(caller: &str) -> impl Iterator<Item = (u32, &'static str)> + '_
         .iter()
         .filter(move |(from, _, _)| *from == caller)
         .map(|&(_, index, callee)| (index, callee))
+}
+
+/// What [`Dataplane::release_older_judges`] did with the earlier agents' arrays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JudgesRelease {
+    /// Arrays no program uses any more, whose pins were removed.
+    pub released: usize,
+    /// Arrays an earlier agent's program still tail-calls through, pinned still.
+    pub kept: usize,
+}
+
+/// The ids of the maps that the kernel's loaded programs (all of them, in every network
+/// namespace) use. A program that goes away while being listed is skipped.
+fn maps_used_by_loaded_programs() -> Result<BTreeSet<u32>, DataplaneError> {
+    let vanished = |e: &ProgramError| matches!(e, ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT));
+    let mut used = BTreeSet::new();
+    for program in aya::programs::loaded_programs() {
+        let ids = match program.and_then(|info| info.map_ids()) {
+            Ok(ids) => ids.unwrap_or_default(),
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(DataplaneError::LoadedPrograms(e)),
+        };
+        used.extend(ids);
+    }
+    Ok(used)
 }
 
 /// Where each load pins its `map_names::JUDGES` under the bpffs folder.
@@ -531,22 +558,43 @@ impl Dataplane {
             })
     }
 
-    /// Removes the pins of the judging-program arrays of earlier agents: call once this
-    /// agent's programs run on every interface (the earlier agents' programs, detached,
-    /// would fail closed without them). Returns how many were removed.
-    pub fn release_older_judges(&self) -> Result<usize, DataplaneError> {
+    /// Removes the pins of the judging-program arrays of earlier agents that no loaded
+    /// program uses any more. An earlier agent's first program still runs wherever this
+    /// agent has not attached yet (an attach that failed, a link the first pass missed):
+    /// without the pin the kernel would empty its array and that program would fail closed
+    /// on every new flow, so such an array is kept until a later pass (see
+    /// [`JudgesRelease::kept`]).
+    pub fn release_older_judges(&self) -> Result<JudgesRelease, DataplaneError> {
+        let mut release = JudgesRelease::default();
         let (Some(dir), Some(own)) = (&self.bpffs, self.judges_pin()?) else {
-            return Ok(0);
+            return Ok(release);
         };
         let dir = dir.join(JUDGES_DIR);
-        let mut released = 0;
-        for path in super::pins::entries(&dir).map_err(pin_err(&dir))? {
-            if path != own {
+        let older: Vec<PathBuf> = super::pins::entries(&dir)
+            .map_err(pin_err(&dir))?
+            .into_iter()
+            .filter(|path| *path != own)
+            .collect();
+        if older.is_empty() {
+            return Ok(release);
+        }
+        let in_use = maps_used_by_loaded_programs()?;
+        for path in older {
+            let id = MapData::from_pin(&path)
+                .and_then(|map| map.info())
+                .map_err(|e| DataplaneError::Pin {
+                    path: path.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?
+                .id();
+            if in_use.contains(&id) {
+                release.kept += 1;
+            } else {
                 std::fs::remove_file(&path).map_err(pin_err(&path))?;
-                released += 1;
+                release.released += 1;
             }
         }
-        Ok(released)
+        Ok(release)
     }
 
     /// A copy of the descriptor of program `name`, loading it if needed.

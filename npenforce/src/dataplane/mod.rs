@@ -18,6 +18,6 @@ pub mod policy_maps;
 pub mod shared_table;
 
 pub use enforcer::{InterfaceRole, KernelEnforcer};
-pub use loader::{Dataplane, DataplaneError, DataplaneOptions, Hook, MapSizes};
+pub use loader::{Dataplane, DataplaneError, DataplaneOptions, Hook, JudgesRelease, MapSizes};
 pub use node::{NodeDataplane, NodeOptions};
 pub use policy_maps::{ApplyStats, PolicyMaps};

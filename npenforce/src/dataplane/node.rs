@@ -15,7 +15,7 @@ use std::{
 use super::{
     enforcer::{InterfaceRole, KernelEnforcer},
     links::{self, Link, LinkEvent, LinkEvents},
-    loader::{DataplaneError, DataplaneOptions},
+    loader::{DataplaneError, DataplaneOptions, JudgesRelease},
     netlink,
 };
 use crate::policy::{MapDiff, MapEntries};
@@ -91,16 +91,8 @@ impl NodeDataplane {
         let mut enforcer = lock(&self.enforcer);
         attach_missing(&mut enforcer, &self.uplinks);
         // The links run this agent's programs now; an earlier agent's programs are left only
-        // where this one could not attach (logged above).
-        match enforcer.dataplane().release_older_judges() {
-            Ok(0) => {}
-            Ok(released) => {
-                tracing::info!(released, "released the judging programs of earlier agents")
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not release the judging programs of earlier agents")
-            }
-        }
+        // where this one could not attach (logged above), and their arrays stay pinned.
+        release_older_judges(&mut enforcer);
     }
 
     /// The enforcer, for reads (counters, events) and tests.
@@ -166,6 +158,22 @@ fn uplink_names(configured: &[String], all: &[Link]) -> Result<Vec<String>, Data
         tracing::warn!("no interface carries a default route: no uplink attached (pods' egress to other nodes is not judged)");
     }
     Ok(names)
+}
+
+/// Releases the judging-program arrays of earlier agents that none of their programs uses
+/// any more (each pass finds the ones left by interfaces attached since).
+fn release_older_judges(enforcer: &mut KernelEnforcer) {
+    match enforcer.dataplane().release_older_judges() {
+        Ok(JudgesRelease { released: 0, kept: 0 }) => {}
+        Ok(JudgesRelease { released, kept }) => tracing::info!(
+            released,
+            kept,
+            "released the judging programs of earlier agents; those kept still run on interfaces this agent has not attached yet"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not release the judging programs of earlier agents")
+        }
+    }
 }
 
 /// Forgets interfaces that are gone, then attaches to every uplink and veth that is not
@@ -255,6 +263,7 @@ fn follow_links(
             last_rescan = std::time::Instant::now();
             let mut guard = lock(enforcer);
             attach_missing(&mut guard, uplinks);
+            release_older_judges(&mut guard);
             if let Err(err) = guard.sync_interfaces() {
                 tracing::error!(error = %err, "syncing pod interfaces failed");
             }

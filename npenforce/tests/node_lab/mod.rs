@@ -77,7 +77,18 @@ impl NodeLab {
     /// Starts a new enforcer on `options` (as a restarted agent): it adopts the pinned maps and
     /// links, re-attaches to every pod veth, and reconciles the maps with the compiler's state.
     pub fn start_agent(&mut self, options: &DataplaneOptions) {
-        let veths: Vec<String> = self.pods.values().map(|p| p.host_veth.clone()).collect();
+        self.start_agent_except(options, &[]);
+    }
+
+    /// [`NodeLab::start_agent`], leaving the veths of pods `skipped` (`namespace/name`) to
+    /// the programs attached there before (as an attach that failed).
+    pub fn start_agent_except(&mut self, options: &DataplaneOptions, skipped: &[&str]) {
+        let veths: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(pod, _)| !skipped.contains(&pod.as_str()))
+            .map(|(_, p)| p.host_veth.clone())
+            .collect();
         let desired = self.compiler.map_entries().clone();
         let node_addresses: Vec<IpAddr> = vec![
             IpAddr::V4(npenforce::lab::POD_GATEWAY_V4),
