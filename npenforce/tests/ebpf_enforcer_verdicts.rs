@@ -1923,3 +1923,65 @@ fn an_icmp_error_of_one_pod_leaves_another_pods_ping_alone() {
         "client's ping is still tracked: mark {m:#x}"
     );
 }
+
+/// `npe_to_pod` hands every packet it does not pass itself to `npe_to_pod_judge` by a tail
+/// call. Should that slot be empty (a broken load), what needs judging is dropped and
+/// counted, while tracked flows that stay as they are still pass.
+#[test]
+fn an_empty_judging_slot_fails_closed() {
+    if !kernel_tests_enabled("an_empty_judging_slot_fails_closed") {
+        return;
+    }
+    use aya::maps::{Map, MapData, ProgramArray};
+    use npenforce_common::{node_counter, program_names::judge_index};
+    let (_bpffs, pin_dir, options) = pinned("judge-slot");
+    let mut b = Bench::with_options(&options);
+    let established = sctp_packet(CLIENT4, WEB4, 44100, 9000);
+    assert_eq!(b.run_to_web(&established), "PASS", "client opens a flow");
+
+    // The load pins its array under judges/ (the only entry there).
+    let judges_dir = pin_dir.join(npenforce::dataplane::loader::JUDGES_DIR);
+    let pins: Vec<_> = std::fs::read_dir(&judges_dir)
+        .expect("judges pinned")
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    assert_eq!(pins.len(), 1, "one array: {pins:?}");
+    let mut judges = ProgramArray::try_from(Map::ProgramArray(
+        MapData::from_pin(&pins[0]).expect("the pinned array"),
+    ))
+    .expect("a program array");
+    judges
+        .clear_index(&judge_index::TO_POD)
+        .expect("emptying the slot");
+
+    let unreachable = |b: &Bench| {
+        b.enforcer
+            .node_counters()
+            .expect("counters")
+            .get(node_counter::JUDGE_UNREACHABLE)
+    };
+    let before = unreachable(&b);
+    assert_eq!(
+        b.run_to_web(&established),
+        "PASS",
+        "the tracked flow passes in the first program"
+    );
+    assert_eq!(unreachable(&b), before);
+    for (what, packet) in [
+        (
+            "a new flow policy allows",
+            sctp_packet(CLIENT4, WEB4, 44101, 9000),
+        ),
+        (
+            "a new IPv6 flow policy allows",
+            sctp_packet(CLIENT6, WEB6, 44101, 9000),
+        ),
+        (
+            "a new flow policy denies",
+            sctp_packet(MONITOR4, WEB4, 44102, 9000),
+        ),
+    ] {
+        assert_eq!(b.run_to_web(&packet), "DROP", "{what}");
+    }
+    assert_eq!(unreachable(&b), before + 3, "each drop counted");
+}
