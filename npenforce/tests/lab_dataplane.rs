@@ -1068,20 +1068,28 @@ fn pinned_state_keeps_enforcing_across_an_agent_restart() {
 }
 
 /// A restarted agent that could not attach to some veth leaves the earlier agent's programs
-/// there, and those tail-call through the earlier agent's array of judging programs: the
-/// array's pin stays until no program uses it (the kernel empties an array nothing in
-/// userspace holds, and the program would then drop every new flow).
+/// there (a TCX link or a clsact filter), and those tail-call through the earlier agent's
+/// array of judging programs: the array's pin stays until the new agent runs on every
+/// interface (the kernel empties an array nothing in userspace holds, and the program would
+/// then drop every new flow).
 #[test]
 fn earlier_judges_stay_pinned_while_earlier_programs_run() {
     if !kernel_tests_enabled("earlier_judges_stay_pinned_while_earlier_programs_run") {
         return;
     }
-    let bpffs = npenforce::lab::BpffsMount::new("judges").expect("mounting a private bpffs");
-    let options = DataplaneOptions {
-        bpffs: Some(bpffs.root().join("npenforce")),
-        ..Default::default()
-    };
-    let mut lab = web_lab_with("judges", options.clone());
+    for (tag, clsact_only) in [("judges", false), ("judges-cls", true)] {
+        let bpffs = npenforce::lab::BpffsMount::new(tag).expect("mounting a private bpffs");
+        let options = DataplaneOptions {
+            bpffs: Some(bpffs.root().join("npenforce")),
+            clsact_only,
+            ..Default::default()
+        };
+        earlier_judges_stay_pinned(tag, &options);
+    }
+}
+
+fn earlier_judges_stay_pinned(tag: &str, options: &DataplaneOptions) {
+    let mut lab = web_lab_with(tag, options.clone());
     web_isolated_from_monitor_only(&mut lab);
     // Every probe opens a new connection: a new flow, which the first program of web's veth
     // hands to its judging program.
@@ -1093,19 +1101,15 @@ fn earlier_judges_stay_pinned_while_earlier_programs_run() {
             assert_eq!(
                 lab.probe(from, ("default", "web"), 80, Protocol::Tcp, false),
                 expected,
-                "{phase}: {from:?} -> web"
+                "{tag}, {phase}: {from:?} -> web"
             );
         }
     };
     check(&lab, "first agent");
 
     drop(lab.stop_agent());
-    lab.start_agent_except(&options, &["default/web"]);
-    let release = lab
-        .enforcer
-        .dataplane()
-        .release_older_judges()
-        .expect("releasing");
+    lab.start_agent_except(options, &["default/web"]);
+    let release = lab.enforcer.release_older_judges().expect("releasing");
     check(&lab, "web's veth still runs the first agent's programs");
     assert_eq!(
         release,
@@ -1113,22 +1117,18 @@ fn earlier_judges_stay_pinned_while_earlier_programs_run() {
             released: 0,
             kept: 1
         },
-        "the first agent's array is still used on web's veth"
+        "{tag}: the first agent's array may still be used on web's veth"
     );
 
     lab.attach("default", "web");
-    let release = lab
-        .enforcer
-        .dataplane()
-        .release_older_judges()
-        .expect("releasing");
+    let release = lab.enforcer.release_older_judges().expect("releasing");
     assert_eq!(
         release,
         JudgesRelease {
             released: 1,
             kept: 0
         },
-        "no program uses the first agent's array any more"
+        "{tag}: the second agent runs on every veth"
     );
     check(&lab, "the second agent's programs on every veth");
 }

@@ -15,7 +15,8 @@ use npenforce_common::{
 
 use super::{
     loader::{
-        if_index, Dataplane, DataplaneError, DataplaneOptions, POD_PROGRAMS, UPLINK_PROGRAMS,
+        if_index, Dataplane, DataplaneError, DataplaneOptions, JudgesRelease, POD_PROGRAMS,
+        UPLINK_PROGRAMS,
     },
     netlink,
     policy_maps::{ApplyStats, PolicyMaps},
@@ -246,6 +247,40 @@ impl KernelEnforcer {
             }
         }
         Ok(forgotten)
+    }
+
+    /// Removes the pins of earlier agents' arrays of judging programs once this agent runs
+    /// on every interface `IFACES` records. The kernel empties an array nothing in userspace
+    /// holds, and an earlier agent's programs are still attached wherever this one has not
+    /// attached yet (an attach that failed, a link not seen yet): they would then drop every
+    /// new flow. Every agent records an interface in `IFACES` (adopted from its pin) before
+    /// it attaches there, so the rule holds for TCX links and clsact filters alike, and needs
+    /// no capability beyond the agent's (listing the kernel's programs needs `CAP_SYS_ADMIN`).
+    pub fn release_older_judges(&mut self) -> Result<JudgesRelease, DataplaneError> {
+        let older = self.dataplane.older_judges()?;
+        if older.is_empty() {
+            return Ok(JudgesRelease::default());
+        }
+        let recorded = self.maps.interfaces()?;
+        if recorded
+            .keys()
+            .any(|ifindex| !self.attached.contains_key(ifindex))
+        {
+            return Ok(JudgesRelease {
+                released: 0,
+                kept: older.len(),
+            });
+        }
+        for path in &older {
+            std::fs::remove_file(path).map_err(|source| DataplaneError::Pin {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(JudgesRelease {
+            released: older.len(),
+            kept: 0,
+        })
     }
 
     pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str, InterfaceRole)> {

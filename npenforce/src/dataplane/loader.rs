@@ -104,8 +104,6 @@ pub enum DataplaneError {
     Clock(#[source] io::Error),
     #[error("per-CPU map values (one per possible CPU, /sys/devices/system/cpu/possible): {0}")]
     PossibleCpus(#[source] io::Error),
-    #[error("listing the kernel's loaded programs (to find which still use an earlier agent's judging programs): {0}")]
-    LoadedPrograms(#[source] ProgramError),
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -300,29 +298,13 @@ fn tail_calls_of(caller: &str) -> impl Iterator<Item = (u32, &'static str)> + '_
         .map(|&(_, index, callee)| (index, callee))
 }
 
-/// What [`Dataplane::release_older_judges`] did with the earlier agents' arrays.
+/// What `KernelEnforcer::release_older_judges` did with the earlier agents' arrays.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JudgesRelease {
     /// Arrays no program uses any more, whose pins were removed.
     pub released: usize,
-    /// Arrays an earlier agent's program still tail-calls through, pinned still.
+    /// Arrays kept pinned: an earlier agent's programs may still tail-call through them.
     pub kept: usize,
-}
-
-/// The ids of the maps that the kernel's loaded programs (all of them, in every network
-/// namespace) use. A program that goes away while being listed is skipped.
-fn maps_used_by_loaded_programs() -> Result<BTreeSet<u32>, DataplaneError> {
-    let vanished = |e: &ProgramError| matches!(e, ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT));
-    let mut used = BTreeSet::new();
-    for program in aya::programs::loaded_programs() {
-        let ids = match program.and_then(|info| info.map_ids()) {
-            Ok(ids) => ids.unwrap_or_default(),
-            Err(e) if vanished(&e) => continue,
-            Err(e) => return Err(DataplaneError::LoadedPrograms(e)),
-        };
-        used.extend(ids);
-    }
-    Ok(used)
 }
 
 /// Where each load pins its `map_names::JUDGES` under the bpffs folder.
@@ -558,43 +540,18 @@ impl Dataplane {
             })
     }
 
-    /// Removes the pins of the judging-program arrays of earlier agents that no loaded
-    /// program uses any more. An earlier agent's first program still runs wherever this
-    /// agent has not attached yet (an attach that failed, a link the first pass missed):
-    /// without the pin the kernel would empty its array and that program would fail closed
-    /// on every new flow, so such an array is kept until a later pass (see
-    /// [`JudgesRelease::kept`]).
-    pub fn release_older_judges(&self) -> Result<JudgesRelease, DataplaneError> {
-        let mut release = JudgesRelease::default();
+    /// The pins of the judging-program arrays of earlier loads (see
+    /// `KernelEnforcer::release_older_judges`, which removes them when it is safe).
+    pub fn older_judges(&self) -> Result<Vec<PathBuf>, DataplaneError> {
         let (Some(dir), Some(own)) = (&self.bpffs, self.judges_pin()?) else {
-            return Ok(release);
+            return Ok(Vec::new());
         };
         let dir = dir.join(JUDGES_DIR);
-        let older: Vec<PathBuf> = super::pins::entries(&dir)
+        Ok(super::pins::entries(&dir)
             .map_err(pin_err(&dir))?
             .into_iter()
             .filter(|path| *path != own)
-            .collect();
-        if older.is_empty() {
-            return Ok(release);
-        }
-        let in_use = maps_used_by_loaded_programs()?;
-        for path in older {
-            let id = MapData::from_pin(&path)
-                .and_then(|map| map.info())
-                .map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    source: io::Error::other(e.to_string()),
-                })?
-                .id();
-            if in_use.contains(&id) {
-                release.kept += 1;
-            } else {
-                std::fs::remove_file(&path).map_err(pin_err(&path))?;
-                release.released += 1;
-            }
-        }
-        Ok(release)
+            .collect())
     }
 
     /// A copy of the descriptor of program `name`, loading it if needed.

@@ -160,10 +160,10 @@ fn uplink_names(configured: &[String], all: &[Link]) -> Result<Vec<String>, Data
     Ok(names)
 }
 
-/// Releases the judging-program arrays of earlier agents that none of their programs uses
-/// any more (each pass finds the ones left by interfaces attached since).
+/// Releases the judging-program arrays of earlier agents once this agent runs on every
+/// interface they attached to (a pass after a failed attach keeps them for the next).
 fn release_older_judges(enforcer: &mut KernelEnforcer) {
-    match enforcer.dataplane().release_older_judges() {
+    match enforcer.release_older_judges() {
         Ok(JudgesRelease { released: 0, kept: 0 }) => {}
         Ok(JudgesRelease { released, kept }) => tracing::info!(
             released,
