@@ -1070,26 +1070,38 @@ fn pinned_state_keeps_enforcing_across_an_agent_restart() {
 /// A restarted agent that could not attach to some veth leaves the earlier agent's programs
 /// there (a TCX link or a clsact filter), and those tail-call through the earlier agent's
 /// array of judging programs: the array's pin stays until the new agent runs on every
-/// interface (the kernel empties an array nothing in userspace holds, and the program would
-/// then drop every new flow).
+/// interface the earlier one attached to (the kernel empties an array nothing in userspace
+/// holds, and the program would then drop every new flow). Also when the restart starts
+/// `IFACES` afresh (a new endpoint table size): then the pinned TCX links say where the
+/// earlier agent attached, and with clsact filters, which are not pinned, nothing does, so
+/// the array stays.
 #[test]
 fn earlier_judges_stay_pinned_while_earlier_programs_run() {
     if !kernel_tests_enabled("earlier_judges_stay_pinned_while_earlier_programs_run") {
         return;
     }
-    for (tag, clsact_only) in [("judges", false), ("judges-cls", true)] {
+    for (tag, clsact_only, fresh_ifaces) in [
+        ("judges", false, false),
+        ("judges-cls", true, false),
+        ("judges-new", false, true),
+        ("judges-cls-new", true, true),
+    ] {
         let bpffs = npenforce::lab::BpffsMount::new(tag).expect("mounting a private bpffs");
-        let options = DataplaneOptions {
+        let first = DataplaneOptions {
             bpffs: Some(bpffs.root().join("npenforce")),
             clsact_only,
             ..Default::default()
         };
-        earlier_judges_stay_pinned(tag, &options);
+        let mut second = first.clone();
+        if fresh_ifaces {
+            second.map_sizes.endpoints *= 2;
+        }
+        earlier_judges_stay_pinned(tag, &first, &second);
     }
 }
 
-fn earlier_judges_stay_pinned(tag: &str, options: &DataplaneOptions) {
-    let mut lab = web_lab_with(tag, options.clone());
+fn earlier_judges_stay_pinned(tag: &str, first: &DataplaneOptions, second: &DataplaneOptions) {
+    let mut lab = web_lab_with(tag, first.clone());
     web_isolated_from_monitor_only(&mut lab);
     // Every probe opens a new connection: a new flow, which the first program of web's veth
     // hands to its judging program.
@@ -1106,28 +1118,51 @@ fn earlier_judges_stay_pinned(tag: &str, options: &DataplaneOptions) {
         }
     };
     check(&lab, "first agent");
+    let web_veth = lab.lab_pod("default", "web").host_veth.clone();
+    let web_ifindex = lab
+        .lab
+        .node()
+        .run(|| npenforce::dataplane::loader::if_index(&web_veth).expect("web's veth"))
+        .expect("entering the node");
+    let unknown = second.clsact_only && second.map_sizes != first.map_sizes;
 
     drop(lab.stop_agent());
-    lab.start_agent_except(options, &["default/web"]);
+    lab.start_agent_except(second, &["default/web"]);
+    assert_eq!(
+        lab.enforcer
+            .dataplane()
+            .adopted(npenforce_common::map_names::IFACES),
+        second.map_sizes == first.map_sizes
+    );
     let release = lab.enforcer.release_older_judges().expect("releasing");
     check(&lab, "web's veth still runs the first agent's programs");
+    let kept = |waiting_for: Vec<u32>| JudgesRelease {
+        released: 0,
+        kept: 1,
+        waiting_for,
+    };
+    let expected = if unknown {
+        kept(vec![])
+    } else {
+        kept(vec![web_ifindex])
+    };
     assert_eq!(
-        release,
-        JudgesRelease {
-            released: 0,
-            kept: 1
-        },
+        release, expected,
         "{tag}: the first agent's array may still be used on web's veth"
     );
 
     lab.attach("default", "web");
     let release = lab.enforcer.release_older_judges().expect("releasing");
-    assert_eq!(
-        release,
+    let expected = if unknown {
+        kept(vec![])
+    } else {
         JudgesRelease {
             released: 1,
-            kept: 0
-        },
+            ..Default::default()
+        }
+    };
+    assert_eq!(
+        release, expected,
         "{tag}: the second agent runs on every veth"
     );
     check(&lab, "the second agent's programs on every veth");

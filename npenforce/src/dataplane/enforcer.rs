@@ -15,7 +15,7 @@ use npenforce_common::{
 
 use super::{
     loader::{
-        if_index, Dataplane, DataplaneError, DataplaneOptions, JudgesRelease, POD_PROGRAMS,
+        self, if_index, Dataplane, DataplaneError, DataplaneOptions, JudgesRelease, POD_PROGRAMS,
         UPLINK_PROGRAMS,
     },
     netlink,
@@ -250,37 +250,68 @@ impl KernelEnforcer {
     }
 
     /// Removes the pins of earlier agents' arrays of judging programs once this agent runs
-    /// on every interface `IFACES` records. The kernel empties an array nothing in userspace
-    /// holds, and an earlier agent's programs are still attached wherever this one has not
-    /// attached yet (an attach that failed, a link not seen yet): they would then drop every
-    /// new flow. Every agent records an interface in `IFACES` (adopted from its pin) before
-    /// it attaches there, so the rule holds for TCX links and clsact filters alike, and needs
-    /// no capability beyond the agent's (listing the kernel's programs needs `CAP_SYS_ADMIN`).
-    pub fn release_older_judges(&mut self) -> Result<JudgesRelease, DataplaneError> {
+    /// wherever their programs that tail-call may still run. The kernel empties an array
+    /// nothing in userspace holds, and an earlier agent's programs stay attached wherever
+    /// this one has not attached yet (an attach that failed, a link not listed yet): they
+    /// would then drop every new flow. Call after a pass that listed the links.
+    ///
+    /// Where earlier agents attached is read from what they left, with no capability beyond
+    /// the agent's (listing the kernel's programs would need `CAP_SYS_ADMIN`): the `IFACES`
+    /// entries of an adopted map and the pinned TCX links. Uplinks do not count while their
+    /// programs make no tail calls.
+    pub fn release_older_judges(&self) -> Result<JudgesRelease, DataplaneError> {
         let older = self.dataplane.older_judges()?;
         if older.is_empty() {
             return Ok(JudgesRelease::default());
         }
-        let recorded = self.maps.interfaces()?;
-        if recorded
-            .keys()
-            .any(|ifindex| !self.attached.contains_key(ifindex))
-        {
+        let waiting_for = self.earlier_interfaces_not_attached()?;
+        if !waiting_for.is_empty() || self.dataplane.earlier_interfaces_unknown() {
             return Ok(JudgesRelease {
                 released: 0,
                 kept: older.len(),
+                waiting_for,
             });
         }
         for path in &older {
-            std::fs::remove_file(path).map_err(|source| DataplaneError::Pin {
-                path: path.clone(),
-                source,
-            })?;
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DataplaneError::Pin {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
         }
         Ok(JudgesRelease {
             released: older.len(),
-            kept: 0,
+            ..Default::default()
         })
+    }
+
+    /// The interfaces present that an earlier agent attached programs that tail-call to,
+    /// and this one has not attached to.
+    fn earlier_interfaces_not_attached(&self) -> Result<Vec<u32>, DataplaneError> {
+        let recorded = self.maps.interfaces()?;
+        let uplink = |ifindex: &u32| {
+            recorded
+                .get(ifindex)
+                .is_some_and(|info| info.flags & iface_flags::UPLINK != 0)
+        };
+        let uplinks_tail_call = loader::tail_call(&UPLINK_PROGRAMS);
+        let candidates: BTreeSet<u32> = recorded
+            .keys()
+            .copied()
+            .chain(self.dataplane.pinned_link_interfaces()?)
+            .filter(|ifindex| !self.attached.contains_key(ifindex))
+            .filter(|ifindex| uplinks_tail_call || !uplink(ifindex))
+            .collect();
+        // A link of an interface that is gone went with it (the kernel detaches it).
+        Ok(candidates
+            .into_iter()
+            .filter(|ifindex| super::links::link_exists(*ifindex).unwrap_or(true))
+            .collect())
     }
 
     pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str, InterfaceRole)> {

@@ -299,12 +299,23 @@ fn tail_calls_of(caller: &str) -> impl Iterator<Item = (u32, &'static str)> + '_
 }
 
 /// What `KernelEnforcer::release_older_judges` did with the earlier agents' arrays.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JudgesRelease {
-    /// Arrays no program uses any more, whose pins were removed.
+    /// Arrays whose pins were removed: this agent runs wherever they were used.
     pub released: usize,
     /// Arrays kept pinned: an earlier agent's programs may still tail-call through them.
     pub kept: usize,
+    /// Why they were kept: the interfaces an earlier agent's programs may still run on. Empty
+    /// with arrays kept when where the earlier agents attached is unknown (clsact filters,
+    /// which are not pinned, and an `IFACES` map started afresh).
+    pub waiting_for: Vec<u32>,
+}
+
+/// Whether any of `programs` tail-calls (through `map_names::JUDGES`).
+pub(crate) fn tail_call(programs: &[(&str, Hook)]) -> bool {
+    programs
+        .iter()
+        .any(|(name, _)| tail_calls_of(name).next().is_some())
 }
 
 /// Where each load pins its `map_names::JUDGES` under the bpffs folder.
@@ -521,7 +532,7 @@ impl Dataplane {
     /// program array when no file or descriptor of userspace holds it any more: without a
     /// pin, the programs an agent leaves enforcing when it exits (or is killed) would fail
     /// every tail call. Each load pins its own array, which the next agent removes only
-    /// after it took the links over ([`Dataplane::release_older_judges`]).
+    /// after it took the links over (`KernelEnforcer::release_older_judges`).
     fn pin_judges(&mut self) -> Result<(), DataplaneError> {
         let Some(pin) = self.judges_pin()? else {
             return Ok(());
@@ -552,6 +563,31 @@ impl Dataplane {
             .into_iter()
             .filter(|path| *path != own)
             .collect())
+    }
+
+    /// The interfaces named by the pinned links under the bpffs folder (`links/if<ifindex>-<hook>`):
+    /// with TCX, every interface an agent attached to with that folder.
+    pub fn pinned_link_interfaces(&self) -> Result<BTreeSet<u32>, DataplaneError> {
+        let Some(dir) = &self.bpffs else {
+            return Ok(BTreeSet::new());
+        };
+        let dir = dir.join("links");
+        Ok(super::pins::entries(&dir)
+            .map_err(pin_err(&dir))?
+            .iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                name.strip_prefix("if")?.split_once('-')?.0.parse().ok()
+            })
+            .collect())
+    }
+
+    /// Whether the interfaces that earlier agents attached to are unknown: their clsact
+    /// filters are not pinned, so only an adopted `IFACES` map records them.
+    pub fn earlier_interfaces_unknown(&self) -> bool {
+        self.bpffs.is_some()
+            && (self.clsact_only || !kernel_has_tcx())
+            && !self.adopted(map_names::IFACES)
     }
 
     /// A copy of the descriptor of program `name`, loading it if needed.

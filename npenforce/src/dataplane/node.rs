@@ -89,10 +89,11 @@ impl NodeDataplane {
     /// periodic rescan tries it again.
     fn attach_all(&self) {
         let mut enforcer = lock(&self.enforcer);
-        attach_missing(&mut enforcer, &self.uplinks);
         // The links run this agent's programs now; an earlier agent's programs are left only
-        // where this one could not attach (logged above), and their arrays stay pinned.
-        release_older_judges(&mut enforcer);
+        // where this one could not attach (logged), and their arrays stay pinned.
+        if attach_missing(&mut enforcer, &self.uplinks) {
+            release_older_judges(&enforcer, true);
+        }
     }
 
     /// The enforcer, for reads (counters, events) and tests.
@@ -160,16 +161,32 @@ fn uplink_names(configured: &[String], all: &[Link]) -> Result<Vec<String>, Data
     Ok(names)
 }
 
-/// Releases the judging-program arrays of earlier agents once this agent runs on every
-/// interface they attached to (a pass after a failed attach keeps them for the next).
-fn release_older_judges(enforcer: &mut KernelEnforcer) {
+/// Releases the judging-program arrays of earlier agents once this agent runs wherever their
+/// programs may (a pass after a failed attach keeps them for the next). What is kept is
+/// logged at info on the first pass (`first`), at debug on the rescans after it.
+fn release_older_judges(enforcer: &KernelEnforcer, first: bool) {
     match enforcer.release_older_judges() {
-        Ok(JudgesRelease { released: 0, kept: 0 }) => {}
-        Ok(JudgesRelease { released, kept }) => tracing::info!(
-            released,
-            kept,
-            "released the judging programs of earlier agents; those kept still run on interfaces this agent has not attached yet"
-        ),
+        Ok(JudgesRelease {
+            released, kept: 0, ..
+        }) if released > 0 => {
+            tracing::info!(released, "released the judging programs of earlier agents")
+        }
+        Ok(JudgesRelease {
+            kept, waiting_for, ..
+        }) if kept > 0 => {
+            let why = if waiting_for.is_empty() {
+                "where earlier agents attached is unknown (clsact filters, and IFACES was started afresh); kept until the next restart"
+                    .to_owned()
+            } else {
+                format!("earlier agents' programs may still run on ifindexes {waiting_for:?}, which this agent has not attached to yet")
+            };
+            if first {
+                tracing::info!(kept, "kept the judging programs of earlier agents: {why}");
+            } else {
+                tracing::debug!(kept, "kept the judging programs of earlier agents: {why}");
+            }
+        }
+        Ok(_) => {}
         Err(err) => {
             tracing::warn!(error = %err, "could not release the judging programs of earlier agents")
         }
@@ -177,13 +194,13 @@ fn release_older_judges(enforcer: &mut KernelEnforcer) {
 }
 
 /// Forgets interfaces that are gone, then attaches to every uplink and veth that is not
-/// attached yet.
-fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) {
+/// attached yet. False when the links could not be listed (nothing was attached).
+fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) -> bool {
     let all = match links::links() {
         Ok(all) => all,
         Err(err) => {
             tracing::error!(error = %err, "listing links failed");
-            return;
+            return false;
         }
     };
     let present: BTreeSet<u32> = all.iter().map(|link| link.ifindex).collect();
@@ -214,6 +231,7 @@ fn attach_missing(enforcer: &mut KernelEnforcer, uplinks: &[String]) {
             attach_pod(enforcer, link);
         }
     }
+    true
 }
 
 fn attach_pod(enforcer: &mut KernelEnforcer, link: &Link) {
@@ -262,8 +280,9 @@ fn follow_links(
         if rescan && attaching.load(Ordering::SeqCst) {
             last_rescan = std::time::Instant::now();
             let mut guard = lock(enforcer);
-            attach_missing(&mut guard, uplinks);
-            release_older_judges(&mut guard);
+            if attach_missing(&mut guard, uplinks) {
+                release_older_judges(&guard, false);
+            }
             if let Err(err) = guard.sync_interfaces() {
                 tracing::error!(error = %err, "syncing pod interfaces failed");
             }

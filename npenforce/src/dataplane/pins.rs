@@ -2,7 +2,7 @@
 //!
 //! Layout under the folder: `maps/<MAP>`, `progs/<program>`, `links/if<ifindex>-<hook>`, and
 //! `judges/<map id>` (each load's program array of judging programs, see
-//! `Dataplane::release_older_judges`).
+//! `KernelEnforcer::release_older_judges`).
 
 use std::{
     io,

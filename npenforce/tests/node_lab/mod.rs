@@ -81,7 +81,7 @@ impl NodeLab {
     }
 
     /// [`NodeLab::start_agent`], leaving the veths of pods `skipped` (`namespace/name`) to
-    /// the programs attached there before (as an attach that failed).
+    /// the programs attached there before (as veths the agent has not attached to yet).
     pub fn start_agent_except(&mut self, options: &DataplaneOptions, skipped: &[&str]) {
         let veths: Vec<String> = self
             .pods
