@@ -266,7 +266,7 @@ fn attach_clsact(
     }
 }
 
-/// Removes our clsact filters (at [`CLSACT_PRIORITY`]) from every interface of the calling
+/// Removes our clsact filters (at `CLSACT_PRIORITY`) from every interface of the calling
 /// thread's network namespace, both hooks: what `npenforce uninstall` does for kernels
 /// without TCX, where filters cannot be pinned. Returns how many it removed.
 pub fn detach_clsact_filters() -> io::Result<usize> {
@@ -641,7 +641,7 @@ impl Dataplane {
     /// interface and hook is taken over in place: the kernel swaps the program atomically, so
     /// a restarted agent never leaves a moment without enforcement. A clsact filter cannot be
     /// pinned; it stays in the interface's qdisc after the agent exits, and the next agent
-    /// replaces it in place (see [`CLSACT_PRIORITY`]).
+    /// replaces it in place (see `CLSACT_PRIORITY`).
     pub fn attach(
         &mut self,
         name: &str,
