@@ -1100,6 +1100,16 @@ fn earlier_judges_stay_pinned_while_earlier_programs_run() {
     }
 }
 
+/// `KernelEnforcer::release_older_judges` in the node's namespace, where it tells which
+/// interfaces exist (as the agent's threads run there).
+fn release_older_judges(lab: &mut NodeLab) -> JudgesRelease {
+    let enforcer = &mut lab.enforcer;
+    lab.lab
+        .node()
+        .run(move || enforcer.release_older_judges().expect("releasing"))
+        .expect("entering the node")
+}
+
 fn earlier_judges_stay_pinned(tag: &str, first: &DataplaneOptions, second: &DataplaneOptions) {
     let mut lab = web_lab_with(tag, first.clone());
     web_isolated_from_monitor_only(&mut lab);
@@ -1134,7 +1144,7 @@ fn earlier_judges_stay_pinned(tag: &str, first: &DataplaneOptions, second: &Data
             .adopted(npenforce_common::map_names::IFACES),
         second.map_sizes == first.map_sizes
     );
-    let release = lab.enforcer.release_older_judges().expect("releasing");
+    let release = release_older_judges(&mut lab);
     check(&lab, "web's veth still runs the first agent's programs");
     let kept = |waiting_for: Vec<u32>| JudgesRelease {
         released: 0,
@@ -1152,7 +1162,7 @@ fn earlier_judges_stay_pinned(tag: &str, first: &DataplaneOptions, second: &Data
     );
 
     lab.attach("default", "web");
-    let release = lab.enforcer.release_older_judges().expect("releasing");
+    let release = release_older_judges(&mut lab);
     let expected = if unknown {
         kept(vec![])
     } else {

@@ -299,7 +299,7 @@ impl KernelEnforcer {
                 .get(ifindex)
                 .is_some_and(|info| info.flags & iface_flags::UPLINK != 0)
         };
-        let uplinks_tail_call = loader::tail_call(&UPLINK_PROGRAMS);
+        let uplinks_tail_call = loader::make_tail_calls(&UPLINK_PROGRAMS);
         let candidates: BTreeSet<u32> = recorded
             .keys()
             .copied()

@@ -312,7 +312,7 @@ pub struct JudgesRelease {
 }
 
 /// Whether any of `programs` tail-calls (through `map_names::JUDGES`).
-pub(crate) fn tail_call(programs: &[(&str, Hook)]) -> bool {
+pub(crate) fn make_tail_calls(programs: &[(&str, Hook)]) -> bool {
     programs
         .iter()
         .any(|(name, _)| tail_calls_of(name).next().is_some())
@@ -565,8 +565,9 @@ impl Dataplane {
             .collect())
     }
 
-    /// The interfaces named by the pinned links under the bpffs folder (`links/if<ifindex>-<hook>`):
-    /// with TCX, every interface an agent attached to with that folder.
+    /// The interfaces named by the pinned links under the bpffs folder
+    /// (`links/if<ifindex>-<hook>`): with TCX, every interface an agent attached to with
+    /// that folder.
     pub fn pinned_link_interfaces(&self) -> Result<BTreeSet<u32>, DataplaneError> {
         let Some(dir) = &self.bpffs else {
             return Ok(BTreeSet::new());
