@@ -296,11 +296,7 @@ fn ports_and_protocols_including_sctp() {
             (
                 "client ICMP echo (ports rules do not cover ICMP)",
                 client,
-                L4::Icmp {
-                    kind: if web.contains(':') { 128 } else { 8 },
-                    code: 0,
-                    id: 9,
-                },
+                L4::icmp(if web.contains(':') { 128 } else { 8 }, 9),
                 "DROP",
             ),
         ];
@@ -398,17 +394,9 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     // web does not admit monitor.
     for kind in 133..=137 {
         let nd = |hop_limit| {
-            Craft::new(
-                ip(MONITOR6),
-                ip(WEB6),
-                L4::Icmp {
-                    kind,
-                    code: 0,
-                    id: 0,
-                },
-            )
-            .hop_limit(hop_limit)
-            .build()
+            Craft::new(ip(MONITOR6), ip(WEB6), L4::icmp(kind, 0))
+                .hop_limit(hop_limit)
+                .build()
         };
         assert_eq!(b.run_to_web(&nd(255)), "PASS", "neighbour discovery {kind}");
         assert_eq!(
@@ -1084,17 +1072,9 @@ fn neighbour_discovery_a_pod_sends_is_marked_with_the_pod() {
     use npenforce_common::{mark, program_names::FROM_POD};
     let mut b = Bench::new();
     let web = b.web_iface().pod_id;
-    let solicitation = Craft::new(
-        ip(WEB6),
-        ip("fd00:99::1"),
-        L4::Icmp {
-            kind: 135,
-            code: 0,
-            id: 0,
-        },
-    )
-    .hop_limit(255)
-    .build();
+    let solicitation = Craft::new(ip(WEB6), ip("fd00:99::1"), L4::icmp(135, 0))
+        .hop_limit(255)
+        .build();
     let foreign = 0x4000; // kube-proxy's masquerade bit stays
     let (verdict, mark_out) = b.run_marked(FROM_POD, &solicitation, foreign);
     assert_eq!(verdict, verdict::PASS);
@@ -1121,17 +1101,9 @@ fn neighbour_discovery_from_another_address_is_a_spoofed_source() {
     }
     let mut b = Bench::new();
     let advertisement = |src: &str| {
-        Craft::new(
-            ip(src),
-            ip(WEB6),
-            L4::Icmp {
-                kind: 136,
-                code: 0,
-                id: 0,
-            },
-        )
-        .hop_limit(255)
-        .build()
+        Craft::new(ip(src), ip(WEB6), L4::icmp(136, 0))
+            .hop_limit(255)
+            .build()
     };
     // The sending pod is the web pod (the bench's veth); its own addresses pass.
     assert_eq!(
@@ -1886,16 +1858,7 @@ fn an_icmp_error_of_one_pod_leaves_another_pods_ping_alone() {
         .expect("node addresses");
     b.add_closed_pod();
     let (client, closed) = (b.sent_by("client"), b.sent_by("closed"));
-    let ping = Craft::new(
-        ip(NODE4),
-        ip(REMOTE),
-        L4::Icmp {
-            kind: 8,
-            code: 0,
-            id: 0,
-        },
-    )
-    .build();
+    let ping = Craft::new(ip(NODE4), ip(REMOTE), L4::icmp(8, 0)).build();
     assert_eq!(b.run_marked(TO_UPLINK, &ping, client).0, verdict::PASS);
     // "Port unreachable" about a UDP datagram the remote sent to closed.
     let about = quoted(Craft::new(ip(REMOTE), ip(NODE4), L4::udp(53, 40000)).build());
@@ -1905,16 +1868,7 @@ fn an_icmp_error_of_one_pod_leaves_another_pods_ping_alone() {
         verdict::DROP,
         "closed's error: its egress policy allows nothing"
     );
-    let reply = Craft::new(
-        ip(REMOTE),
-        ip(NODE4),
-        L4::Icmp {
-            kind: 0,
-            code: 0,
-            id: 0,
-        },
-    )
-    .build();
+    let reply = Craft::new(ip(REMOTE), ip(NODE4), L4::icmp(0, 0)).build();
     let (v, m) = b.run_marked(FROM_UPLINK, &reply, 0);
     assert_eq!(v, verdict::PASS);
     assert_eq!(

@@ -57,14 +57,7 @@ fn l4_shapes() -> Vec<(&'static str, L4)> {
                 dst_port: 9000,
             },
         ),
-        (
-            "icmp echo",
-            L4::Icmp {
-                kind: 8,
-                code: 0,
-                id: 7,
-            },
-        ),
+        ("icmp echo", L4::icmp(8, 7)),
         (
             "gre (unknown L4)",
             L4::Raw {

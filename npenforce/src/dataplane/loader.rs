@@ -318,6 +318,16 @@ pub(crate) fn make_tail_calls(programs: &[(&str, Hook)]) -> bool {
         .any(|(name, _)| tail_calls_of(name).next().is_some())
 }
 
+/// The name of the pin of interface `ifindex`'s link on `hook`, under the folder's `links/`.
+fn link_pin_name(ifindex: u32, hook: Hook) -> String {
+    format!("if{ifindex}-{}", hook.name())
+}
+
+/// The interface a link pin's name ([`link_pin_name`]) is about.
+fn ifindex_of_link_pin(name: &str) -> Option<u32> {
+    name.strip_prefix("if")?.split_once('-')?.0.parse().ok()
+}
+
 /// Where each load pins its `map_names::JUDGES` under the bpffs folder.
 pub const JUDGES_DIR: &str = "judges";
 
@@ -576,10 +586,7 @@ impl Dataplane {
         Ok(super::pins::entries(&dir)
             .map_err(pin_err(&dir))?
             .iter()
-            .filter_map(|path| {
-                let name = path.file_name()?.to_str()?;
-                name.strip_prefix("if")?.split_once('-')?.0.parse().ok()
-            })
+            .filter_map(|path| ifindex_of_link_pin(path.file_name()?.to_str()?))
             .collect())
     }
 
@@ -654,7 +661,7 @@ impl Dataplane {
                 let ifindex = if_index(interface)?;
                 let links = dir.join("links");
                 std::fs::create_dir_all(&links).map_err(pin_err(&links))?;
-                Some(links.join(format!("if{ifindex}-{}", hook.name())))
+                Some(links.join(link_pin_name(ifindex, hook)))
             }
             None => None,
         };
@@ -710,10 +717,7 @@ impl Dataplane {
     pub fn forget_interface(&mut self, ifindex: u32) {
         if let Some(dir) = &self.bpffs {
             for hook in [Hook::Ingress, Hook::Egress] {
-                let _ = std::fs::remove_file(
-                    dir.join("links")
-                        .join(format!("if{ifindex}-{}", hook.name())),
-                );
+                let _ = std::fs::remove_file(dir.join("links").join(link_pin_name(ifindex, hook)));
             }
         }
     }

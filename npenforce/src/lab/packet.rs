@@ -56,6 +56,11 @@ impl L4 {
         L4::Udp { src_port, dst_port }
     }
 
+    /// An ICMP (or ICMPv6) message of type `kind`, code 0, with identifier `id`.
+    pub fn icmp(kind: u8, id: u16) -> Self {
+        L4::Icmp { kind, code: 0, id }
+    }
+
     fn protocol(&self, ipv6: bool) -> u8 {
         match self {
             L4::Tcp { .. } => ip_proto::TCP,
