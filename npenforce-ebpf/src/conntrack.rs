@@ -819,7 +819,11 @@ pub enum Created {
     Failed,
 }
 
-/// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating.
+/// Records a new flow that `egress_pod` and `ingress_pod` admitted, `src` initiating, as
+/// judged under policy generation `judged_under`: the caller reads it before it reads any
+/// policy map. (Read here, after the verdict, the generation of a policy change applied
+/// meanwhile would mark a flow the old policy allowed as judged under the new one, which
+/// would then never judge it again.)
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn create(
@@ -831,6 +835,7 @@ pub fn create(
     egress_pod: u32,
     ingress_pod: u32,
     now: u64,
+    judged_under: u32,
     is_ipv6: bool,
     cfg: &DataplaneConfig,
 ) -> Created {
@@ -841,6 +846,7 @@ pub fn create(
         egress_pod,
         ingress_pod,
         now,
+        judged_under,
     };
     if is_ipv6 {
         create_in::<CtKey>(src, dst, &flow, cfg)
@@ -857,6 +863,8 @@ struct NewFlow {
     egress_pod: u32,
     ingress_pod: u32,
     now: u64,
+    /// The policy generation read before the flow was judged (see [`create`]).
+    judged_under: u32,
 }
 
 #[inline(always)]
@@ -875,7 +883,7 @@ fn create_in<K: FlowKey>(
     };
     let entry = CtEntry {
         last_seen: flow.now,
-        generation: generation(),
+        generation: flow.judged_under,
         egress_pod: flow.egress_pod,
         ingress_pod: flow.ingress_pod,
         state: if src_is_a { ct_state::A_INITIATED } else { 0 },

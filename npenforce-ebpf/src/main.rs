@@ -553,10 +553,13 @@ fn exit_verdict(
     if conntrack::related_is_tracked(packet, cfg, now) {
         return Ok(());
     }
-    // A new flow. The receiver's ingress policy first: it needs no lookup of the sender,
-    // which only a packet the receiver admits pays for. A packet from the network is never
-    // the node's own, whatever its source says: IPv4 drops such martians before routing them
-    // here, IPv6 does not.
+    // A new flow, judged under the policy generation read before any policy map: a change
+    // applied meanwhile bumps it after writing its maps, so the flow is judged again.
+    let judged_under = conntrack::generation();
+    // The receiver's ingress policy first: it needs no lookup of the sender, which only a
+    // packet the receiver admits pays for. A packet from the network is never the node's
+    // own, whatever its source says: IPv4 drops such martians before routing them here,
+    // IPv6 does not.
     let ingress = side_verdict(
         direction::INGRESS,
         &packet.src,
@@ -601,6 +604,7 @@ fn exit_verdict(
             sender,
             receiver,
             now,
+            judged_under,
             packet.is_ipv6,
             cfg,
         );
@@ -642,6 +646,7 @@ fn exit_verdict(
                 reverse_egress,
                 reverse_ingress,
                 now,
+                judged_under,
                 packet.is_ipv6,
                 cfg,
             );
