@@ -200,6 +200,13 @@ impl PolicyMaps {
             stats.written += step.written;
             stats.removed += step.removed;
             stats.failed += step.failed;
+            if step.failed > 0 {
+                // The next diff was computed from the state this one meant to reach, not
+                // the one it reached: it would write again a prefix this step withdrew
+                // around an entry that found no room (an except), without the entry. The
+                // caller reconciles again later.
+                break;
+            }
         }
         Ok(stats)
     }
