@@ -250,3 +250,134 @@ async fn a_broken_file_does_not_disturb_the_rest() {
         })
         .await;
 }
+
+/// `path` relative to the current directory (`../` up to the root, then the rest).
+fn relative_to_cwd(path: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().expect("current directory");
+    let ups = cwd.components().count().saturating_sub(1);
+    let mut relative: PathBuf = std::iter::repeat_n("..", ups).collect();
+    relative.push(path.strip_prefix("/").expect("an absolute path"));
+    relative
+}
+
+/// notify reports events under an absolute form of the folder's path: a folder given by a
+/// relative path must still see its files' edits.
+#[tokio::test]
+async fn a_folder_given_by_a_relative_path_follows_edits() {
+    let folder = Folder::new("relative");
+    folder.write("cluster.yaml", &cluster_yaml());
+    folder.write("policy.yaml", &web_policy("web", ("role", "client"), 80));
+    let relative = relative_to_cwd(&folder.0);
+    assert!(relative.is_relative() && relative.is_dir(), "{relative:?}");
+    let (agent, _source) = start(&relative).await;
+    agent
+        .expect_verdicts("start", &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)])
+        .await;
+    folder.write(
+        "policy.yaml",
+        &web_policy("web", ("type", "monitoring"), 80),
+    );
+    agent
+        .expect_verdicts(
+            "the file edited",
+            &[(CLIENT, WEB, 80, false), (MON, WEB, 80, true)],
+        )
+        .await;
+}
+
+/// A writer that truncates a file and writes it later (`kubectl get ... > file`) must not
+/// make its policies disappear meanwhile: the file is read when it is closed.
+#[tokio::test]
+async fn a_file_is_read_when_its_writer_closes_it() {
+    use std::io::Write;
+    let folder = Folder::new("writing");
+    folder.write("cluster.yaml", &cluster_yaml());
+    let path = folder.write("policy.yaml", &web_policy("web", ("role", "client"), 80));
+    let (agent, _source) = start(&folder.0).await;
+    let before = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false)];
+    agent.expect_verdicts("start", &before).await;
+
+    let mut file = std::fs::File::create(&path).expect("truncate the policy file");
+    agent
+        .expect_steady("truncated, still open", &before, Duration::from_millis(300))
+        .await;
+    let text = web_policy("web", ("type", "monitoring"), 80);
+    let (head, tail) = text.split_at(text.len() / 2);
+    file.write_all(head.as_bytes()).expect("write");
+    file.flush().expect("flush");
+    agent
+        .expect_steady(
+            "half written, still open",
+            &before,
+            Duration::from_millis(300),
+        )
+        .await;
+    file.write_all(tail.as_bytes()).expect("write");
+    drop(file);
+    agent
+        .expect_verdicts("closed", &[(CLIENT, WEB, 80, false), (MON, WEB, 80, true)])
+        .await;
+}
+
+/// Reading a file is not a change of it: the source does not read its files again after
+/// its own reads. (Seen through a second name of the file, outside the folder: writes
+/// through it raise no event in the folder, so only a read nobody asked for would see them.)
+#[tokio::test]
+async fn reading_the_files_is_not_a_change() {
+    let folder = Folder::new("reads");
+    let outside = Folder::new("reads-outside");
+    folder.write("cluster.yaml", &cluster_yaml());
+    let original = outside.write("policy.yaml", &web_policy("web", ("role", "client"), 80));
+    std::fs::hard_link(&original, folder.0.join("policy.yaml")).expect("a second name");
+    let (agent, _source) = start(&folder.0).await;
+    let first = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false)];
+    agent.expect_verdicts("start", &first).await;
+    // Rewritten in place through the other name (same inode, no event in the folder).
+    std::fs::write(&original, web_policy("web", ("type", "monitoring"), 80))
+        .expect("rewrite through the other name");
+    agent
+        .expect_steady("no event, no read", &first, Duration::from_millis(500))
+        .await;
+    // An event in the folder (its attributes changed) reads it again.
+    let f = std::fs::File::open(folder.0.join("policy.yaml")).expect("open");
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .expect("chmod");
+    agent
+        .expect_verdicts(
+            "touched through the folder",
+            &[(CLIENT, WEB, 80, false), (MON, WEB, 80, true)],
+        )
+        .await;
+}
+
+/// A ConfigMap volume: each file is a link through `..data`, a link to a timestamped
+/// folder, and an update swaps `..data` in one rename. The files change without an event
+/// of their own.
+#[tokio::test]
+async fn a_configmap_volume_update_is_followed() {
+    use std::os::unix::fs::symlink;
+    let folder = Folder::new("configmap");
+    let version = |name: &str, policy: &str| {
+        let dir = folder.0.join(name);
+        std::fs::create_dir(&dir).expect("a data folder");
+        std::fs::write(dir.join("cluster.yaml"), cluster_yaml()).expect("write");
+        std::fs::write(dir.join("policy.yaml"), policy).expect("write");
+    };
+    version("..v1", &web_policy("web", ("role", "client"), 80));
+    symlink("..v1", folder.0.join("..data")).expect("..data");
+    for file in ["cluster.yaml", "policy.yaml"] {
+        symlink(format!("..data/{file}"), folder.0.join(file)).expect("a file link");
+    }
+    let (agent, _source) = start(&folder.0).await;
+    agent
+        .expect_verdicts("v1", &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)])
+        .await;
+
+    version("..v2", &web_policy("web", ("type", "monitoring"), 80));
+    symlink("..v2", folder.0.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(folder.0.join("..data_tmp"), folder.0.join("..data")).expect("swap");
+    std::fs::remove_dir_all(folder.0.join("..v1")).expect("old version removed");
+    agent
+        .expect_verdicts("v2", &[(CLIENT, WEB, 80, false), (MON, WEB, 80, true)])
+        .await;
+}

@@ -30,7 +30,9 @@ pub struct AgentArgs {
     pub kube: bool,
 
     /// Enforce the Namespaces, Pods and NetworkPolicies of the manifests in DIR (*.yaml,
-    /// *.yml, *.json), following every change to the folder.
+    /// *.yml, *.json), following every change to the folder. A file is read again when
+    /// its writer closes it or renames it into place; one that does not parse keeps its
+    /// last good objects.
     #[arg(long, env = "NPENFORCE_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
 

@@ -9,7 +9,18 @@
 //! (a quiet period of [`ManifestsConfig::debounce`], at most [`ManifestsConfig::max_wait`]),
 //! then the files touched are read again, the objects of all files are merged (in file name
 //! order, a later file wins) and compared with the previous merge: what changed becomes
-//! upserts and deletes.
+//! upserts and deletes. Events name files by their name in the folder (the watch is not
+//! recursive), whatever form of the folder's path was given. A new or renamed subfolder or
+//! symlink to one (a ConfigMap volume swaps its `..data` link on every update) reads every
+//! file again: files reached through it change without an event of their own.
+//!
+//! # Files still being written are not read
+//! A writer that truncates a file and writes it later (`kubectl get ... > file`, a slow
+//! copy) leaves it empty or cut short for a while, and a cut-short file may still parse: as
+//! an empty file, or without its last rules or documents. So a file that was written to is
+//! read when its writer closes it (or renames it into place), not while it is open for
+//! writing; one left open without a write for [`ManifestsConfig::write_grace`] is read as it
+//! is (with a warning). Opening and reading a file, ours included, is not a change.
 //!
 //! # Broken files keep their last good objects
 //! A file that cannot be read or parsed, or that holds an object that does not match its
@@ -20,6 +31,7 @@
 //! objects. Deleting a file deletes its objects.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +50,8 @@ pub struct ManifestsConfig {
     pub debounce: Duration,
     /// Longest wait after the first event of a burst.
     pub max_wait: Duration,
+    /// How long a file written to and not closed since stays unread after its last write.
+    pub write_grace: Duration,
 }
 
 impl Default for ManifestsConfig {
@@ -45,6 +59,7 @@ impl Default for ManifestsConfig {
         ManifestsConfig {
             debounce: Duration::from_millis(20),
             max_wait: Duration::from_millis(60),
+            write_grace: Duration::from_secs(30),
         }
     }
 }
@@ -75,6 +90,9 @@ pub struct ManifestsSource {
     _watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     state: FolderState,
+    /// Files written to since their writer last closed them, with the time of the last
+    /// write: not read until closed (see the module docs).
+    open_for_writing: BTreeMap<OsString, Instant>,
 }
 
 impl ManifestsSource {
@@ -110,37 +128,61 @@ impl ManifestsSource {
             _watcher: watcher,
             events,
             state: FolderState::default(),
+            open_for_writing: BTreeMap::new(),
         })
     }
 
     /// Sends the folder's objects, then [`SourceEvent::InitialSyncDone`], then every change,
     /// until the receiver of `tx` is dropped.
     pub async fn run(mut self, tx: mpsc::Sender<SourceEvent>) {
-        let out = self.state.rescan(&self.dir, &BTreeSet::new(), true);
+        let out = self.state.rescan(&self.dir, &Reread::everything());
         for event in out.into_iter().chain([SourceEvent::InitialSyncDone]) {
             if tx.send(event).await.is_err() {
                 return;
             }
         }
         loop {
-            let Some(first) = self.events.recv().await else {
-                return;
-            };
-            let mut touched = BTreeSet::new();
-            let mut full = false;
-            note(first, &mut touched, &mut full);
+            let mut reread = Reread::default();
+            // The first event of a burst, or a file whose writer went quiet.
+            let stale_at = self
+                .open_for_writing
+                .values()
+                .min()
+                .map(|last| *last + self.config.write_grace);
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.note(ev, &mut reread),
+                    None => return,
+                },
+                () = sleep_until_some(stale_at) => {}
+            }
             let deadline = Instant::now() + self.config.max_wait;
             loop {
                 let quiet = (Instant::now() + self.config.debounce).min(deadline);
                 tokio::select! {
                     ev = self.events.recv() => match ev {
-                        Some(ev) => note(ev, &mut touched, &mut full),
+                        Some(ev) => self.note(ev, &mut reread),
                         None => return,
                     },
                     () = tokio::time::sleep_until(quiet) => break,
                 }
             }
-            let out = self.state.rescan(&self.dir, &touched, full);
+            let now = Instant::now();
+            let grace = self.config.write_grace;
+            self.open_for_writing.retain(|name, last| {
+                let stale = now >= *last + grace;
+                if stale {
+                    tracing::warn!(
+                        file = %name.to_string_lossy(),
+                        ?grace,
+                        "manifest file still open for writing with no write for a while; reading it as it is"
+                    );
+                    reread.touched.insert(name.clone());
+                }
+                !stale
+            });
+            reread.held = self.open_for_writing.keys().cloned().collect();
+            let out = self.state.rescan(&self.dir, &reread);
             for event in out {
                 if tx.send(event).await.is_err() {
                     return;
@@ -148,19 +190,90 @@ impl ManifestsSource {
             }
         }
     }
+
+    /// Records what an event asks of the next read.
+    fn note(&mut self, event: notify::Result<notify::Event>, reread: &mut Reread) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RemoveKind};
+        let ev = match event {
+            Ok(ev) => ev,
+            Err(err) => {
+                tracing::warn!(error = %err, "manifests folder watch error, reading everything again");
+                reread.all = true;
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            reread.all = true;
+        }
+        let names = ev
+            .paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(OsString::from);
+        match ev.kind {
+            // Opens and reads (ours among them) change nothing.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for name in names {
+                    self.open_for_writing.remove(&name);
+                    reread.touched.insert(name);
+                }
+            }
+            EventKind::Access(_) => {}
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                let now = Instant::now();
+                for name in names {
+                    self.open_for_writing.insert(name.clone(), now);
+                    reread.touched.insert(name);
+                }
+            }
+            // Renamed into place or away, removed: whatever was being written there is done.
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+                if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
+                    reread.all = true;
+                }
+                for name in names {
+                    self.open_for_writing.remove(&name);
+                    reread.touched.insert(name);
+                }
+            }
+            _ => reread.touched.extend(names),
+        }
+    }
 }
 
-fn note(event: notify::Result<notify::Event>, touched: &mut BTreeSet<PathBuf>, full: &mut bool) {
-    match event {
-        Ok(ev) => {
-            if ev.need_rescan() {
-                *full = true;
-            }
-            touched.extend(ev.paths);
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which files a read of the folder reads.
+#[derive(Debug, Default)]
+pub struct Reread {
+    /// Every file (the first read, a watch that lost events, a subfolder that changed).
+    pub all: bool,
+    /// Files named by events since the last read (their names in the folder).
+    pub touched: BTreeSet<OsString>,
+    /// Files a writer still has open: their objects stay as they are until it closes them.
+    pub held: BTreeSet<OsString>,
+}
+
+impl Reread {
+    /// Every file of the folder.
+    pub fn everything() -> Reread {
+        Reread {
+            all: true,
+            ..Reread::default()
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "manifests folder watch error, reading everything again");
-            *full = true;
+    }
+
+    /// The files named `names`.
+    pub fn files<'a>(names: impl IntoIterator<Item = &'a str>) -> Reread {
+        Reread {
+            touched: names.into_iter().map(OsString::from).collect(),
+            ..Reread::default()
         }
     }
 }
@@ -184,15 +297,16 @@ pub struct FolderState {
 }
 
 impl FolderState {
-    /// Reads the files that changed (`touched`, or every file when `full`), and returns the
-    /// events that bring a consumer from the previous state to the new one.
-    pub fn rescan(
-        &mut self,
-        dir: &Path,
-        touched: &BTreeSet<PathBuf>,
-        full: bool,
-    ) -> Vec<SourceEvent> {
+    /// Reads the files `reread` names (all but the held ones), and returns the events that
+    /// bring a consumer from the previous state to the new one.
+    pub fn rescan(&mut self, dir: &Path, reread: &Reread) -> Vec<SourceEvent> {
         let mut out = Vec::new();
+        // A subfolder, or a link to one, named by an event: files reached through it (a
+        // ConfigMap volume's `..data`) changed without events of their own.
+        let all = reread.all
+            || reread.touched.iter().any(|name| {
+                !crate::manifests::is_manifest_path(Path::new(name)) && dir.join(name).is_dir()
+            });
         let listed: BTreeSet<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -221,7 +335,11 @@ impl FolderState {
             }
         }
         for path in &listed {
-            if full || touched.contains(path) || !self.files.contains_key(path) {
+            let name = path.file_name().unwrap_or_default();
+            if reread.held.contains(name) {
+                continue;
+            }
+            if all || reread.touched.contains(name) || !self.files.contains_key(path) {
                 self.read_file(path, &mut out);
             }
         }
@@ -355,11 +473,11 @@ mod tests {
         let f = dir.0.join("a.yaml");
         std::fs::write(&f, format!("{NS}---\n{POD}")).expect("write");
         let mut s = FolderState::default();
-        let out = s.rescan(&dir.0, &BTreeSet::new(), true);
+        let out = s.rescan(&dir.0, &Reread::everything());
         assert_eq!(changes(&out).len(), 2, "{out:?}");
 
         std::fs::write(&f, format!("{NS}---\nkind: Pod\nmetadata:\n  name: [\n")).expect("write");
-        let out = s.rescan(&dir.0, &BTreeSet::from([f.clone()]), false);
+        let out = s.rescan(&dir.0, &Reread::files(["a.yaml"]));
         assert!(changes(&out).is_empty(), "{out:?}");
         match out.as_slice() {
             [SourceEvent::Invalid { origin, errors }] => {
@@ -370,14 +488,14 @@ mod tests {
         }
 
         std::fs::write(&f, NS).expect("write");
-        let out = s.rescan(&dir.0, &BTreeSet::from([f.clone()]), false);
+        let out = s.rescan(&dir.0, &Reread::files(["a.yaml"]));
         let c = changes(&out);
         assert_eq!(c.len(), 1, "{out:?}");
         assert!(c[0].starts_with("DeletePod(x/a)"), "{c:?}");
         assert!(matches!(&out[0], SourceEvent::Invalid { errors, .. } if errors.is_empty()));
 
         std::fs::remove_file(&f).expect("remove");
-        let out = s.rescan(&dir.0, &BTreeSet::new(), false);
+        let out = s.rescan(&dir.0, &Reread::default());
         assert_eq!(changes(&out), vec!["DeleteNamespace(\"x\")".to_string()]);
     }
 }
