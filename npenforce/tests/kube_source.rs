@@ -111,6 +111,36 @@ async fn initial_sync_enforces_and_then_becomes_ready() {
     }
 }
 
+/// A list that keeps failing is retried with a growing delay (`fast_config`: 50 ms, doubling
+/// up to 500 ms), not at the first delay forever: the watcher's own `Init` event between
+/// two failed lists must not reset the backoff. Once lists work again, the agent syncs.
+#[tokio::test]
+async fn failing_lists_back_off() {
+    let server = FakeApiServer::start().await;
+    populate(&server);
+    server.apply(&web_allow_clients());
+    server.fail_lists(FakeKind::Namespace, true);
+    let (agent, _source) = start_agent(&server);
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let lists = server.requests(FakeKind::Namespace, false);
+    // Growing delays: 50, 100, 200, 400, then 500 (+25% jitter at most): about 9 lists in
+    // 3 s; at a steady 50 to 62 ms it would be 48 or more.
+    assert!(
+        (3..=15).contains(&lists),
+        "{lists} lists of Namespaces in {window:?}"
+    );
+    assert!(
+        !agent.handle.status().ready,
+        "not ready without the namespaces"
+    );
+    server.fail_lists(FakeKind::Namespace, false);
+    agent.wait_ready().await;
+    agent
+        .expect_verdicts("synced", &[(CLIENT, WEB, 80, true), (MON, WEB, 80, false)])
+        .await;
+}
+
 #[tokio::test]
 async fn pod_label_change_moves_a_pod_in_and_out_of_a_policy() {
     let server = FakeApiServer::start().await;

@@ -50,19 +50,25 @@ use crate::policy::{Namespace, ObjectKey, Pod, Policy, ValidationError};
 pub struct KubeSourceConfig {
     /// Watcher settings (page size, watch timeout, bookmarks).
     pub watcher: watcher::Config,
-    /// First delay after an error; doubles (with jitter) up to `backoff_max`, and resets once
-    /// an event arrives.
+    /// First delay after an error; doubles (with jitter) up to `backoff_max`, and starts
+    /// again from here once `backoff_reset_after` passed without an error.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How long a watch must go without an error for its next error to wait
+    /// `backoff_initial` again. (Not reset by every event: a list that fails is followed by
+    /// the watcher's own `Init` event, and a reset there would retry it at the first delay
+    /// forever.)
+    pub backoff_reset_after: Duration,
 }
 
 impl Default for KubeSourceConfig {
     fn default() -> Self {
         KubeSourceConfig {
             watcher: watcher::Config::default(),
-            // The same figures as kube-rs' `default_backoff()`.
+            // The same figures as kube-rs' `DefaultBackoff`.
             backoff_initial: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
+            backoff_reset_after: Duration::from_secs(120),
         }
     }
 }
@@ -111,7 +117,11 @@ async fn watch_kind(
 ) {
     loop {
         let api: Api<RawObject> = Api::all_with(client.clone(), &api_resource(kind));
-        let backoff = ExponentialBackoff::new(config.backoff_initial, config.backoff_max);
+        let backoff = ExponentialBackoff::new(
+            config.backoff_initial,
+            config.backoff_max,
+            config.backoff_reset_after,
+        );
         let mut stream = watcher::watcher(api, config.watcher.clone())
             .backoff(backoff)
             .boxed();
@@ -506,16 +516,21 @@ impl kube::Resource for RawObject {
     }
 }
 
-/// Exponential backoff with jitter, reset by the stream on every event.
+/// Exponential backoff with jitter. The stream resets it on every event, which counts only
+/// once `reset_after` passed since the last delay it gave (see
+/// [`KubeSourceConfig::backoff_reset_after`]).
 struct ExponentialBackoff {
     initial: Duration,
     max: Duration,
+    reset_after: Duration,
     current: Option<Duration>,
+    /// When the last delay was given.
+    last_given: Option<tokio::time::Instant>,
     seed: u64,
 }
 
 impl ExponentialBackoff {
-    fn new(initial: Duration, max: Duration) -> Self {
+    fn new(initial: Duration, max: Duration, reset_after: Duration) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.subsec_nanos().into())
@@ -523,9 +538,17 @@ impl ExponentialBackoff {
         ExponentialBackoff {
             initial,
             max: max.max(initial),
+            reset_after,
             current: None,
+            last_given: None,
             seed,
         }
+    }
+
+    /// Whether `reset_after` passed without a delay given.
+    fn quiet_long_enough(&self) -> bool {
+        self.last_given
+            .is_none_or(|at| at.elapsed() >= self.reset_after)
     }
 }
 
@@ -533,6 +556,10 @@ impl Iterator for ExponentialBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if self.quiet_long_enough() {
+            self.current = None;
+        }
+        self.last_given = Some(tokio::time::Instant::now());
         let base = match self.current {
             None => self.initial,
             Some(d) => (d * 2).min(self.max),
@@ -549,7 +576,9 @@ impl Iterator for ExponentialBackoff {
 
 impl Backoff for ExponentialBackoff {
     fn reset(&mut self) {
-        self.current = None;
+        if self.quiet_long_enough() {
+            self.current = None;
+        }
     }
 }
 
@@ -695,13 +724,24 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_resets() {
-        let mut b = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    fn backoff_grows_and_resets_after_a_quiet_while() {
+        let quiet = Duration::from_millis(100);
+        let mut b =
+            ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(1), quiet);
         let first = b.next().expect("infinite");
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
+        // An event between errors (the watcher's Init after a failed list) resets nothing.
+        b.reset();
+        let second = b.next().expect("infinite");
+        assert!(second >= Duration::from_millis(200), "{second:?}");
         let d: Vec<Duration> = (0..10).map(|_| b.next().expect("infinite")).collect();
         assert!(d[9] >= Duration::from_secs(1) && d[9] <= Duration::from_millis(1250));
+        std::thread::sleep(quiet);
         b.reset();
+        assert!(b.next().expect("infinite") <= Duration::from_millis(125));
+        // A quiet while counts also without an event.
+        let _ = b.next();
+        std::thread::sleep(quiet);
         assert!(b.next().expect("infinite") <= Duration::from_millis(125));
     }
 }

@@ -96,6 +96,8 @@ struct State {
     watches: Vec<Watch>,
     /// `list <kind>` and `watch <kind>` per request.
     requests: Vec<String>,
+    /// Kinds whose lists are answered `500 Internal Server Error`.
+    failing_lists: Vec<FakeKind>,
 }
 
 impl State {
@@ -237,6 +239,15 @@ impl FakeApiServer {
     /// or, as API servers do, with HTTP 200 and an `ERROR` event (`false`, the default).
     pub fn gone_as_http_status(&self, yes: bool) {
         self.lock().gone_as_http_status = yes;
+    }
+
+    /// Lists of `kind` fail with `500 Internal Server Error` (`true`) or work again.
+    pub fn fail_lists(&self, kind: FakeKind, yes: bool) {
+        let mut s = self.lock();
+        s.failing_lists.retain(|k| *k != kind);
+        if yes {
+            s.failing_lists.push(kind);
+        }
     }
 
     /// Every resource version handed out so far is too old: every watch must relist.
@@ -387,6 +398,13 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
         if watch { "watch" } else { "list" },
         kind.kind()
     ));
+    if !watch && s.failing_lists.contains(&kind) {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "lists of this kind fail (test)",
+        );
+    }
     if !watch {
         let items: Vec<Value> = s
             .objects
