@@ -319,10 +319,23 @@ fn convert(kind: Kind, obj: &RawObject) -> (ObjectKey, Converted) {
 
 /// Converts an object of `kind` to the compiler's model, or says which field is wrong.
 pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
+    let named = !obj.metadata.name.as_deref().unwrap_or_default().is_empty();
     if let Some(e) = &obj.metadata_error {
+        // A policy still fails closed, by the name and namespace read on their own: skipped,
+        // it would let through what it meant to forbid.
+        if kind == Kind::NetworkPolicy && named {
+            let metadata = ObjectMeta {
+                name: obj.metadata.name.clone(),
+                namespace: obj.metadata.namespace.clone(),
+                ..ObjectMeta::default()
+            };
+            return undecodable_policy(metadata, &obj.body, e.clone())
+                .map(Object::Policy)
+                .ok_or_else(|| "metadata.name: missing".to_string());
+        }
         return Err(e.clone());
     }
-    if obj.metadata.name.as_deref().unwrap_or_default().is_empty() {
+    if !named {
         return Err("metadata.name: missing".to_string());
     }
     // Only what the model reads: name, namespace, labels.
@@ -643,10 +656,20 @@ mod tests {
                 (false, true),
             ),
         ];
-        for (spec, fields, (selects_web, selects_other), isolates) in cases {
-            let obj = raw(&format!(
-                r#"{{"metadata":{{"name":"p","namespace":"a"}},"spec":{spec}}}"#
-            ));
+        let plain = r#"{"name":"p","namespace":"a"}"#;
+        let cases = cases
+            .into_iter()
+            .map(|(spec, fields, selects, isolates)| (plain, spec, fields, selects, isolates))
+            .chain([(
+                // The spec decodes, the metadata does not: its rules are not enforced.
+                r#"{"name":"p","namespace":"a","labels":5}"#,
+                r#"{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"podSelector":{}}]}]}"#,
+                &["metadata.labels"][..],
+                (true, false),
+                (true, false),
+            )]);
+        for (metadata, spec, fields, (selects_web, selects_other), isolates) in cases {
+            let obj = raw(&format!(r#"{{"metadata":{metadata},"spec":{spec}}}"#));
             let policy = match to_object(Kind::NetworkPolicy, &obj) {
                 Ok(Object::Policy(policy)) => policy,
                 other => panic!("{spec}: a policy that fails closed, not {other:?}"),
