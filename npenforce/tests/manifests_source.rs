@@ -319,6 +319,27 @@ async fn a_file_is_read_when_its_writer_closes_it() {
         .await;
 }
 
+/// How many times the folder or a file in it is opened during `window`.
+async fn count_opens_in(dir: &Path, window: Duration) -> usize {
+    use notify::{event::AccessKind, EventKind, Watcher};
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opens.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .expect("a watcher of our own");
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .expect("watch the folder");
+    tokio::time::sleep(window).await;
+    drop(watcher);
+    opens.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Reading a file is not a change of it: the source does not read its files again after
 /// its own reads. (Seen through a second name of the file, outside the folder: writes
 /// through it raise no event in the folder, so only a read nobody asked for would see them.)
@@ -332,6 +353,10 @@ async fn reading_the_files_is_not_a_change() {
     let (agent, _source) = start(&folder.0).await;
     let first = [(CLIENT, WEB, 80, true), (MON, WEB, 80, false)];
     agent.expect_verdicts("start", &first).await;
+    // Nothing opens the folder or its files any more (each listing of the folder is an
+    // event of its own, which must not bring the next).
+    let opens = count_opens_in(&folder.0, Duration::from_millis(500)).await;
+    assert_eq!(opens, 0, "opens in the folder of a source at rest");
     // Rewritten in place through the other name (same inode, no event in the folder).
     std::fs::write(&original, web_policy("web", ("type", "monitoring"), 80))
         .expect("rewrite through the other name");

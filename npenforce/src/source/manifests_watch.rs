@@ -156,6 +156,12 @@ impl ManifestsSource {
                 },
                 () = sleep_until_some(stale_at) => {}
             }
+            // Opens and reads (our own listing of the folder among them) ask for nothing: no
+            // read, or each listing would bring the next.
+            let writer_went_quiet = stale_at.is_some_and(|at| Instant::now() >= at);
+            if reread.asks_nothing() && !writer_went_quiet {
+                continue;
+            }
             let deadline = Instant::now() + self.config.max_wait;
             loop {
                 let quiet = (Instant::now() + self.config.debounce).min(deadline);
@@ -261,6 +267,11 @@ pub struct Reread {
 }
 
 impl Reread {
+    /// Whether no file is to be read.
+    fn asks_nothing(&self) -> bool {
+        !self.all && self.touched.is_empty()
+    }
+
     /// Every file of the folder.
     pub fn everything() -> Reread {
         Reread {
