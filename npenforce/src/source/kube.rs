@@ -319,6 +319,7 @@ fn convert(kind: Kind, obj: &RawObject) -> (ObjectKey, Converted) {
 
 /// Converts an object of `kind` to the compiler's model, or says which field is wrong.
 pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
+    let missing = || "metadata.name: missing".to_string();
     let named = !obj.metadata.name.as_deref().unwrap_or_default().is_empty();
     if let Some(e) = &obj.metadata_error {
         // A policy still fails closed, by the name and namespace read on their own: skipped,
@@ -331,12 +332,12 @@ pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
             };
             return undecodable_policy(metadata, &obj.body, e.clone())
                 .map(Object::Policy)
-                .ok_or_else(|| "metadata.name: missing".to_string());
+                .ok_or_else(missing);
         }
         return Err(e.clone());
     }
     if !named {
-        return Err("metadata.name: missing".to_string());
+        return Err(missing());
     }
     // Only what the model reads: name, namespace, labels.
     let metadata = ObjectMeta {
@@ -345,7 +346,6 @@ pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
         labels: obj.metadata.labels.clone(),
         ..ObjectMeta::default()
     };
-    let missing = || "metadata.name: missing".to_string();
     match kind {
         Kind::Namespace => {
             let ns = K8sNamespace {
@@ -529,9 +529,8 @@ impl kube::Resource for RawObject {
     }
 }
 
-/// Exponential backoff with jitter. The stream resets it on every event, which counts only
-/// once `reset_after` passed since the last delay it gave (see
-/// [`KubeSourceConfig::backoff_reset_after`]).
+/// Exponential backoff with jitter, started again from `initial` once `reset_after` passed
+/// since the last delay it gave (see [`KubeSourceConfig::backoff_reset_after`]).
 struct ExponentialBackoff {
     initial: Duration,
     max: Duration,
@@ -557,19 +556,17 @@ impl ExponentialBackoff {
             seed,
         }
     }
-
-    /// Whether `reset_after` passed without a delay given.
-    fn quiet_long_enough(&self) -> bool {
-        self.last_given
-            .is_none_or(|at| at.elapsed() >= self.reset_after)
-    }
 }
 
 impl Iterator for ExponentialBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        if self.quiet_long_enough() {
+        // No delay needed for `reset_after`: the errors before this one are history.
+        if self
+            .last_given
+            .is_none_or(|at| at.elapsed() >= self.reset_after)
+        {
             self.current = None;
         }
         self.last_given = Some(tokio::time::Instant::now());
@@ -588,11 +585,9 @@ impl Iterator for ExponentialBackoff {
 }
 
 impl Backoff for ExponentialBackoff {
-    fn reset(&mut self) {
-        if self.quiet_long_enough() {
-            self.current = None;
-        }
-    }
+    /// Nothing to do: `next` starts again from `initial` once `reset_after` passed since
+    /// the last delay, which is the only reset that counts.
+    fn reset(&mut self) {}
 }
 
 #[cfg(test)]

@@ -156,23 +156,6 @@ impl ManifestsSource {
                 },
                 () = sleep_until_some(stale_at) => {}
             }
-            // Opens and reads (our own listing of the folder among them) ask for nothing: no
-            // read, or each listing would bring the next.
-            let writer_went_quiet = stale_at.is_some_and(|at| Instant::now() >= at);
-            if reread.asks_nothing() && !writer_went_quiet {
-                continue;
-            }
-            let deadline = Instant::now() + self.config.max_wait;
-            loop {
-                let quiet = (Instant::now() + self.config.debounce).min(deadline);
-                tokio::select! {
-                    ev = self.events.recv() => match ev {
-                        Some(ev) => self.note(ev, &mut reread),
-                        None => return,
-                    },
-                    () = tokio::time::sleep_until(quiet) => break,
-                }
-            }
             let now = Instant::now();
             let grace = self.config.write_grace;
             self.open_for_writing.retain(|name, last| {
@@ -187,6 +170,22 @@ impl ManifestsSource {
                 }
                 !stale
             });
+            // Opens and reads (our own listing of the folder among them) ask for nothing: no
+            // read, or each listing would bring the next.
+            if reread.asks_nothing() {
+                continue;
+            }
+            let deadline = Instant::now() + self.config.max_wait;
+            loop {
+                let quiet = (Instant::now() + self.config.debounce).min(deadline);
+                tokio::select! {
+                    ev = self.events.recv() => match ev {
+                        Some(ev) => self.note(ev, &mut reread),
+                        None => return,
+                    },
+                    () = tokio::time::sleep_until(quiet) => break,
+                }
+            }
             reread.held = self.open_for_writing.keys().cloned().collect();
             let out = self.state.rescan(&self.dir, &reread);
             for event in out {
@@ -217,28 +216,25 @@ impl ManifestsSource {
             .filter_map(|p| p.file_name())
             .map(OsString::from);
         match ev.kind {
-            // Opens and reads (ours among them) change nothing.
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                for name in names {
-                    self.open_for_writing.remove(&name);
-                    reread.touched.insert(name);
-                }
-            }
-            EventKind::Access(_) => {}
-            EventKind::Modify(ModifyKind::Data(_)) => {
-                let now = Instant::now();
-                for name in names {
-                    self.open_for_writing.insert(name.clone(), now);
-                    reread.touched.insert(name);
-                }
-            }
-            // Renamed into place or away, removed: whatever was being written there is done.
-            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+            // Closed by its writer, renamed into place or away, removed: whatever was being
+            // written there is done.
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => {
                 if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
                     reread.all = true;
                 }
                 for name in names {
                     self.open_for_writing.remove(&name);
+                    reread.touched.insert(name);
+                }
+            }
+            // Opens and reads (ours among them) change nothing.
+            EventKind::Access(_) => {}
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                let now = Instant::now();
+                for name in names {
+                    self.open_for_writing.insert(name.clone(), now);
                     reread.touched.insert(name);
                 }
             }
