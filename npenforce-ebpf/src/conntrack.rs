@@ -770,10 +770,11 @@ pub extern "C" fn npe_rejudge(
     }
 }
 
-/// Whether an ICMP error is about a tracked, allowed flow and goes where such an error must
-/// go: back to the sender of the quoted packet. Anything else (an error about a flow that
-/// was cut or has expired, or a forged error carrying a tracked flow's header toward another
-/// address) gets no related-flow pass and is judged by policy.
+/// Whether an ICMP error is about a tracked flow that the current policy allows, and goes
+/// where such an error must go: back to the sender of the quoted packet. Anything else (an
+/// error about a flow that was cut, that a policy change since its last packet denies, that
+/// a pod gone since admitted, or that has expired; or a forged error carrying a tracked
+/// flow's header toward another address) gets no related-flow pass and is judged by policy.
 #[inline(always)]
 pub fn related_is_tracked(error: &Packet, cfg: &DataplaneConfig, now: u64) -> bool {
     let Some(flow) = &error.related else {
@@ -798,14 +799,25 @@ fn related_in<K: FlowKey>(flow: &Flow, cfg: &DataplaneConfig, now: u64) -> bool 
         flow.src_port,
         flow.dst_port,
     );
-    match find(&key, cfg) {
-        Some(found) => {
-            found.entry.state & ct_state::DENIED == 0
-                && elapsed(now, found.entry.last_seen, cfg)
-                    <= timeout(&found.entry, flow.protocol, cfg)
-        }
-        None => false,
+    let Some(found) = find(&key, cfg) else {
+        return false;
+    };
+    if elapsed(now, found.entry.last_seen, cfg) > timeout(&found.entry, flow.protocol, cfg) {
+        return false;
     }
+    // As for the flow's own packets (`lookup`): judged again when the policy changed since,
+    // or the flow is nobody's when a pod that admitted it is gone. Otherwise an error about
+    // a flow that a new policy denies would pass until the flow's next packet.
+    let current = generation();
+    if found.entry.generation != current && !admitted_by_current_pods(&found.entry) {
+        return false;
+    }
+    let mut entry = found.entry;
+    let allowed = judged_again(&key, &mut entry, current, false, cfg) == 0;
+    if entry != found.entry {
+        update(&found, &entry);
+    }
+    allowed
 }
 
 /// What recording a new flow did.

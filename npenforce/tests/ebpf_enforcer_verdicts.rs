@@ -407,6 +407,55 @@ fn tracked_flows_related_icmp_errors_and_fragments() {
     }
 }
 
+/// An ICMP error about a tracked flow passes as part of it only while the current policy
+/// allows the flow: a policy change is judged for the error too, not only for the flow's next
+/// packet (which may never come: the error may be all that is left of it).
+#[test]
+fn an_icmp_error_about_a_flow_a_new_policy_denies_is_judged_by_policy() {
+    if !kernel_tests_enabled("an_icmp_error_about_a_flow_a_new_policy_denies_is_judged_by_policy") {
+        return;
+    }
+    let mut b = Bench::new();
+    let open = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
+    assert_eq!(b.run_to_web(&open), "PASS");
+    // From monitor (whose own traffic web refuses), about web:9000 -> client:40000.
+    let error = port_unreachable(
+        MONITOR4,
+        WEB4,
+        &quoted(sctp_packet(WEB4, CLIENT4, 9000, 40000)),
+    );
+    assert_eq!(b.run_to_web(&error), "PASS", "related to an allowed flow");
+
+    // A change that keeps the flow allowed: judged again, still related.
+    b.change(upsert_policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 9000, protocol: SCTP}, {port: 80}, {port: 443}]
+"#,
+    ));
+    assert_eq!(
+        b.run_to_web(&error),
+        "PASS",
+        "related to a flow the new policy allows too"
+    );
+
+    // A change that denies it (TCP 80 only), before any packet of the flow itself.
+    b.change(web_in("{podSelector: {matchLabels: {role: client}}}", 80));
+    assert_eq!(
+        b.run_to_web(&error),
+        "DROP",
+        "related to a flow the new policy denies: judged by policy, which refuses monitor"
+    );
+    assert_eq!(b.run_to_web(&open), "DROP", "the flow is cut");
+    assert_eq!(b.run_to_web(&error), "DROP", "and stays cut");
+}
+
 #[test]
 fn unknown_interfaces_are_not_ours_and_pending_ones_drop() {
     if !kernel_tests_enabled("unknown_interfaces_are_not_ours_and_pending_ones_drop") {
