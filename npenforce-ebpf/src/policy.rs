@@ -77,16 +77,16 @@ fn peer_ruleset(
     prefix_ruleset(&key)
 }
 
-/// Whether `POLICY_PEER_HOSTS` may hold an entry for `addr`: its bit in `PEER_HOST_BITS`
-/// (see `npenforce_common::host_filter`). A clear bit spares a new peer a search of the
-/// large table, often a miss all the way to DRAM.
+/// Whether `POLICY_PEER_HOSTS` may hold an entry for `addr`: all of its bits set in
+/// `PEER_HOST_BITS` (see `npenforce_common::host_filter`). A clear bit spares a new peer a
+/// search of the large table, often a miss all the way to DRAM.
 #[inline(always)]
 fn hosts_may_hold(addr: &WordAddr) -> bool {
-    let (word, bit) = host_filter::place(addr.words());
+    let (word, mask) = host_filter::place(addr.words());
     match PEER_HOST_BITS.get_ptr(word) {
         // SAFETY: an array value, valid for the program's run; the agent changes it with
         // whole-word atomic writes.
-        Some(bits) => (unsafe { read_volatile(bits) } & bit) != 0,
+        Some(bits) => (unsafe { read_volatile(bits) } & mask) == mask,
         None => true,
     }
 }

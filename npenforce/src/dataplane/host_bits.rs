@@ -1,10 +1,10 @@
 //! The agent's side of `PEER_HOST_BITS` (`npenforce_common::host_filter`): which addresses
 //! `POLICY_PEER_HOSTS` may hold, so that the programs skip the table for the others.
 //!
-//! The promise the programs rely on: an address whose bit is clear has no entry. So a bit is
-//! set before an entry for its address is written ([`HostBits::add`]), and bits are cleared
-//! only by [`HostBits::rebuild`], from the addresses the table holds while nothing writes
-//! it. Bits of removed entries stay set until then: they only cost a search.
+//! The promise the programs rely on: an address with a clear bit among its own has no entry.
+//! So an address's bits are set before an entry for it is written ([`HostBits::add`]), and
+//! bits are cleared only by [`HostBits::rebuild`], from the addresses the table holds while
+//! nothing writes it. Bits of removed entries stay set until then: they only cost a search.
 
 use std::{
     ptr::NonNull,
@@ -53,14 +53,14 @@ impl HostBits {
     /// Marks `addr` (two words in memory order) as one the table may hold: call it before
     /// writing an entry for it.
     pub fn add(&self, addr: [u64; 2]) {
-        let (word, bit) = place(addr);
-        self.word(word).fetch_or(bit, Ordering::Release);
+        let (word, mask) = place(addr);
+        self.word(word).fetch_or(mask, Ordering::Release);
     }
 
-    /// Whether `addr`'s bit is set.
+    /// Whether all of `addr`'s bits are set (the programs then search the table).
     pub fn may_hold(&self, addr: [u64; 2]) -> bool {
-        let (word, bit) = place(addr);
-        self.word(word).load(Ordering::Acquire) & bit != 0
+        let (word, mask) = place(addr);
+        self.word(word).load(Ordering::Acquire) & mask == mask
     }
 
     /// Sets exactly the bits of `held`, every address the table holds now; nothing may
@@ -69,8 +69,8 @@ impl HostBits {
     pub fn rebuild(&self, held: impl IntoIterator<Item = [u64; 2]>) {
         let mut words = vec![0u64; WORDS as usize];
         for addr in held {
-            let (word, bit) = place(addr);
-            words[word as usize] |= bit;
+            let (word, mask) = place(addr);
+            words[word as usize] |= mask;
         }
         for (index, value) in (0..WORDS).zip(words) {
             let word = self.word(index);
@@ -80,7 +80,7 @@ impl HostBits {
         }
     }
 
-    /// How many bits are set (the share of new peers that still search the table).
+    /// How many bits are set.
     pub fn count(&self) -> u32 {
         (0..WORDS)
             .map(|index| self.word(index).load(Ordering::Relaxed).count_ones())
