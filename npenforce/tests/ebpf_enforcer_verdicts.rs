@@ -1638,11 +1638,55 @@ fn a_node_address_from_the_network_is_not_the_node() {
     }
 }
 
+/// A deleted pod's id admits nothing but node traffic from the moment its deletion is
+/// applied, isolated or not: its veth names the id until the interfaces are synced after the
+/// apply, and a force-deleted pod's containers may still run behind it.
+#[test]
+fn a_deleted_pods_id_admits_only_node_traffic() {
+    if !kernel_tests_enabled("a_deleted_pods_id_admits_only_node_traffic") {
+        return;
+    }
+    use npenforce_common::pod_state_flags::PRESENT;
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4)])
+        .expect("node addresses");
+    // web (isolated, admits client) and monitor (not isolated); the veth stays theirs.
+    for (name, addr) in [("web", WEB4), ("monitor", MONITOR4)] {
+        let id = b.pod_id(name);
+        b.lo_is(b.iface_of(name));
+        let from = |src: &str, port: u16| Craft::new(ip(src), ip(addr), L4::tcp(port, 80)).build();
+        assert_eq!(
+            b.run_to_web(&from(CLIENT4, 41000)),
+            "PASS",
+            "{name}: client"
+        );
+        b.change(Change::DeletePod(PodKey::new("default", name)));
+        let flags = b.enforcer.maps().kernel_pod_flags(id).expect("POD_STATE");
+        assert_eq!(flags & PRESENT, 0, "{name}: gone");
+        assert_eq!(
+            b.run_to_web(&from(CLIENT4, 41001)),
+            "DROP",
+            "{name}: deleted, a new flow from client"
+        );
+        assert_eq!(
+            b.run_to_web(&from("10.9.9.9", 41002)),
+            "DROP",
+            "{name}: deleted, a new flow from anywhere"
+        );
+        assert_eq!(
+            b.run_to_web(&from(NODE4, 41003)),
+            "PASS",
+            "{name}: deleted, the node's own traffic"
+        );
+    }
+}
+
 /// A tracked flow belongs to the pods that admitted it. When such a pod is deleted and a new
 /// pod gets its address, the flow's next packet is the new pod's to judge: under a new id
-/// while the old one is free, or under a new id while the old one names yet another pod,
-/// also when the flow was admitted after the deletion (through the veth, not yet forgotten,
-/// that still names the old id).
+/// while the old one is free, or under a new id while the old one names yet another pod.
+/// (The veth, not yet forgotten, that still names the old id after the deletion admits no
+/// flow of its own meanwhile.)
 #[test]
 fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
     if !kernel_tests_enabled("a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address") {
@@ -1663,7 +1707,7 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
             false,
         ),
         (
-            "monitor's id given to another pod, flow admitted after the deletion",
+            "monitor's id given to another pod, the flow sent after the deletion",
             &["monitor"],
             &[FILLER],
             true,
@@ -1684,8 +1728,8 @@ fn a_flow_of_a_deleted_pod_is_not_the_next_owner_of_its_address() {
         if admitted_after_deletion {
             assert_eq!(
                 b.run_to_web(&packet),
-                "PASS",
-                "{case}: monitor's veth admits it"
+                "DROP",
+                "{case}: monitor's veth, still naming its id, admits nothing"
             );
         }
         for (name, v4, v6) in created_first {

@@ -386,7 +386,15 @@ impl PolicyMaps {
         for id in &renewed {
             self.pod_since.insert(*id, next_generation);
         }
-        let new_flags = pod_flags_from(self.mirror.endpoints.values(), &self.table_entries);
+        let mut new_flags = pod_flags_from(self.mirror.endpoints.values(), &self.table_entries);
+        // A pod gone from ENDPOINTS leaves its id closed both ways, with no tables: node
+        // traffic only, as for a pending pod. Its veth still names the id until the
+        // interfaces are synced after this apply (and a force-deleted pod's containers may
+        // still run); an id without isolation would let anything through meanwhile. The
+        // entry stays so until the id is given to another pod.
+        for pod_id in self.pod_flags.keys() {
+            new_flags.entry(*pod_id).or_insert(ISOLATION);
+        }
         let touched: BTreeSet<u32> = self
             .pod_flags
             .keys()
