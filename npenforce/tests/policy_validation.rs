@@ -89,6 +89,16 @@ fn field_paths_and_messages() {
             "unsupported value",
         ),
         (
+            "  podSelector: {}\n  policyTypes: [Ingress, Egress, Ingress]",
+            "spec.policyTypes",
+            "more than two policyTypes",
+        ),
+        (
+            "  podSelector: {}\n  ingress:\n  - from:\n    - podSelector:\n        matchExpressions: [{key: app, operator: NotIn, values: [web, -bad-]}]",
+            "spec.ingress[0].from[0].podSelector.matchExpressions[0].values[1]",
+            "invalid label value",
+        ),
+        (
             "  podSelector: {}\n  ingress:\n  - from:\n    - {}",
             "spec.ingress[0].from[0]",
             "must specify a peer",

@@ -367,6 +367,18 @@ impl Policy {
                 let mut ingress = false;
                 let mut egress = false;
                 let mut bad = false;
+                // As the API server: "may not specify more than two policyTypes" (a repeated
+                // one included).
+                if types.len() > 2 {
+                    bad = true;
+                    err(
+                        "spec.policyTypes".to_string(),
+                        format!(
+                            "may not specify more than two policyTypes (found {})",
+                            types.len()
+                        ),
+                    );
+                }
                 for (i, t) in types.iter().enumerate() {
                     match t.as_str() {
                         "Ingress" => ingress = true,

@@ -78,6 +78,13 @@ impl Selector {
             if let Err(e) = validate_key(&expr.key) {
                 errors.push((format!("{field}.key"), e));
             }
+            // As the API server: a value no label can have would make a `NotIn` match every
+            // pod, where upstream refuses the object.
+            for (j, value) in expr.values.iter().flatten().enumerate() {
+                if let Err(e) = validate_value(value) {
+                    errors.push((format!("{field}.values[{j}]"), e));
+                }
+            }
             let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
             let key = expr.key.clone();
             let req = match expr.operator.as_str() {
@@ -303,5 +310,8 @@ mod tests {
         assert!(e[0].1.contains("may not be specified"));
         let e = bad(expr("", "Exists", None));
         assert_eq!(e[0].0, "matchExpressions[0].key");
+        let e = bad(expr("app", "NotIn", Some(&["web", "not a value"])));
+        assert_eq!(e[0].0, "matchExpressions[0].values[1]");
+        assert!(e[0].1.contains("invalid label value"), "{}", e[0].1);
     }
 }
