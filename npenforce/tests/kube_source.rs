@@ -676,3 +676,39 @@ async fn run_agent_with_kube_follows_the_api_server() {
         .expect("clean stop");
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// A policy the API server serves with a selector value no label can have (stored before
+/// the API server checked selector values, which it still serves and lets be updated): it is
+/// enforced as written, the value matching no label, not failed closed as a file would be.
+#[tokio::test]
+async fn a_served_selector_value_no_label_has_matches_no_label() {
+    let server = FakeApiServer::start().await;
+    populate(&server);
+    server.apply(&policy(
+        "default",
+        "web-from-all-but-nothing",
+        json!({
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                {"key": "role", "operator": "NotIn", "values": ["-stored-before-checks-"]}]}}],
+                         "ports": [{"port": 80}]}],
+        }),
+    ));
+    let (agent, _source) = start_agent(&server);
+    agent.wait_ready().await;
+    agent
+        .expect_verdicts(
+            "NotIn a value no label has: every pod of the namespace",
+            &[
+                (CLIENT, WEB, 80, true),
+                (CLIENT, WEB, 81, false),
+                (MON, WEB, 80, false),
+            ],
+        )
+        .await;
+    let status = agent.handle.status();
+    assert!(
+        status.validation_errors.is_empty() && status.invalid_inputs.is_empty(),
+        "{status:#?}"
+    );
+}

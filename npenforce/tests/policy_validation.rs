@@ -222,3 +222,24 @@ spec:
         ("ns/client", "other/x", 80, true),
     ]);
 }
+
+/// A selector value no label can have: refused in a file, as the API server refuses it in a
+/// new object; kept, matching no label, in a policy the API server serves (it may have stored
+/// it before it checked selector values, and it keeps serving and updating such objects).
+#[test]
+fn invalid_selector_values_are_refused_in_files_and_kept_from_the_api_server() {
+    use npenforce::policy::{LabelValues, Labels};
+    let np = yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: old, namespace: ns}\nspec:\n  podSelector:\n    matchExpressions: [{key: app, operator: NotIn, values: [-bad-]}]\n",
+    );
+    let from_file = Policy::from_k8s(&np).expect("named");
+    assert_eq!(from_file.errors.len(), 1, "{:?}", from_file.errors);
+    let served = Policy::from_k8s_with(&np, LabelValues::Unchecked).expect("named");
+    assert!(served.errors.is_empty(), "{:?}", served.errors);
+    let web: Labels = [("app".to_string(), "web".to_string())].into();
+    let selector = served.pod_selector.expect("a selector");
+    assert!(
+        selector.matches(&web),
+        "NotIn a value no label has: every pod"
+    );
+}

@@ -65,4 +65,4 @@ pub use model::{
     Direction, NamedPort, Namespace, NodeScope, ObjectKey, Pod, PodKey, Policy, PolicyKey,
     Snapshot, ValidationError,
 };
-pub use selector::{Labels, Selector};
+pub use selector::{LabelValues, Labels, Selector};

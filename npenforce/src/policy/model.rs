@@ -11,7 +11,7 @@ use npenforce_common::ip_proto;
 
 use super::ipblock::{parse_ip_block, IpBlock};
 use super::ports::{parse_port, PortSpec};
-use super::selector::{Labels, Selector};
+use super::selector::{LabelValues, Labels, Selector};
 
 /// The label the API server puts on every namespace (since Kubernetes 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -320,9 +320,15 @@ impl Policy {
                 .is_none_or(|s| s.matches(&pod.labels))
     }
 
-    /// Validates a Kubernetes NetworkPolicy; `None` when it has no name. A policy without a
-    /// namespace is put in `default`.
+    /// Validates a Kubernetes NetworkPolicy as the API server checks a new one; `None` when
+    /// it has no name. A policy without a namespace is put in `default`.
     pub fn from_k8s(np: &NetworkPolicy) -> Option<Policy> {
+        Policy::from_k8s_with(np, LabelValues::Checked)
+    }
+
+    /// [`Policy::from_k8s`], with selector values checked or not (`Unchecked`: a policy the
+    /// API server serves, which it may have stored before it checked them).
+    pub fn from_k8s_with(np: &NetworkPolicy, label_values: LabelValues) -> Option<Policy> {
         let key = ObjectKey::new(
             np.metadata
                 .namespace
@@ -330,10 +336,10 @@ impl Policy {
                 .unwrap_or_else(|| "default".to_string()),
             np.metadata.name.clone()?,
         );
-        Some(Policy::validate(key, np))
+        Some(Policy::validate(key, np, label_values))
     }
 
-    fn validate(key: PolicyKey, np: &NetworkPolicy) -> Policy {
+    fn validate(key: PolicyKey, np: &NetworkPolicy, label_values: LabelValues) -> Policy {
         let mut errors = Vec::new();
         let mut err = |field: String, message: String| {
             errors.push(ValidationError {
@@ -344,7 +350,8 @@ impl Policy {
         };
         let spec = np.spec.clone().unwrap_or_default();
 
-        let pod_selector = match spec.pod_selector.as_ref().map(Selector::parse) {
+        let parse = |s| Selector::parse_with(s, label_values);
+        let pod_selector = match spec.pod_selector.as_ref().map(parse) {
             None => Some(Selector::everything()),
             Some(Ok(s)) => Some(s),
             Some(Err(es)) => {
@@ -409,6 +416,7 @@ impl Policy {
                 "from",
                 r.from.as_deref(),
                 r.ports.as_deref(),
+                label_values,
                 &mut err,
             );
             ingress.push(rule);
@@ -416,7 +424,14 @@ impl Policy {
         let mut egress = Vec::new();
         for (i, r) in spec.egress.iter().flatten().enumerate() {
             let field = format!("spec.egress[{i}]");
-            let rule = parse_rule(&field, "to", r.to.as_deref(), r.ports.as_deref(), &mut err);
+            let rule = parse_rule(
+                &field,
+                "to",
+                r.to.as_deref(),
+                r.ports.as_deref(),
+                label_values,
+                &mut err,
+            );
             egress.push(rule);
         }
 
@@ -445,6 +460,7 @@ fn parse_rule(
     peers_field: &str,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
+    label_values: LabelValues,
     err: &mut impl FnMut(String, String),
 ) -> Option<Rule> {
     let mut ok = true;
@@ -454,7 +470,7 @@ fn parse_rule(
             let mut out = Vec::new();
             for (j, p) in list.iter().enumerate() {
                 let pf = format!("{field}.{peers_field}[{j}]");
-                match parse_peer(&pf, p, err) {
+                match parse_peer(&pf, p, label_values, err) {
                     Some(peer) => out.push(peer),
                     None => ok = false,
                 }
@@ -486,12 +502,13 @@ fn parse_rule(
 fn parse_peer(
     field: &str,
     peer: &NetworkPolicyPeer,
+    label_values: LabelValues,
     err: &mut impl FnMut(String, String),
 ) -> Option<Peer> {
     let mut sel = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
                    name: &str|
      -> Result<Option<Selector>, ()> {
-        match s.as_ref().map(Selector::parse) {
+        match s.as_ref().map(|s| Selector::parse_with(s, label_values)) {
             None => Ok(None),
             Some(Ok(s)) => Ok(Some(s)),
             Some(Err(es)) => {

@@ -35,6 +35,19 @@ impl Requirement {
     }
 }
 
+/// Whether selector values are checked as label values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LabelValues {
+    /// As the API server checks an object it is asked to create (and files read from disk,
+    /// which nobody checked): a value no label can have is an error.
+    #[default]
+    Checked,
+    /// As the API server serves objects stored before it checked selector values (it keeps
+    /// accepting updates of those, `AllowInvalidLabelValueInSelector`): such a value is kept
+    /// and matches no label, so that an agent upgrade does not fail those policies closed.
+    Unchecked,
+}
+
 /// A validated label selector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
@@ -61,9 +74,17 @@ impl Selector {
             && self.requirements.iter().all(|r| r.matches(labels))
     }
 
-    /// Validates a Kubernetes selector. Errors are `(field path relative to the selector,
-    /// message)`, e.g. `("matchExpressions[0].operator", "...")`.
+    /// Validates a Kubernetes selector, its values checked. Errors are `(field path relative
+    /// to the selector, message)`, e.g. `("matchExpressions[0].operator", "...")`.
     pub fn parse(selector: &LabelSelector) -> Result<Selector, Vec<(String, String)>> {
+        Selector::parse_with(selector, LabelValues::Checked)
+    }
+
+    /// [`Selector::parse`], with `matchExpressions` values checked or not.
+    pub fn parse_with(
+        selector: &LabelSelector,
+        label_values: LabelValues,
+    ) -> Result<Selector, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let mut match_labels = Vec::new();
         for (k, v) in selector.match_labels.iter().flatten() {
@@ -80,9 +101,11 @@ impl Selector {
             }
             // As the API server: a value no label can have would make a `NotIn` match every
             // pod, where upstream refuses the object.
-            for (j, value) in expr.values.iter().flatten().enumerate() {
-                if let Err(e) = validate_value(value) {
-                    errors.push((format!("{field}.values[{j}]"), e));
+            if label_values == LabelValues::Checked {
+                for (j, value) in expr.values.iter().flatten().enumerate() {
+                    if let Err(e) = validate_value(value) {
+                        errors.push((format!("{field}.values[{j}]"), e));
+                    }
                 }
             }
             let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
@@ -313,5 +336,23 @@ mod tests {
         let e = bad(expr("app", "NotIn", Some(&["web", "not a value"])));
         assert_eq!(e[0].0, "matchExpressions[0].values[1]");
         assert!(e[0].1.contains("invalid label value"), "{}", e[0].1);
+    }
+
+    #[test]
+    fn unchecked_values_are_kept_and_match_no_label() {
+        let stored = |op: &str| {
+            Selector::parse_with(
+                &LabelSelector {
+                    match_labels: None,
+                    match_expressions: Some(vec![expr("app", op, Some(&["not a value"]))]),
+                },
+                LabelValues::Unchecked,
+            )
+            .expect("accepted as stored")
+        };
+        let web = labels(&[("app", "web")]);
+        assert!(!stored("In").matches(&web));
+        assert!(stored("NotIn").matches(&web));
+        assert!(stored("NotIn").matches(&labels(&[])));
     }
 }

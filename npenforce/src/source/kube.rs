@@ -43,7 +43,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{delete_change, describe, Kind, Object, SourceEvent};
-use crate::policy::{Namespace, ObjectKey, Pod, Policy, ValidationError};
+use crate::policy::{LabelValues, Namespace, ObjectKey, Pod, Policy, ValidationError};
 
 /// How the source talks to the API server.
 #[derive(Clone, Debug)]
@@ -366,7 +366,11 @@ pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
         }
         Kind::NetworkPolicy => {
             let policy = match field(&obj.body, "spec") {
-                Ok(spec) => Policy::from_k8s(&NetworkPolicy { metadata, spec }),
+                // Served by the API server, which may have stored it before it checked
+                // selector values.
+                Ok(spec) => {
+                    Policy::from_k8s_with(&NetworkPolicy { metadata, spec }, LabelValues::Unchecked)
+                }
                 Err(error) => undecodable_policy(metadata, &obj.body, error),
             };
             policy.map(Object::Policy).ok_or_else(missing)
@@ -389,10 +393,13 @@ fn undecodable_policy(metadata: ObjectMeta, body: &Value, error: String) -> Opti
         policy_types: policy_types.as_ref().ok().cloned().flatten(),
         ..NetworkPolicySpec::default()
     };
-    let mut policy = Policy::from_k8s(&NetworkPolicy {
-        metadata,
-        spec: Some(decoded),
-    })?;
+    let mut policy = Policy::from_k8s_with(
+        &NetworkPolicy {
+            metadata,
+            spec: Some(decoded),
+        },
+        LabelValues::Unchecked,
+    )?;
     if pod_selector.is_err() {
         policy.pod_selector = None;
     }
