@@ -812,12 +812,10 @@ fn related_in<K: FlowKey>(flow: &Flow, cfg: &DataplaneConfig, now: u64) -> bool 
     if found.entry.generation != current && !admitted_by_current_pods(&found.entry) {
         return false;
     }
+    // Not written back: the flow's own next packet records the verdict (an error is
+    // nobody's packet of the flow, and its write could undo one of theirs, see `update`).
     let mut entry = found.entry;
-    let allowed = judged_again(&key, &mut entry, current, false, cfg) == 0;
-    if entry != found.entry {
-        update(&found, &entry);
-    }
-    allowed
+    judged_again(&key, &mut entry, current, false, cfg) == 0
 }
 
 /// What recording a new flow did.

@@ -391,8 +391,9 @@ impl PolicyMaps {
         // traffic only, as for a pending pod. Its veth still names the id until the
         // interfaces are synced after this apply (and a force-deleted pod's containers may
         // still run); an id without isolation would let anything through meanwhile. The
-        // entry stays so until the id is given to another pod.
-        for pod_id in self.pod_flags.keys() {
+        // entry stays so until the id is given to another pod. (Those with addresses before
+        // too: an agent restarted over a half-done apply may not know the id's flags.)
+        for pod_id in self.pod_flags.keys().chain(addresses_before.keys()) {
             new_flags.entry(*pod_id).or_insert(ISOLATION);
         }
         let touched: BTreeSet<u32> = self
