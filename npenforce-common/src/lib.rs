@@ -1000,7 +1000,9 @@ pub mod answer_cache {
 /// before it writes an entry, and clears bits only of addresses without entries, so a
 /// program that skips the table on a clear bit gets the table's answer.
 pub mod host_filter {
-    /// Words of the filter: 2^22 bits (512 KiB).
+    /// Words of the filter: 2^22 bits (512 KiB). An agent adopts a pinned filter by its size
+    /// alone: a change to [`place`] needs another size (or a check of its own), or the
+    /// programs would skip entries an older agent's bits do not show.
     pub const WORDS: u32 = 1 << 16;
     /// Bits an address sets, all in one word (a blocked Bloom filter): a test is one load
     /// and a compare, and an absent address searches the table only when all of them are set
