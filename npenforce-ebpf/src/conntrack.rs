@@ -681,7 +681,9 @@ fn judged_again<K: FlowKey>(
     if entry.generation == current && !pods_changed {
         return if denied { entry.reason } else { 0 };
     }
-    if !denied && cfg.keep_established != 0 {
+    // Kept flows stay as they were judged, but not for a pod that joins one: its policy never
+    // saw the flow (a flow recorded without a pod on this side, from a forged source say).
+    if !denied && cfg.keep_established != 0 && !pods_changed {
         return 0;
     }
     // A changed policy: an allowed flow may be cut now, a cut one may be allowed again.

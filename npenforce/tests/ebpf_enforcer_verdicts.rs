@@ -1863,6 +1863,42 @@ spec:
     );
 }
 
+/// `keep_established` keeps tracked flows as they were judged, but a pod that fills in a side
+/// the flow was recorded without is judged: here a packet from the network with pod closed's
+/// address opened a flow to monitor, and closed, whose egress policy allows nothing, sends
+/// on it.
+#[test]
+fn keep_established_still_judges_a_pod_that_joins_a_flow() {
+    if !kernel_tests_enabled("keep_established_still_judges_a_pod_that_joins_a_flow") {
+        return;
+    }
+    use npenforce_common::{mark, program_names::FROM_POD};
+    for keep_established in [0, 1] {
+        let options = DataplaneOptions {
+            config: Some(npenforce_common::DataplaneConfig {
+                keep_established,
+                ..npenforce_common::DataplaneConfig::DEFAULT
+            }),
+            ..DataplaneOptions::default()
+        };
+        let mut b = Bench::with_options(&options);
+        let (closed, _) = b.add_closed_pod();
+        let packet = Craft::new(ip(closed), ip(MONITOR4), L4::udp(5000, 53)).build();
+        b.lo_is(b.iface_of("monitor"));
+        assert_eq!(
+            b.run_marked(TO_POD, &packet, mark::CLASSIFIED).0,
+            verdict::PASS,
+            "from the network, claiming closed's address: monitor admits it"
+        );
+        b.lo_is(b.iface_of("closed"));
+        assert_eq!(
+            b.run_marked(FROM_POD, &packet, 0).0,
+            verdict::DROP,
+            "closed sends on that flow (keep_established {keep_established})"
+        );
+    }
+}
+
 /// A pod whose egress is isolated answers a flow from the network with a datagram too large
 /// for one packet. Its first fragment is the flow's (marked established where the pod sends
 /// it, so the uplink passes it without a look); its later fragments, which carry no ports,
