@@ -1014,10 +1014,16 @@ pub fn is_tcp_mid_flow(packet: &Packet) -> bool {
         && (packet.tcp_flags & TCP_SYN == 0 || packet.tcp_flags & TCP_ACK != 0)
 }
 
+/// The datagram a fragment belongs to, as the receiver reassembles it: IPv4 by source,
+/// destination, protocol and id; IPv6 by source, destination and id alone (RFC 8200). An
+/// IPv6 fragment's `protocol` is not the datagram's: a later fragment's is the fragment
+/// header's next header, the first's is where the header chain ends (after destination
+/// options, say).
 #[inline(always)]
 fn frag_key(packet: &Packet) -> FragKey {
     let (src, dst) = (packet.src.words(), packet.dst.words());
-    let tail = (packet.fragment_id as u64) | ((packet.protocol as u64) << 32);
+    let protocol = if packet.is_ipv6 { 0 } else { packet.protocol };
+    let tail = (packet.fragment_id as u64) | ((protocol as u64) << 32);
     let raw: [u64; 5] = [src[0], src[1], dst[0], dst[1], tail];
     // SAFETY: FragKey is repr(C), 40 bytes, any bytes are valid; the words lay out src, dst,
     // id, protocol and a zero pad in little-endian (bpfel) memory order. Built from words to

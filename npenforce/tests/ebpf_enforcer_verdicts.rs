@@ -1863,6 +1863,58 @@ spec:
     );
 }
 
+/// An IPv6 datagram whose fragment header comes before other extension headers (here
+/// destination options, then TCP): its later fragments carry the fragment header's next
+/// header (destination options), not TCP, and still get the first fragment's verdict.
+#[test]
+fn ipv6_later_fragments_follow_a_first_fragment_with_headers_after_the_fragment_header() {
+    if !kernel_tests_enabled(
+        "ipv6_later_fragments_follow_a_first_fragment_with_headers_after_the_fragment_header",
+    ) {
+        return;
+    }
+    const DEST_OPTS: u8 = 60;
+    let mut b = Bench::new();
+    // Destination options (next header TCP, 8 bytes: PadN) and client's SYN to web:80.
+    let syn = Craft::new(ip(CLIENT6), ip(WEB6), L4::tcp(40030, 80)).build();
+    let tcp = &syn[14 + 40..];
+    let mut after_fragment_header = vec![6, 0, 1, 4, 0, 0, 0, 0];
+    after_fragment_header.extend_from_slice(tcp);
+    let fragment = |from: &str, offset: u16, more: bool, id: u32, payload: Vec<u8>| {
+        Craft::new(
+            ip(from),
+            ip(WEB6),
+            L4::Raw {
+                protocol: DEST_OPTS,
+                payload,
+            },
+        )
+        .fragment(Frag { offset, more, id })
+        .build()
+    };
+    let later = |from: &str, id: u32| fragment(from, 100, false, id, vec![7; 16]);
+    assert_eq!(
+        b.run_to_web(&later(CLIENT6, 91)),
+        "DROP",
+        "a later fragment without its first"
+    );
+    assert_eq!(
+        b.run_to_web(&fragment(CLIENT6, 0, true, 91, after_fragment_header)),
+        "PASS",
+        "the first fragment: client's SYN to port 80 behind destination options"
+    );
+    assert_eq!(
+        b.run_to_web(&later(CLIENT6, 91)),
+        "PASS",
+        "its later fragment"
+    );
+    assert_eq!(
+        b.run_to_web(&later(MONITOR6, 91)),
+        "DROP",
+        "the same id from another source"
+    );
+}
+
 /// `keep_established` keeps tracked flows as they were judged, but a pod that fills in a side
 /// the flow was recorded without is judged: here a packet from the network with pod closed's
 /// address opened a flow to monitor, and closed, whose egress policy allows nothing, sends
