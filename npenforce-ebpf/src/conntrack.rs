@@ -517,12 +517,14 @@ fn lookup_in<K: FlowKey>(
     };
     let protocol = packet.protocol;
     if protocol == ip_proto::TCP
-        && packet.tcp_flags & TCP_SYN != 0
-        && packet.tcp_flags & TCP_ACK == 0
-        && !from_initiator
+        && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && (!from_initiator || is_closing(&entry, protocol))
     {
         // A connection opening from the side that answered this flow is a new connection,
-        // not part of it (a flow adopted mid-flow must not let the peer open new ones).
+        // not part of it (a flow adopted mid-flow must not let the peer open new ones). So
+        // is one the initiator opens on the ports of a connection that is over (a reset
+        // leaves no TIME_WAIT): judged and recorded afresh in the same slot, it does not
+        // keep the old one's FIN or RST and closing timeout.
         return Tracked::Unknown;
     }
     if age >= cfg.shortest_timeout_ticks as u64 && age > timeout(&entry, protocol, cfg) {

@@ -575,6 +575,58 @@ fn tracked_flows_expire_after_their_timeout() {
     );
 }
 
+/// A TCP connection closed by a reset, whose ports the client opens again at once (a reset
+/// leaves no TIME_WAIT): the new connection is tracked afresh, not under the old one's
+/// closing timeout, so a pause longer than that does not cut it.
+#[test]
+fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
+    if !kernel_tests_enabled("a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh")
+    {
+        return;
+    }
+    let mut config = npenforce_common::DataplaneConfig::DEFAULT;
+    config.tcp_closing_timeout_s = 1;
+    // No mid-flow adoption: web's answers pass only as part of a tracked flow.
+    config.adoption_window_s = 0;
+    let options = DataplaneOptions {
+        config: Some(config),
+        ..DataplaneOptions::default()
+    };
+    let mut b = Bench::with_options(&options);
+    let tcp = |src: &str, dst: &str, ports: (u16, u16), flags: u8| {
+        Craft::new(
+            ip(src),
+            ip(dst),
+            L4::Tcp {
+                src_port: ports.0,
+                dst_port: ports.1,
+                flags,
+            },
+        )
+        .build()
+    };
+    let (syn, ack, rst) = (L4::TCP_SYN, L4::TCP_ACK, 0x04);
+    let from_client = |flags| tcp(CLIENT4, WEB4, (40040, 80), flags);
+    let from_web = |flags| tcp(WEB4, CLIENT4, (80, 40040), flags);
+    assert_eq!(b.run_to_web(&from_web(ack)), "DROP", "no flow yet");
+    for (what, packet) in [
+        ("client opens", from_client(syn)),
+        ("web answers", from_web(syn | ack)),
+        ("client resets", from_client(rst | ack)),
+        ("client opens the same ports again", from_client(syn)),
+        ("web answers", from_web(syn | ack)),
+        ("client acknowledges", from_client(ack)),
+    ] {
+        assert_eq!(b.run_to_web(&packet), "PASS", "{what}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        b.run_to_web(&from_web(ack)),
+        "PASS",
+        "web's next segment after a pause longer than the closing timeout"
+    );
+}
+
 /// A pod's peer entries live in two maps (single addresses in a hash, shorter prefixes in a
 /// trie) and `POD_STATE` says which of them hold entries of the pod, so the programs skip
 /// the other. Changing a policy between pod selectors and ipBlocks must move those flags
