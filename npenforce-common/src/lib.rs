@@ -482,6 +482,10 @@ pub mod ct_state {
     /// cut, rather than being re-admitted as a mid-flow connection) until a later policy
     /// generation allows it again or the entry times out. `CtEntry::reason` says why.
     pub const DENIED: u8 = 1 << 5;
+    /// The initiator's first packet came from the network: its address is not the node's
+    /// whatever it says (a client that kube-proxy masqueraded to the node's address, or a
+    /// forged source), so judging the flow again does not take it for node traffic.
+    pub const FROM_NETWORK: u8 = 1 << 6;
 }
 
 /// The state of a tracked flow (in a [`CtSlot`] of `CONNTRACK_V4` or `CONNTRACK_V6`).

@@ -732,6 +732,7 @@ fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
         dst_port as u32,
         entry.egress_pod,
         entry.ingress_pod,
+        (entry.state & ct_state::FROM_NETWORK == 0) as u32,
     ) {
         0 => Ok(()),
         reason => Err(reason as u8),
@@ -754,6 +755,7 @@ pub extern "C" fn npe_rejudge(
     dst_port: u32,
     egress_pod: u32,
     ingress_pod: u32,
+    src_may_be_node: u32,
 ) -> u32 {
     let Some(ends) = REJUDGE_ENDS.get_ptr(0) else {
         return drop_reason::MALFORMED as u32;
@@ -767,6 +769,7 @@ pub extern "C" fn npe_rejudge(
         dst_port as u16,
         egress_pod,
         ingress_pod,
+        src_may_be_node != 0,
         crate::config(),
     ) {
         Ok(()) => 0,
@@ -850,6 +853,7 @@ pub fn create(
     ingress_pod: u32,
     now: u64,
     judged_under: u32,
+    from_network: bool,
     is_ipv6: bool,
     cfg: &DataplaneConfig,
 ) -> Created {
@@ -861,6 +865,7 @@ pub fn create(
         ingress_pod,
         now,
         judged_under,
+        from_network,
     };
     if is_ipv6 {
         create_in::<CtKey>(src, dst, &flow, cfg)
@@ -879,6 +884,8 @@ struct NewFlow {
     now: u64,
     /// The policy generation read before the flow was judged (see [`create`]).
     judged_under: u32,
+    /// `src` sent from the network (`ct_state::FROM_NETWORK`).
+    from_network: bool,
 }
 
 #[inline(always)]
@@ -900,7 +907,12 @@ fn create_in<K: FlowKey>(
         generation: flow.judged_under,
         egress_pod: flow.egress_pod,
         ingress_pod: flow.ingress_pod,
-        state: if src_is_a { ct_state::A_INITIATED } else { 0 },
+        state: (if src_is_a { ct_state::A_INITIATED } else { 0 })
+            | (if flow.from_network {
+                ct_state::FROM_NETWORK
+            } else {
+                0
+            }),
         reason: 0,
         _pad: [0; 2],
     };

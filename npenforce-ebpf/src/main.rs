@@ -605,6 +605,7 @@ fn exit_verdict(
             receiver,
             now,
             judged_under,
+            from_network(m),
             packet.is_ipv6,
             cfg,
         );
@@ -632,6 +633,7 @@ fn exit_verdict(
             packet.src_port,
             reverse_egress,
             reverse_ingress,
+            true,
             cfg,
         )
         .is_ok()
@@ -647,6 +649,7 @@ fn exit_verdict(
                 reverse_ingress,
                 now,
                 judged_under,
+                false,
                 packet.is_ipv6,
                 cfg,
             );

@@ -210,7 +210,9 @@ pub fn side_verdict(
     })
 }
 
-/// Judges a flow from `src` to `dst`: both sides' policies.
+/// Judges a flow from `src` to `dst`: both sides' policies. `src_may_be_node`: a `src` with
+/// one of the node's addresses is the node (not so for a flow that came from the network).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn judge(
     src: &WordAddr,
@@ -219,6 +221,7 @@ pub fn judge(
     dst_port: u16,
     egress_pod: u32,
     ingress_pod: u32,
+    src_may_be_node: bool,
     cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
     side_verdict(
@@ -236,7 +239,7 @@ pub fn judge(
         protocol,
         dst_port,
         ingress_pod,
-        true,
+        src_may_be_node,
         cfg,
     )
 }

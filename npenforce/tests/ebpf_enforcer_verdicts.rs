@@ -1690,6 +1690,70 @@ fn a_node_address_from_the_network_is_not_the_node() {
     }
 }
 
+/// A flow from the network whose source is a node address (a client that kube-proxy
+/// masqueraded to it on the way to a NodePort backend) is judged by the backend's policy,
+/// here an ipBlock that admits the node's subnet. When a new policy no longer admits it, the
+/// flow is cut: judged again, it is still not node traffic.
+#[test]
+fn a_flow_from_the_network_with_a_node_address_is_cut_when_policy_denies_it() {
+    if !kernel_tests_enabled(
+        "a_flow_from_the_network_with_a_node_address_is_cut_when_policy_denies_it",
+    ) {
+        return;
+    }
+    use npenforce_common::mark;
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4)])
+        .expect("node addresses");
+    b.change(web_in("{ipBlock: {cidr: 192.168.0.0/24}}", 80));
+    let segment = |flags| {
+        Craft::new(
+            ip(NODE4),
+            ip(WEB4),
+            L4::Tcp {
+                src_port: 43000,
+                dst_port: 80,
+                flags,
+            },
+        )
+        .build()
+    };
+    let from_network = mark::CLASSIFIED;
+    let run = |b: &mut Bench, flags| b.run_marked(TO_POD, &segment(flags), from_network).0;
+    assert_eq!(
+        run(&mut b, L4::TCP_SYN),
+        verdict::PASS,
+        "the ipBlock admits it"
+    );
+    assert_eq!(run(&mut b, L4::TCP_ACK), verdict::PASS, "tracked");
+    b.change(web_in("{podSelector: {matchLabels: {role: client}}}", 80));
+    assert_eq!(
+        run(&mut b, L4::TCP_ACK),
+        verdict::DROP,
+        "the new policy admits only client: the flow is cut"
+    );
+    // The node's own flow (unmarked) is node traffic, before and after a change.
+    let own = Craft::new(ip(NODE4), ip(WEB4), L4::tcp(43001, 80)).build();
+    assert_eq!(b.run_marked(TO_POD, &own, 0).0, verdict::PASS);
+    b.change(web_in("{podSelector: {matchLabels: {role: other}}}", 80));
+    let own_ack = Craft::new(
+        ip(NODE4),
+        ip(WEB4),
+        L4::Tcp {
+            src_port: 43001,
+            dst_port: 80,
+            flags: L4::TCP_ACK,
+        },
+    )
+    .build();
+    assert_eq!(
+        b.run_marked(TO_POD, &own_ack, 0).0,
+        verdict::PASS,
+        "the node's own flow after a change"
+    );
+}
+
 /// A deleted pod's id admits nothing but node traffic from the moment its deletion is
 /// applied, isolated or not: its veth names the id until the interfaces are synced after the
 /// apply, and a force-deleted pod's containers may still run behind it.
