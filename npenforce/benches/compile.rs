@@ -23,7 +23,8 @@ use npenforce::policy::{
     ipblock::parse_ip_block,
     model::{Peer, Rule},
     ports::{PortMatch, PortSpec},
-    Change, Compiler, NamedPort, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector, Snapshot,
+    AddressClaim, Change, Compiler, NamedPort, Namespace, NodeScope, ObjectKey, Pod, Policy,
+    Selector, Snapshot,
 };
 use npenforce_common::ip_proto;
 
@@ -82,6 +83,7 @@ fn pod(i: usize, namespaces: usize, nodes: usize, app_shift: usize) -> Pod {
             protocol: ip_proto::TCP,
             port: 8080,
         }],
+        claim: AddressClaim::live(),
     }
 }
 

@@ -70,8 +70,8 @@ use npenforce::{
         ipblock::parse_ip_block,
         model::{Peer, Rule},
         ports::{PortMatch, PortSpec},
-        Compiler, MapDiff, NamedPort, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector,
-        Snapshot,
+        AddressClaim, Compiler, MapDiff, NamedPort, Namespace, NodeScope, ObjectKey, Pod, Policy,
+        Selector, Snapshot,
     },
 };
 use npenforce_common::{
@@ -337,6 +337,7 @@ fn pod(namespace: &str, name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod 
             protocol: ip_proto::TCP,
             port: 8080,
         }],
+        claim: AddressClaim::live(),
     }
 }
 

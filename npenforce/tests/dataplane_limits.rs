@@ -20,7 +20,7 @@ use npenforce::{
         ipblock::parse_ip_block,
         model::{Peer, Rule},
         ports::{PortMatch, PortSpec},
-        Compiler, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector, Snapshot,
+        AddressClaim, Compiler, Namespace, NodeScope, ObjectKey, Pod, Policy, Selector, Snapshot,
     },
 };
 use npenforce_common::{
@@ -211,6 +211,7 @@ fn pod(name: &str, node: &str, app: &str, ip: Ipv4Addr) -> Pod {
         host_network: false,
         ips: vec![IpAddr::V4(ip)],
         named_ports: Vec::new(),
+        claim: AddressClaim::live(),
     }
 }
 

@@ -304,3 +304,94 @@ spec:
         ("x/client", "x/batch", 9090, false),
     ]);
 }
+
+/// Two pods of the API can show one address for a moment: a deleted pod whose address was
+/// given to a new pod before its object went. The address (`ENDPOINTS`: which pod's policy a
+/// packet to it meets, and which pod its veth is taken for) is the newer pod's: a live pod
+/// wins over a terminating one, then the later created; not the first by key. The same
+/// along the incremental path and from scratch.
+#[test]
+fn an_address_two_pods_claim_is_the_newer_live_pods() {
+    use k8s_openapi::api::core::v1::Pod as K8sPod;
+    use npenforce::policy::{Change, Compiler, NodeScope, ObjectKey, Pod, Snapshot};
+    use npenforce_common::{endpoint_flags, v4_mapped, AddrKey};
+
+    let pod = |ns: &str, name: &str, created: &str, deleted: Option<&str>| -> K8sPod {
+        let deletion = deleted
+            .map(|t| format!(", deletionTimestamp: '{t}'"))
+            .unwrap_or_default();
+        yaml(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, \
+             creationTimestamp: '{created}'{deletion}}}\n\
+             spec: {{nodeName: node-1, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, podIP: 10.0.0.9}}\n"
+        ))
+    };
+    // `aaa/old` sorts first and no policy selects it; `x/new`, a default-deny pod.
+    let old = pod("aaa", "old", "2026-01-01T00:00:00Z", None);
+    let old_deleted = pod(
+        "aaa",
+        "old",
+        "2026-01-01T00:00:00Z",
+        Some("2026-01-03T00:00:00Z"),
+    );
+    let new = pod("x", "new", "2026-01-02T00:00:00Z", None);
+    let policies = [yaml(DENY_ALL_X)];
+    let addr = AddrKey {
+        addr: v4_mapped([10, 0, 0, 9]),
+    };
+    let owner = |c: &Compiler| {
+        let info = c.map_entries().endpoints[&addr];
+        let id = |ns: &str, name: &str| c.pod(&ObjectKey::new(ns, name)).map(|p| p.pod_id);
+        let name = if Some(info.pod_id) == id("x", "new") {
+            "new"
+        } else if Some(info.pod_id) == id("aaa", "old") {
+            "old"
+        } else {
+            "another pod"
+        };
+        (name, info.flags & endpoint_flags::INGRESS_ISOLATED != 0)
+    };
+    let scratch = |pods: &[K8sPod]| {
+        Compiler::new(Snapshot::from_objects(
+            NodeScope::AllNodes,
+            Vec::new(),
+            &[],
+            pods,
+            &policies,
+        ))
+    };
+
+    assert_eq!(owner(&scratch(&[old.clone(), new.clone()])), ("new", true));
+    assert_eq!(
+        owner(&scratch(&[old_deleted.clone(), new.clone()])),
+        ("new", true)
+    );
+    // A live pod wins over a terminating one created later.
+    let newer_deleted = pod(
+        "zzz",
+        "newer",
+        "2026-01-05T00:00:00Z",
+        Some("2026-01-06T00:00:00Z"),
+    );
+    assert_eq!(
+        owner(&scratch(&[old.clone(), newer_deleted.clone()])),
+        ("old", false)
+    );
+
+    // Incrementally: old alone, then new appears, then old is deleted.
+    let mut c = scratch(std::slice::from_ref(&old));
+    assert_eq!(owner(&c).0, "old");
+    let upsert = |p: &K8sPod| Change::UpsertPod(Pod::from_k8s(p).expect("named"));
+    c.apply(upsert(&new));
+    assert_eq!(owner(&c), ("new", true), "new appears");
+    c.apply(upsert(&old_deleted));
+    assert_eq!(owner(&c), ("new", true), "old terminating");
+    assert_eq!(
+        c.map_entries(),
+        scratch(&[old_deleted.clone(), new.clone()]).map_entries(),
+        "the same entries as from scratch"
+    );
+    c.apply(Change::DeletePod(ObjectKey::new("x", "new")));
+    assert_eq!(owner(&c), ("old", false), "old is the only claimant left");
+}

@@ -14,8 +14,8 @@ use super::flatten::{flatten, Atom, Grant};
 use super::ipblock::{addr_to_u128, Prefix};
 use super::maps::{EntryDiff, LpmKey, MapDiff, MapEntries};
 use super::model::{
-    Direction, Namespace, ObjectKey, Peer, Pod, PodKey, Policy, PolicyKey, Rule, Snapshot,
-    ValidationError,
+    AddressClaim, Direction, Namespace, ObjectKey, Peer, Pod, PodKey, Policy, PolicyKey, Rule,
+    Snapshot, ValidationError,
 };
 use super::ports::{range_prefixes, PortMatch, PortPrefix};
 use super::selector::Selector;
@@ -74,9 +74,17 @@ pub struct PodPolicy {
     /// direction is not isolated.
     pub ingress: Vec<(Prefix, u32)>,
     pub egress: Vec<(Prefix, u32)>,
+    /// The pod's claim to its addresses (see [`AddressClaim`]).
+    pub claim: AddressClaim,
 }
 
 impl PodPolicy {
+    /// Whether this pod, rather than `other`, owns an address both claim: the stronger
+    /// claim, then the first by key.
+    pub fn owns_before(&self, other: &PodPolicy) -> bool {
+        (&other.claim, &self.key) < (&self.claim, &other.key)
+    }
+
     /// The peer table of a direction.
     pub fn table(&self, direction: Direction) -> &[(Prefix, u32)] {
         match direction {
@@ -129,13 +137,19 @@ impl DesiredState {
     /// The three maps' content.
     pub fn map_entries(&self) -> MapEntries {
         let mut m = MapEntries::default();
-        // A pod address claimed by two pods goes to the first pod by key (the same choice as
-        // the incremental compiler).
+        // A pod address claimed by two pods goes to the one that owns it before the other
+        // (the same choice as the incremental compiler).
+        let mut owners: BTreeMap<AddrKey, &PodPolicy> = BTreeMap::new();
         for pod in self.pods.values() {
             for ip in &pod.addresses {
-                m.endpoints
+                owners
                     .entry(addr_key(*ip))
-                    .or_insert_with(|| endpoint_info(pod));
+                    .and_modify(|owner| {
+                        if pod.owns_before(owner) {
+                            *owner = pod;
+                        }
+                    })
+                    .or_insert(pod);
             }
             for dir in [Direction::Ingress, Direction::Egress] {
                 for (prefix, rs) in pod.table(dir) {
@@ -143,6 +157,9 @@ impl DesiredState {
                     m.peers.insert(k, v);
                 }
             }
+        }
+        for (addr, owner) in owners {
+            m.endpoints.insert(addr, endpoint_info(owner));
         }
         for (id, rs) in &self.rulesets {
             m.ports.extend(port_entries(*id, rs));
@@ -160,7 +177,8 @@ impl DesiredState {
         let a = addr_to_u128(ip);
         self.pods
             .values()
-            .find(|p| p.addresses.iter().any(|x| addr_to_u128(*x) == a))
+            .filter(|p| p.addresses.iter().any(|x| addr_to_u128(*x) == a))
+            .reduce(|owner, pod| if pod.owns_before(owner) { pod } else { owner })
     }
 
     /// The id-free form (rule attribution dropped: which of two rules allowing the same
@@ -1036,8 +1054,10 @@ impl Compiler {
             let value = self
                 .addr_owners
                 .get(&a)
-                .and_then(|o| o.first())
-                .and_then(|k| self.pods.get(k))
+                .into_iter()
+                .flatten()
+                .filter_map(|k| self.pods.get(k))
+                .reduce(|owner, pod| if pod.owns_before(owner) { pod } else { owner })
                 .map(endpoint_info);
             journal_set(
                 &mut self.entries.endpoints,
@@ -1094,6 +1114,7 @@ impl Compiler {
             egress_policies: Vec::new(),
             ingress: Vec::new(),
             egress: Vec::new(),
+            claim: pod.claim.clone(),
         };
         for dir in [Direction::Ingress, Direction::Egress] {
             // API reference (NetworkPolicySpec): a pod is isolated for a direction when some

@@ -62,7 +62,7 @@ pub use flatten::Grant;
 pub use ipblock::Prefix;
 pub use maps::{transition, Check, EntryDiff, MapDiff, MapEntries, Verdict};
 pub use model::{
-    Direction, NamedPort, Namespace, NodeScope, ObjectKey, Pod, PodKey, Policy, PolicyKey,
-    Snapshot, ValidationError,
+    AddressClaim, Direction, NamedPort, Namespace, NodeScope, ObjectKey, Pod, PodKey, Policy,
+    PolicyKey, Snapshot, ValidationError,
 };
 pub use selector::{LabelValues, Labels, Selector};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use npenforce_common::ip_proto;
 
 use super::ipblock::{parse_ip_block, IpBlock};
@@ -107,6 +108,31 @@ pub struct Pod {
     pub ips: Vec<IpAddr>,
     /// Named container ports (of every container), for named `NetworkPolicyPort`s.
     pub named_ports: Vec<NamedPort>,
+    /// How strong the pod's claim to its addresses is, against another pod with one of them.
+    pub claim: AddressClaim,
+}
+
+/// How strongly a pod claims its addresses. Two pods of the API can show one address for a
+/// moment: a deleted pod whose address was given to a new pod before its object went (the
+/// kubelet reports it after the sandbox, and the address, are gone). The address is the
+/// newer pod's: a pod that is not terminating wins over one that is, then the later created
+/// (ordered so that the stronger claim is the greater).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AddressClaim {
+    /// `metadata.deletionTimestamp` is not set.
+    pub live: bool,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Time>,
+}
+
+impl AddressClaim {
+    /// A claim that nothing says is weaker than another's: live, created at an unknown time.
+    pub fn live() -> AddressClaim {
+        AddressClaim {
+            live: true,
+            created: None,
+        }
+    }
 }
 
 impl Pod {
@@ -182,6 +208,10 @@ impl Pod {
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             ips,
             named_ports,
+            claim: AddressClaim {
+                live: pod.metadata.deletion_timestamp.is_none(),
+                created: pod.metadata.creation_timestamp.clone(),
+            },
         })
     }
 

@@ -339,11 +339,14 @@ pub fn to_object(kind: Kind, obj: &RawObject) -> Result<Object, String> {
     if !named {
         return Err(missing());
     }
-    // Only what the model reads: name, namespace, labels.
+    // Only what the model reads: name, namespace, labels, and the times that rank two pods
+    // claiming one address.
     let metadata = ObjectMeta {
         name: obj.metadata.name.clone(),
         namespace: obj.metadata.namespace.clone(),
         labels: obj.metadata.labels.clone(),
+        creation_timestamp: obj.metadata.creation_timestamp.clone(),
+        deletion_timestamp: obj.metadata.deletion_timestamp.clone(),
         ..ObjectMeta::default()
     };
     match kind {
@@ -621,11 +624,29 @@ mod tests {
         );
     }
 
+    /// The times that rank two pods claiming one address reach the model.
+    #[test]
+    fn a_pods_claim_times_are_kept() {
+        let obj = raw(
+            r#"{"kind":"Pod","metadata":{"name":"old","namespace":"default",
+                "creationTimestamp":"2026-01-01T00:00:00Z","deletionTimestamp":"2026-01-02T00:00:00Z"},
+                "spec":{"containers":[]},"status":{"podIP":"10.0.0.9"}}"#,
+        );
+        let Ok(Object::Pod(pod)) = to_object(Kind::Pod, &obj) else {
+            panic!("a pod");
+        };
+        assert!(!pod.claim.live, "terminating");
+        assert_eq!(
+            pod.claim.created.map(|t| t.0.to_string()),
+            Some("2026-01-01T00:00:00Z".to_string())
+        );
+    }
+
     /// Each case: the spec, the fields its errors name, whether the policy selects an
     /// `app=web` pod and a pod without labels, and whether it isolates ingress and egress.
     #[test]
     fn undecodable_policies_fail_closed() {
-        use crate::policy::PodKey;
+        use crate::policy::{AddressClaim, PodKey};
         let cases = [
             (
                 r#"{"podSelector":{"matchLabels":{"app":"web"}},"ingress":"everything"}"#,
@@ -697,6 +718,7 @@ mod tests {
                 host_network: false,
                 ips: Vec::new(),
                 named_ports: Vec::new(),
+                claim: AddressClaim::live(),
             };
             assert_eq!(
                 policy.selects(&pod(&[("app", "web")])),
