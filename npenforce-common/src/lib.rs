@@ -348,6 +348,9 @@ pub mod mark {
     pub const CLASSIFIED: u32 = 0x0100;
     /// The packet belongs to a tracked, allowed flow (a reply, possibly un-NATed later).
     pub const ESTABLISHED: u32 = 0x0200;
+    /// Sent by a pod not known yet (pending) to a node address, the only thing it may
+    /// reach: should netfilter DNAT it onward (a NodePort, a hostPort), the exit drops it.
+    pub const PENDING_SENDER: u32 = 0x0400;
     pub const POD_SHIFT: u32 = 16;
     /// Largest pod id the mark can carry.
     pub const MAX_POD_ID: u32 = 0xffff;

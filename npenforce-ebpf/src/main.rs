@@ -270,7 +270,13 @@ fn pod_packet(
             &packet.src
         };
         let node_peer_allowed = dir == direction::EGRESS || !from_network(skb_mark(ctx));
-        if cfg.pending_allows != 0 || (node_peer_allowed && is_node_addr(node_side)) {
+        if cfg.pending_allows != 0 {
+            return Err(verdict::PASS);
+        }
+        if node_peer_allowed && is_node_addr(node_side) {
+            if dir == direction::EGRESS {
+                set_our_mark(ctx, mark::PENDING_SENDER);
+            }
             return Err(verdict::PASS);
         }
         report_drop(ctx, Some(packet), 0, dir, drop_reason::POD_PENDING, cfg);
@@ -353,6 +359,18 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
         Err(code) => return code,
     };
     let m = skb_mark(&ctx);
+    if m & mark::PENDING_SENDER != 0 {
+        // A pending pod's packet to a node address that netfilter sent on to this pod.
+        report_drop(
+            &ctx,
+            Some(packet),
+            iface.pod_id,
+            direction::INGRESS,
+            drop_reason::POD_PENDING,
+            cfg,
+        );
+        return verdict::DROP;
+    }
     let now = conntrack::now();
     // Judged where it entered, or part of a tracked flow that stays as it is (a later
     // fragment has no ports to look its flow up by).
@@ -455,6 +473,18 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     let m = skb_mark(&ctx);
+    if m & mark::PENDING_SENDER != 0 {
+        // A pending pod's packet to a node address that netfilter sent on (see the mark).
+        report_drop(
+            &ctx,
+            None,
+            0,
+            direction::EGRESS,
+            drop_reason::POD_PENDING,
+            config(),
+        );
+        return verdict::DROP;
+    }
     // Not from a pod of this node (the node's own traffic, or traffic from the network that
     // the node routes on), or judged where it entered.
     if m & mark::CLASSIFIED == 0 || m & mark::ESTABLISHED != 0 || m >> mark::POD_SHIFT == 0 {

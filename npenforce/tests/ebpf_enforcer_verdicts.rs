@@ -1690,6 +1690,47 @@ fn a_node_address_from_the_network_is_not_the_node() {
     }
 }
 
+/// A pending pod (its veth is known, its identity not yet) may reach only the node's own
+/// addresses. Should netfilter DNAT such a packet onward (a NodePort or hostPort, and
+/// masquerade it to the node's address), it must not reach a pod, nor leave the node, as
+/// node traffic.
+#[test]
+fn a_pending_pods_packet_to_the_node_goes_no_further() {
+    if !kernel_tests_enabled("a_pending_pods_packet_to_the_node_goes_no_further") {
+        return;
+    }
+    use npenforce_common::{
+        iface_flags, mark,
+        program_names::{FROM_POD, TO_UPLINK},
+    };
+    const NEWBORN: &str = "10.244.1.30";
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4)])
+        .expect("node addresses");
+    b.lo_is(IfaceInfo {
+        pod_id: 0,
+        flags: iface_flags::PENDING,
+    });
+    let to_node = Craft::new(ip(NEWBORN), ip(NODE4), L4::tcp(44000, 30080)).build();
+    let (v, m) = b.run_marked(FROM_POD, &to_node, 0);
+    assert_eq!(v, verdict::PASS, "to the node's address");
+    assert_ne!(m & mark::PENDING_SENDER, 0, "marked: {m:#x}");
+    let to_elsewhere = Craft::new(ip(NEWBORN), ip(WEB4), L4::tcp(44001, 80)).build();
+    assert_eq!(b.run_marked(FROM_POD, &to_elsewhere, 0).0, verdict::DROP);
+
+    // DNATed to web and masqueraded to the node's address: web's veth drops it (the node's
+    // own packet, unmarked, passes).
+    b.lo_is(b.web_iface());
+    let masqueraded = Craft::new(ip(NODE4), ip(WEB4), L4::tcp(44000, 80)).build();
+    assert_eq!(b.run_marked(TO_POD, &masqueraded, m).0, verdict::DROP);
+    assert_eq!(b.run_marked(TO_POD, &masqueraded, 0).0, verdict::PASS);
+    // DNATed to a backend on another node: the uplink drops it.
+    let to_remote = Craft::new(ip(NODE4), ip("10.244.2.40"), L4::tcp(44000, 80)).build();
+    assert_eq!(b.run_marked(TO_UPLINK, &to_remote, m).0, verdict::DROP);
+    assert_eq!(b.run_marked(TO_UPLINK, &to_remote, 0).0, verdict::PASS);
+}
+
 /// A flow from the network whose source is a node address (a client that kube-proxy
 /// masqueraded to it on the way to a NodePort backend) is judged by the backend's policy,
 /// here an ipBlock that admits the node's subnet. When a new policy no longer admits it, the
