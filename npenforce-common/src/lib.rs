@@ -350,7 +350,15 @@ pub mod mark {
     pub const ESTABLISHED: u32 = 0x0200;
     /// Sent by a pod not known yet (pending) to a node address, the only thing it may
     /// reach: should netfilter DNAT it onward (a NodePort, a hostPort), the exit drops it.
-    pub const PENDING_SENDER: u32 = 0x0400;
+    /// Alone among our bits (see [`is_pending_sender`]). Not 0x0400, which a build of ours
+    /// once set on every pod packet: programs of that build may still run during an upgrade.
+    pub const PENDING_SENDER: u32 = 0x0800;
+
+    /// Whether `mark` is a pending pod's (our bits are `PENDING_SENDER` and nothing else).
+    #[inline(always)]
+    pub const fn is_pending_sender(mark: u32) -> bool {
+        mark & MASK == PENDING_SENDER
+    }
     pub const POD_SHIFT: u32 = 16;
     /// Largest pod id the mark can carry.
     pub const MAX_POD_ID: u32 = 0xffff;
@@ -694,6 +702,7 @@ pub struct FragKey {
     pub src: Addr,
     pub dst: Addr,
     pub id: u32,
+    /// IPv4's protocol; 0 for IPv6, which reassembles by addresses and id alone.
     pub protocol: u8,
     pub _pad: [u8; 3],
 }

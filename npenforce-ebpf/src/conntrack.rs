@@ -518,13 +518,14 @@ fn lookup_in<K: FlowKey>(
     let protocol = packet.protocol;
     if protocol == ip_proto::TCP
         && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        && (!from_initiator || is_closing(&entry, protocol))
+        && (!from_initiator
+            || entry.state & (ct_state::FIN_FROM_A | ct_state::FIN_FROM_B | ct_state::RST) != 0)
     {
         // A connection opening from the side that answered this flow is a new connection,
         // not part of it (a flow adopted mid-flow must not let the peer open new ones). So
-        // is one the initiator opens on the ports of a connection that is over (a reset
-        // leaves no TIME_WAIT): judged and recorded afresh in the same slot, it does not
-        // keep the old one's FIN or RST and closing timeout.
+        // is one the initiator opens on the ports of a connection that is closing or over (a
+        // reset leaves no TIME_WAIT): judged and recorded afresh in the same slot, it does
+        // not keep the old one's FIN or RST bits and closing timeout.
         return Tracked::Unknown;
     }
     if age >= cfg.shortest_timeout_ticks as u64 && age > timeout(&entry, protocol, cfg) {

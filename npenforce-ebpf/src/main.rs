@@ -263,6 +263,19 @@ fn pod_packet(
         }
         return Err(verdict::PASS);
     }
+    if dir == direction::INGRESS && mark::is_pending_sender(skb_mark(ctx)) {
+        // A pending pod's packet to a node address that netfilter sent on to this pod (a
+        // pending one too, which would take it for node traffic below).
+        report_drop(
+            ctx,
+            Some(packet),
+            iface.pod_id,
+            dir,
+            drop_reason::POD_PENDING,
+            cfg,
+        );
+        return Err(verdict::DROP);
+    }
     if iface.flags & iface_flags::PENDING != 0 {
         let node_side = if dir == direction::EGRESS {
             &packet.dst
@@ -359,18 +372,6 @@ pub fn npe_to_pod(ctx: TcContext) -> i32 {
         Err(code) => return code,
     };
     let m = skb_mark(&ctx);
-    if m & mark::PENDING_SENDER != 0 {
-        // A pending pod's packet to a node address that netfilter sent on to this pod.
-        report_drop(
-            &ctx,
-            Some(packet),
-            iface.pod_id,
-            direction::INGRESS,
-            drop_reason::POD_PENDING,
-            cfg,
-        );
-        return verdict::DROP;
-    }
     let now = conntrack::now();
     // Judged where it entered, or part of a tracked flow that stays as it is (a later
     // fragment has no ports to look its flow up by).
@@ -473,7 +474,7 @@ pub fn npe_from_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub fn npe_to_uplink(ctx: TcContext) -> i32 {
     let m = skb_mark(&ctx);
-    if m & mark::PENDING_SENDER != 0 {
+    if mark::is_pending_sender(m) {
         // A pending pod's packet to a node address that netfilter sent on (see the mark).
         report_drop(
             &ctx,

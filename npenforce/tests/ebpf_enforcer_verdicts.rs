@@ -575,9 +575,9 @@ fn tracked_flows_expire_after_their_timeout() {
     );
 }
 
-/// A TCP connection closed by a reset, whose ports the client opens again at once (a reset
-/// leaves no TIME_WAIT): the new connection is tracked afresh, not under the old one's
-/// closing timeout, so a pause longer than that does not cut it.
+/// A TCP connection closed by a reset (or left with one FIN), whose ports the client opens
+/// again (a reset leaves no TIME_WAIT): the new connection is tracked afresh, not under the
+/// old one's closing state and timeout, so a pause longer than that does not cut it.
 #[test]
 fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
     if !kernel_tests_enabled("a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh")
@@ -605,26 +605,49 @@ fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
         )
         .build()
     };
-    let (syn, ack, rst) = (L4::TCP_SYN, L4::TCP_ACK, 0x04);
-    let from_client = |flags| tcp(CLIENT4, WEB4, (40040, 80), flags);
-    let from_web = |flags| tcp(WEB4, CLIENT4, (80, 40040), flags);
-    assert_eq!(b.run_to_web(&from_web(ack)), "DROP", "no flow yet");
-    for (what, packet) in [
-        ("client opens", from_client(syn)),
-        ("web answers", from_web(syn | ack)),
-        ("client resets", from_client(rst | ack)),
-        ("client opens the same ports again", from_client(syn)),
-        ("web answers", from_web(syn | ack)),
-        ("client acknowledges", from_client(ack)),
+    let (syn, ack, fin, rst) = (L4::TCP_SYN, L4::TCP_ACK, 0x01, 0x04);
+    // The old connection ends with a reset, or is left with web's FIN alone (it died before
+    // the client's); the new one on its ports is then half-closed by the client (its FIN
+    // and none from web), and web goes on sending after a pause.
+    for (case, port, old_end, new_end) in [
+        ("reset", 40040, (true, rst | ack), None),
+        (
+            "web's FIN alone",
+            40041,
+            (false, fin | ack),
+            Some(fin | ack),
+        ),
     ] {
-        assert_eq!(b.run_to_web(&packet), "PASS", "{what}");
+        let from_client = |flags| tcp(CLIENT4, WEB4, (port, 80), flags);
+        let from_web = |flags| tcp(WEB4, CLIENT4, (80, port), flags);
+        let (client_ends, end_flags) = old_end;
+        let old_end = if client_ends {
+            from_client(end_flags)
+        } else {
+            from_web(end_flags)
+        };
+        assert_eq!(b.run_to_web(&from_web(ack)), "DROP", "{case}: no flow yet");
+        let mut steps = vec![
+            ("client opens", from_client(syn)),
+            ("web answers", from_web(syn | ack)),
+            ("the old connection ends", old_end),
+            ("client opens the same ports again", from_client(syn)),
+            ("web answers", from_web(syn | ack)),
+            ("client acknowledges", from_client(ack)),
+        ];
+        if let Some(flags) = new_end {
+            steps.push(("client half-closes", from_client(flags)));
+        }
+        for (what, packet) in steps {
+            assert_eq!(b.run_to_web(&packet), "PASS", "{case}: {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(
+            b.run_to_web(&from_web(ack)),
+            "PASS",
+            "{case}: web's next segment after a pause longer than the closing timeout"
+        );
     }
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert_eq!(
-        b.run_to_web(&from_web(ack)),
-        "PASS",
-        "web's next segment after a pause longer than the closing timeout"
-    );
 }
 
 /// A pod's peer entries live in two maps (single addresses in a hash, shorter prefixes in a
@@ -1723,6 +1746,13 @@ fn a_pending_pods_packet_to_the_node_goes_no_further() {
     // own packet, unmarked, passes).
     b.lo_is(b.web_iface());
     let masqueraded = Craft::new(ip(NODE4), ip(WEB4), L4::tcp(44000, 80)).build();
+    assert_eq!(b.run_marked(TO_POD, &masqueraded, m).0, verdict::DROP);
+    assert_eq!(b.run_marked(TO_POD, &masqueraded, 0).0, verdict::PASS);
+    // DNATed to a pod that is pending too, which would take it for node traffic.
+    b.lo_is(IfaceInfo {
+        pod_id: 0,
+        flags: iface_flags::PENDING,
+    });
     assert_eq!(b.run_marked(TO_POD, &masqueraded, m).0, verdict::DROP);
     assert_eq!(b.run_marked(TO_POD, &masqueraded, 0).0, verdict::PASS);
     // DNATed to a backend on another node: the uplink drops it.

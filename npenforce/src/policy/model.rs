@@ -126,7 +126,7 @@ pub struct AddressClaim {
 }
 
 impl AddressClaim {
-    /// A claim that nothing says is weaker than another's: live, created at an unknown time.
+    /// A live claim of unknown age (weaker than a live claim with a creation time).
     pub fn live() -> AddressClaim {
         AddressClaim {
             live: true,
