@@ -497,6 +497,9 @@ pub mod ct_state {
     /// whatever it says (a client that kube-proxy masqueraded to the node's address, or a
     /// forged source), so judging the flow again does not take it for node traffic.
     pub const FROM_NETWORK: u8 = 1 << 6;
+    /// The same of the responder: a flow adopted mid-flow from a packet that came from the
+    /// network, whose sender is recorded as the responder.
+    pub const RESPONDER_FROM_NETWORK: u8 = 1 << 7;
 }
 
 /// The state of a tracked flow (in a [`CtSlot`] of `CONNTRACK_V4` or `CONNTRACK_V6`).

@@ -56,7 +56,7 @@ use crate::{
         POLICY_GENERATION, REJUDGE_ENDS,
     },
     parse::{Flow, Packet},
-    policy::{judge, pod_state},
+    policy::{judge, pod_state, NODE_DST, NODE_SRC},
 };
 
 /// How long the first fragment of a datagram vouches for its later fragments.
@@ -733,11 +733,25 @@ fn rejudge<K: FlowKey>(key: &K, entry: &CtEntry) -> Result<(), u8> {
         dst_port as u32,
         entry.egress_pod,
         entry.ingress_pod,
-        (entry.state & ct_state::FROM_NETWORK == 0) as u32,
+        node_ends(entry.state),
     ) {
         0 => Ok(()),
         reason => Err(reason as u8),
     }
+}
+
+/// `judge`'s `node_ends` for a flow in this state: an end whose packets came from the network
+/// is not the node, whatever its address.
+#[inline(always)]
+fn node_ends(state: u8) -> u32 {
+    let mut ends = 0;
+    if state & ct_state::FROM_NETWORK == 0 {
+        ends |= NODE_SRC;
+    }
+    if state & ct_state::RESPONDER_FROM_NETWORK == 0 {
+        ends |= NODE_DST;
+    }
+    ends
 }
 
 /// `judge` of the flow whose ends `rejudge` put in `REJUDGE_ENDS`: 0 when it is allowed, else
@@ -756,7 +770,7 @@ pub extern "C" fn npe_rejudge(
     dst_port: u32,
     egress_pod: u32,
     ingress_pod: u32,
-    src_may_be_node: u32,
+    node_ends: u32,
 ) -> u32 {
     let Some(ends) = REJUDGE_ENDS.get_ptr(0) else {
         return drop_reason::MALFORMED as u32;
@@ -770,7 +784,7 @@ pub extern "C" fn npe_rejudge(
         dst_port as u16,
         egress_pod,
         ingress_pod,
-        src_may_be_node != 0,
+        node_ends,
         crate::config(),
     ) {
         Ok(()) => 0,
@@ -854,7 +868,7 @@ pub fn create(
     ingress_pod: u32,
     now: u64,
     judged_under: u32,
-    from_network: bool,
+    network_ends: u8,
     is_ipv6: bool,
     cfg: &DataplaneConfig,
 ) -> Created {
@@ -866,7 +880,7 @@ pub fn create(
         ingress_pod,
         now,
         judged_under,
-        from_network,
+        network_ends,
     };
     if is_ipv6 {
         create_in::<CtKey>(src, dst, &flow, cfg)
@@ -885,8 +899,9 @@ struct NewFlow {
     now: u64,
     /// The policy generation read before the flow was judged (see [`create`]).
     judged_under: u32,
-    /// `src` sent from the network (`ct_state::FROM_NETWORK`).
-    from_network: bool,
+    /// Which ends' packets came from the network (`ct_state::FROM_NETWORK`,
+    /// `ct_state::RESPONDER_FROM_NETWORK`).
+    network_ends: u8,
 }
 
 #[inline(always)]
@@ -908,12 +923,7 @@ fn create_in<K: FlowKey>(
         generation: flow.judged_under,
         egress_pod: flow.egress_pod,
         ingress_pod: flow.ingress_pod,
-        state: (if src_is_a { ct_state::A_INITIATED } else { 0 })
-            | (if flow.from_network {
-                ct_state::FROM_NETWORK
-            } else {
-                0
-            }),
+        state: (if src_is_a { ct_state::A_INITIATED } else { 0 }) | flow.network_ends,
         reason: 0,
         _pad: [0; 2],
     };

@@ -31,8 +31,9 @@ use aya_ebpf::{
     Global,
 };
 use npenforce_common::{
-    direction, drop_reason, endpoint_flags, iface_flags, iface_slot, ip_proto, mark, node_counter,
-    program_names::judge_index, verdict, AddrKey, DataplaneConfig, DenyValue, IfaceInfo,
+    ct_state, direction, drop_reason, endpoint_flags, iface_flags, iface_slot, ip_proto, mark,
+    node_counter, program_names::judge_index, verdict, AddrKey, DataplaneConfig, DenyValue,
+    IfaceInfo,
 };
 use parse::{icmp, parse, parse_into, Fragment, Packet, ParseError, Parsed};
 
@@ -40,7 +41,7 @@ use crate::{
     conntrack::{Created, Glance, Tracked},
     maps::{IFACES, IFACE_SLOTS, SCRATCH},
     observe::{count_node, count_pod, report_drop},
-    policy::{endpoint_pod, is_node_addr, judge, pod_state, side_verdict},
+    policy::{endpoint_pod, is_node_addr, judge, pod_state, side_verdict, NODE_DST, NODE_SRC},
 };
 
 /// Load-time configuration (`EbpfLoader::override_global`).
@@ -636,7 +637,11 @@ fn exit_verdict(
             receiver,
             now,
             judged_under,
-            from_network(m),
+            if from_network(m) {
+                ct_state::FROM_NETWORK
+            } else {
+                0
+            },
             packet.is_ipv6,
             cfg,
         );
@@ -664,7 +669,13 @@ fn exit_verdict(
             packet.src_port,
             reverse_egress,
             reverse_ingress,
-            true,
+            // The sender is the reversed flow's destination: not the node if it came from
+            // the network, whatever its address (a client masqueraded to it).
+            if from_network(m) {
+                NODE_SRC
+            } else {
+                NODE_SRC | NODE_DST
+            },
             cfg,
         )
         .is_ok()
@@ -680,7 +691,11 @@ fn exit_verdict(
                 reverse_ingress,
                 now,
                 judged_under,
-                false,
+                if from_network(m) {
+                    ct_state::RESPONDER_FROM_NETWORK
+                } else {
+                    0
+                },
                 packet.is_ipv6,
                 cfg,
             );

@@ -210,8 +210,9 @@ pub fn side_verdict(
     })
 }
 
-/// Judges a flow from `src` to `dst`: both sides' policies. `src_may_be_node`: a `src` with
-/// one of the node's addresses is the node (not so for a flow that came from the network).
+/// Judges a flow from `src` to `dst`: both sides' policies. `node_ends`: which ends with one
+/// of the node's addresses are the node ([`NODE_SRC`], [`NODE_DST`]; not an end whose packets
+/// came from the network).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn judge(
@@ -221,7 +222,7 @@ pub fn judge(
     dst_port: u16,
     egress_pod: u32,
     ingress_pod: u32,
-    src_may_be_node: bool,
+    node_ends: u32,
     cfg: &DataplaneConfig,
 ) -> Result<(), u8> {
     side_verdict(
@@ -230,7 +231,7 @@ pub fn judge(
         protocol,
         dst_port,
         egress_pod,
-        true,
+        node_ends & NODE_DST != 0,
         cfg,
     )?;
     side_verdict(
@@ -239,7 +240,12 @@ pub fn judge(
         protocol,
         dst_port,
         ingress_pod,
-        src_may_be_node,
+        node_ends & NODE_SRC != 0,
         cfg,
     )
 }
+
+/// [`judge`]'s `node_ends`: a source with a node address is the node.
+pub const NODE_SRC: u32 = 1;
+/// [`judge`]'s `node_ends`: a destination with a node address is the node.
+pub const NODE_DST: u32 = 2;

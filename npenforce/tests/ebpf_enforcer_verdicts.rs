@@ -1825,6 +1825,57 @@ fn a_flow_from_the_network_with_a_node_address_is_cut_when_policy_denies_it() {
     );
 }
 
+/// In the adoption window after a fresh start, a TCP segment of an untracked connection is
+/// adopted when the connection is allowed the other way round. A segment from the network
+/// whose source is a node address (a client masqueraded to it) is not the node's: web, whose
+/// egress allows nothing, did not open a connection to it, so it is not adopted. The node's
+/// own segment is node traffic.
+#[test]
+fn a_segment_from_the_network_with_a_node_address_is_not_adopted_as_the_nodes() {
+    if !kernel_tests_enabled(
+        "a_segment_from_the_network_with_a_node_address_is_not_adopted_as_the_nodes",
+    ) {
+        return;
+    }
+    use npenforce_common::mark;
+    let mut b = Bench::new();
+    b.enforcer
+        .set_node_addresses(&[ip(NODE4)])
+        .expect("node addresses");
+    b.change(upsert_policy(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+"#,
+    ));
+    let segment = |src_port| {
+        Craft::new(
+            ip(NODE4),
+            ip(WEB4),
+            L4::Tcp {
+                src_port,
+                dst_port: 8080,
+                flags: L4::TCP_ACK,
+            },
+        )
+        .build()
+    };
+    assert_eq!(
+        b.run_marked(TO_POD, &segment(46100), mark::CLASSIFIED).0,
+        verdict::DROP,
+        "from the network: neither allowed nor adoptable"
+    );
+    assert_eq!(
+        b.run_marked(TO_POD, &segment(46101), 0).0,
+        verdict::PASS,
+        "the node's own"
+    );
+}
+
 /// A deleted pod's id admits nothing but node traffic from the moment its deletion is
 /// applied, isolated or not: its veth names the id until the interfaces are synced after the
 /// apply, and a force-deleted pod's containers may still run behind it.
