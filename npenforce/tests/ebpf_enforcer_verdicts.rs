@@ -129,6 +129,15 @@ spec:
         b
     }
 
+    /// [`Bench::new`] on a node whose address is `NODE4`.
+    fn on_node() -> Bench {
+        let mut b = Bench::new();
+        b.enforcer
+            .set_node_addresses(&[ip(NODE4)])
+            .expect("node addresses");
+        b
+    }
+
     /// The id of pod `name` of the default namespace.
     fn pod_id(&self, name: &str) -> u32 {
         self.compiler
@@ -231,6 +240,20 @@ spec:
 /// An SCTP packet (the tests' protocol for flows: no TCP handshake or mid-flow adoption).
 fn sctp_packet(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Vec<u8> {
     Craft::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port }).build()
+}
+
+/// A TCP segment from `src:ports.0` to `dst:ports.1` with `flags`.
+fn tcp_segment(src: &str, dst: &str, ports: (u16, u16), flags: u8) -> Vec<u8> {
+    Craft::new(
+        ip(src),
+        ip(dst),
+        L4::Tcp {
+            src_port: ports.0,
+            dst_port: ports.1,
+            flags,
+        },
+    )
+    .build()
 }
 
 /// What an ICMP error quotes of `frame`: its IP header and the first 8 bytes after it.
@@ -593,18 +616,6 @@ fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
         ..DataplaneOptions::default()
     };
     let mut b = Bench::with_options(&options);
-    let tcp = |src: &str, dst: &str, ports: (u16, u16), flags: u8| {
-        Craft::new(
-            ip(src),
-            ip(dst),
-            L4::Tcp {
-                src_port: ports.0,
-                dst_port: ports.1,
-                flags,
-            },
-        )
-        .build()
-    };
     let (syn, ack, fin, rst) = (L4::TCP_SYN, L4::TCP_ACK, 0x01, 0x04);
     // The old connection ends with a reset, or is left with web's FIN alone (it died before
     // the client's); the new one on its ports is then half-closed by the client (its FIN
@@ -618,8 +629,8 @@ fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
             Some(fin | ack),
         ),
     ] {
-        let from_client = |flags| tcp(CLIENT4, WEB4, (port, 80), flags);
-        let from_web = |flags| tcp(WEB4, CLIENT4, (80, port), flags);
+        let from_client = |flags| tcp_segment(CLIENT4, WEB4, (port, 80), flags);
+        let from_web = |flags| tcp_segment(WEB4, CLIENT4, (80, port), flags);
         let (client_ends, end_flags) = old_end;
         let old_end = if client_ends {
             from_client(end_flags)
@@ -1497,16 +1508,7 @@ fn the_uplink_marks_what_enters_from_the_network() {
     let marked =
         |b: &mut Bench, program: &str, packet: &[u8], m: u32| b.run_marked(program, packet, m);
     let syn = Craft::new(ip(CLIENT4), ip(WEB4), L4::tcp(45000, 80)).build();
-    let reply = Craft::new(
-        ip(WEB4),
-        ip(CLIENT4),
-        L4::Tcp {
-            src_port: 80,
-            dst_port: 45000,
-            flags: L4::TCP_SYN | L4::TCP_ACK,
-        },
-    )
-    .build();
+    let reply = tcp_segment(WEB4, CLIENT4, (80, 45000), L4::TCP_SYN | L4::TCP_ACK);
 
     // A new flow from the network: classified, pod 0, not established; other bits kept.
     let (v, m) = marked(&mut b, FROM_UPLINK, &syn, KUBE_PROXY_MASQ);
@@ -1531,16 +1533,12 @@ fn the_uplink_marks_what_enters_from_the_network() {
     let out = Craft::new(ip(CLIENT4), ip("192.0.2.7"), L4::tcp(45002, 443)).build();
     let (v, _) = marked(&mut b, TO_UPLINK, &out, client_sent);
     assert_eq!(v, verdict::PASS, "client -> 192.0.2.7:443 is allowed");
-    let back = Craft::new(
-        ip("192.0.2.7"),
-        ip(CLIENT4),
-        L4::Tcp {
-            src_port: 443,
-            dst_port: 45002,
-            flags: L4::TCP_SYN | L4::TCP_ACK,
-        },
-    )
-    .build();
+    let back = tcp_segment(
+        "192.0.2.7",
+        CLIENT4,
+        (443, 45002),
+        L4::TCP_SYN | L4::TCP_ACK,
+    );
     let (_, m) = marked(&mut b, FROM_UPLINK, &back, 0);
     assert_eq!(m, mark::CLASSIFIED | mark::ESTABLISHED, "mark {m:#x}");
 
@@ -1727,10 +1725,7 @@ fn a_pending_pods_packet_to_the_node_goes_no_further() {
         program_names::{FROM_POD, TO_UPLINK},
     };
     const NEWBORN: &str = "10.244.1.30";
-    let mut b = Bench::new();
-    b.enforcer
-        .set_node_addresses(&[ip(NODE4)])
-        .expect("node addresses");
+    let mut b = Bench::on_node();
     b.lo_is(IfaceInfo {
         pod_id: 0,
         flags: iface_flags::PENDING,
@@ -1773,23 +1768,9 @@ fn a_flow_from_the_network_with_a_node_address_is_cut_when_policy_denies_it() {
         return;
     }
     use npenforce_common::mark;
-    let mut b = Bench::new();
-    b.enforcer
-        .set_node_addresses(&[ip(NODE4)])
-        .expect("node addresses");
+    let mut b = Bench::on_node();
     b.change(web_in("{ipBlock: {cidr: 192.168.0.0/24}}", 80));
-    let segment = |flags| {
-        Craft::new(
-            ip(NODE4),
-            ip(WEB4),
-            L4::Tcp {
-                src_port: 43000,
-                dst_port: 80,
-                flags,
-            },
-        )
-        .build()
-    };
+    let segment = |flags| tcp_segment(NODE4, WEB4, (43000, 80), flags);
     let from_network = mark::CLASSIFIED;
     let run = |b: &mut Bench, flags| b.run_marked(TO_POD, &segment(flags), from_network).0;
     assert_eq!(
@@ -1808,16 +1789,7 @@ fn a_flow_from_the_network_with_a_node_address_is_cut_when_policy_denies_it() {
     let own = Craft::new(ip(NODE4), ip(WEB4), L4::tcp(43001, 80)).build();
     assert_eq!(b.run_marked(TO_POD, &own, 0).0, verdict::PASS);
     b.change(web_in("{podSelector: {matchLabels: {role: other}}}", 80));
-    let own_ack = Craft::new(
-        ip(NODE4),
-        ip(WEB4),
-        L4::Tcp {
-            src_port: 43001,
-            dst_port: 80,
-            flags: L4::TCP_ACK,
-        },
-    )
-    .build();
+    let own_ack = tcp_segment(NODE4, WEB4, (43001, 80), L4::TCP_ACK);
     assert_eq!(
         b.run_marked(TO_POD, &own_ack, 0).0,
         verdict::PASS,
@@ -1838,10 +1810,7 @@ fn a_segment_from_the_network_with_a_node_address_is_not_adopted_as_the_nodes() 
         return;
     }
     use npenforce_common::mark;
-    let mut b = Bench::new();
-    b.enforcer
-        .set_node_addresses(&[ip(NODE4)])
-        .expect("node addresses");
+    let mut b = Bench::on_node();
     b.change(upsert_policy(
         r#"
 apiVersion: networking.k8s.io/v1
@@ -1852,18 +1821,7 @@ spec:
   policyTypes: [Egress]
 "#,
     ));
-    let segment = |src_port| {
-        Craft::new(
-            ip(NODE4),
-            ip(WEB4),
-            L4::Tcp {
-                src_port,
-                dst_port: 8080,
-                flags: L4::TCP_ACK,
-            },
-        )
-        .build()
-    };
+    let segment = |src_port| tcp_segment(NODE4, WEB4, (src_port, 8080), L4::TCP_ACK);
     assert_eq!(
         b.run_marked(TO_POD, &segment(46100), mark::CLASSIFIED).0,
         verdict::DROP,
@@ -1885,10 +1843,7 @@ fn a_deleted_pods_id_admits_only_node_traffic() {
         return;
     }
     use npenforce_common::pod_state_flags::PRESENT;
-    let mut b = Bench::new();
-    b.enforcer
-        .set_node_addresses(&[ip(NODE4)])
-        .expect("node addresses");
+    let mut b = Bench::on_node();
     // web (isolated, admits client) and monitor (not isolated); the veth stays theirs.
     for (name, addr) in [("web", WEB4), ("monitor", MONITOR4)] {
         let id = b.pod_id(name);
