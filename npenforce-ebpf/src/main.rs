@@ -588,6 +588,7 @@ fn exit_verdict(
     // A new flow, judged under the policy generation read before any policy map: a change
     // applied meanwhile bumps it after writing its maps, so the flow is judged again.
     let judged_under = conntrack::generation();
+    let from_network = from_network(m);
     // The receiver's ingress policy first: it needs no lookup of the sender, which only a
     // packet the receiver admits pays for. A packet from the network is never the node's
     // own, whatever its source says: IPv4 drops such martians before routing them here,
@@ -598,7 +599,7 @@ fn exit_verdict(
         packet.protocol,
         packet.dst_port,
         receiver,
-        !from_network(m),
+        !from_network,
         cfg,
     );
     // A TCP segment of a connection opened before we were attached (agent start on a busy
@@ -637,7 +638,7 @@ fn exit_verdict(
             receiver,
             now,
             judged_under,
-            if from_network(m) {
+            if from_network {
                 ct_state::FROM_NETWORK
             } else {
                 0
@@ -671,7 +672,7 @@ fn exit_verdict(
             reverse_ingress,
             // The sender is the reversed flow's destination: not the node if it came from
             // the network, whatever its address (a client masqueraded to it).
-            if from_network(m) {
+            if from_network {
                 NODE_SRC
             } else {
                 NODE_SRC | NODE_DST
@@ -691,7 +692,7 @@ fn exit_verdict(
                 reverse_ingress,
                 now,
                 judged_under,
-                if from_network(m) {
+                if from_network {
                     ct_state::RESPONDER_FROM_NETWORK
                 } else {
                     0

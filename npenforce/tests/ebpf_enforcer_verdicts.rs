@@ -129,6 +129,14 @@ spec:
         b
     }
 
+    /// [`Bench::new`] with another load-time configuration.
+    fn with_config(config: npenforce_common::DataplaneConfig) -> Bench {
+        Bench::with_options(&DataplaneOptions {
+            config: Some(config),
+            ..DataplaneOptions::default()
+        })
+    }
+
     /// [`Bench::new`] on a node whose address is `NODE4`.
     fn on_node() -> Bench {
         let mut b = Bench::new();
@@ -578,11 +586,7 @@ fn tracked_flows_expire_after_their_timeout() {
     let mut config = npenforce_common::DataplaneConfig::DEFAULT;
     // SCTP flows use the "other protocols" timeout (and no TCP mid-flow adoption applies).
     config.other_timeout_s = 2;
-    let options = DataplaneOptions {
-        config: Some(config),
-        ..DataplaneOptions::default()
-    };
-    let mut b = Bench::with_options(&options);
+    let mut b = Bench::with_config(config);
     // client -> web SCTP 9000 is allowed and opens the flow. The other direction passes only
     // as part of that flow: web's ingress policy does not allow web's own address.
     let request = Craft::new(ip(CLIENT4), ip(WEB4), sctp(9000)).build();
@@ -611,11 +615,7 @@ fn a_connection_reopened_on_a_reset_connections_ports_is_tracked_afresh() {
     config.tcp_closing_timeout_s = 1;
     // No mid-flow adoption: web's answers pass only as part of a tracked flow.
     config.adoption_window_s = 0;
-    let options = DataplaneOptions {
-        config: Some(config),
-        ..DataplaneOptions::default()
-    };
-    let mut b = Bench::with_options(&options);
+    let mut b = Bench::with_config(config);
     let (syn, ack, fin, rst) = (L4::TCP_SYN, L4::TCP_ACK, 0x01, 0x04);
     // The old connection ends with a reset, or is left with web's FIN alone (it died before
     // the client's); the new one on its ports is then half-closed by the client (its FIN
@@ -2119,14 +2119,10 @@ fn keep_established_still_judges_a_pod_that_joins_a_flow() {
     }
     use npenforce_common::{mark, program_names::FROM_POD};
     for keep_established in [0, 1] {
-        let options = DataplaneOptions {
-            config: Some(npenforce_common::DataplaneConfig {
-                keep_established,
-                ..npenforce_common::DataplaneConfig::DEFAULT
-            }),
-            ..DataplaneOptions::default()
-        };
-        let mut b = Bench::with_options(&options);
+        let mut b = Bench::with_config(npenforce_common::DataplaneConfig {
+            keep_established,
+            ..npenforce_common::DataplaneConfig::DEFAULT
+        });
         let (closed, _) = b.add_closed_pod();
         let packet = Craft::new(ip(closed), ip(MONITOR4), L4::udp(5000, 53)).build();
         b.lo_is(b.iface_of("monitor"));

@@ -78,13 +78,16 @@ pub struct PodPolicy {
     pub claim: AddressClaim,
 }
 
-impl PodPolicy {
-    /// Whether this pod, rather than `other`, owns an address both claim: the stronger
-    /// claim, then the first by key.
-    pub fn owns_before(&self, other: &PodPolicy) -> bool {
-        (&other.claim, &self.key) < (&self.claim, &other.key)
-    }
+/// Which of the pods that claim one address owns it: the strongest claim (see
+/// [`AddressClaim`]), then the first by key. The same rule wherever an address's owner is
+/// chosen, so that every path (from scratch, incremental, `explain`) agrees.
+fn owner<'a>(claimants: impl IntoIterator<Item = &'a PodPolicy>) -> Option<&'a PodPolicy> {
+    claimants
+        .into_iter()
+        .max_by(|a, b| (&a.claim, &b.key).cmp(&(&b.claim, &a.key)))
+}
 
+impl PodPolicy {
     /// The peer table of a direction.
     pub fn table(&self, direction: Direction) -> &[(Prefix, u32)] {
         match direction {
@@ -139,17 +142,10 @@ impl DesiredState {
         let mut m = MapEntries::default();
         // A pod address claimed by two pods goes to the one that owns it before the other
         // (the same choice as the incremental compiler).
-        let mut owners: BTreeMap<AddrKey, &PodPolicy> = BTreeMap::new();
+        let mut claimants: BTreeMap<AddrKey, Vec<&PodPolicy>> = BTreeMap::new();
         for pod in self.pods.values() {
             for ip in &pod.addresses {
-                owners
-                    .entry(addr_key(*ip))
-                    .and_modify(|owner| {
-                        if pod.owns_before(owner) {
-                            *owner = pod;
-                        }
-                    })
-                    .or_insert(pod);
+                claimants.entry(addr_key(*ip)).or_default().push(pod);
             }
             for dir in [Direction::Ingress, Direction::Egress] {
                 for (prefix, rs) in pod.table(dir) {
@@ -158,8 +154,10 @@ impl DesiredState {
                 }
             }
         }
-        for (addr, owner) in owners {
-            m.endpoints.insert(addr, endpoint_info(owner));
+        for (addr, pods) in claimants {
+            if let Some(pod) = owner(pods) {
+                m.endpoints.insert(addr, endpoint_info(pod));
+            }
         }
         for (id, rs) in &self.rulesets {
             m.ports.extend(port_entries(*id, rs));
@@ -175,10 +173,11 @@ impl DesiredState {
     /// The local pod that owns an address.
     pub fn pod_by_addr(&self, ip: IpAddr) -> Option<&PodPolicy> {
         let a = addr_to_u128(ip);
-        self.pods
-            .values()
-            .filter(|p| p.addresses.iter().any(|x| addr_to_u128(*x) == a))
-            .reduce(|owner, pod| if pod.owns_before(owner) { pod } else { owner })
+        owner(
+            self.pods
+                .values()
+                .filter(|p| p.addresses.iter().any(|x| addr_to_u128(*x) == a)),
+        )
     }
 
     /// The id-free form (rule attribution dropped: which of two rules allowing the same
@@ -1051,14 +1050,8 @@ impl Compiler {
             self.pod_ids.release(key);
         }
         for a in addrs {
-            let value = self
-                .addr_owners
-                .get(&a)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| self.pods.get(k))
-                .reduce(|owner, pod| if pod.owns_before(owner) { pod } else { owner })
-                .map(endpoint_info);
+            let claimants = self.addr_owners.get(&a).into_iter().flatten();
+            let value = owner(claimants.filter_map(|k| self.pods.get(k))).map(endpoint_info);
             journal_set(
                 &mut self.entries.endpoints,
                 &mut self.journal.endpoints,
